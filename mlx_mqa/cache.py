@@ -1,0 +1,89 @@
+"""Key/value caches for decoding.
+
+Self-attention caches are preallocated buffers written in place; cross-attention
+K/V are computed once per input and only read afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import mlx.core as mx
+
+
+class KVCache:
+    """Preallocated self-attention cache: [B, G, capacity, D], filled up to `offset`.
+
+    Grows in `step`-sized chunks only when more tokens arrive than were reserved,
+    so a decode with a known length never reallocates.
+    """
+
+    step = 256
+
+    def __init__(self, max_size: Optional[int] = None):
+        self.keys: Optional[mx.array] = None
+        self.values: Optional[mx.array] = None
+        self.offset = 0
+        self.max_size = max_size
+
+    def _reserve(self, keys: mx.array, values: mx.array, needed: int):
+        B, G, _, Dk = keys.shape
+        Dv = values.shape[-1]
+        if self.keys is None:
+            capacity = max(self.max_size or 0, needed)
+            capacity = ((capacity + self.step - 1) // self.step) * self.step if self.max_size is None else capacity
+            self.keys = mx.zeros((B, G, capacity, Dk), keys.dtype)
+            self.values = mx.zeros((B, G, capacity, Dv), values.dtype)
+        elif needed > self.keys.shape[2]:
+            extra = ((needed - self.keys.shape[2] + self.step - 1) // self.step) * self.step
+            self.keys = mx.concatenate([self.keys, mx.zeros((B, G, extra, Dk), keys.dtype)], axis=2)
+            self.values = mx.concatenate([self.values, mx.zeros((B, G, extra, Dv), values.dtype)], axis=2)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> Tuple[mx.array, mx.array]:
+        start = self.offset
+        end = start + keys.shape[2]
+        self._reserve(keys, values, end)
+        self.keys[..., start:end, :] = keys
+        self.values[..., start:end, :] = values
+        self.offset = end
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+    def select(self, indices: mx.array):
+        """Keep batch rows `indices` (beam search reordering)."""
+        if self.keys is not None:
+            self.keys = self.keys[indices]
+            self.values = self.values[indices]
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    def nbytes(self) -> int:
+        """Bytes held by the filled part of the cache."""
+        if self.keys is None:
+            return 0
+        per_token = (self.keys.nbytes + self.values.nbytes) // self.keys.shape[2]
+        return per_token * self.offset
+
+
+class CrossKV:
+    """Cross-attention keys/values of one decoder layer, computed once from the encoder output."""
+
+    def __init__(self, keys: mx.array, values: mx.array):
+        self.keys = keys
+        self.values = values
+
+    def select(self, indices: mx.array):
+        self.keys = self.keys[indices]
+        self.values = self.values[indices]
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+def make_cache(num_layers: int, max_size: Optional[int] = None) -> List[KVCache]:
+    return [KVCache(max_size) for _ in range(num_layers)]
+
+
+def cache_nbytes(caches) -> int:
+    return sum(c.nbytes() for c in caches if c is not None)

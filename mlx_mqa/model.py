@@ -1,0 +1,308 @@
+"""T5 encoder-decoder in MLX with grouped key/value heads.
+
+Module names mirror the Hugging Face checkpoint (``block.{i}.layer.{j}.SelfAttention.q`` ...),
+so loading a converted checkpoint needs no key mapping.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import List, Optional, Sequence
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .cache import CrossKV, KVCache
+from .config import ModelArgs
+
+# float16 clamp, as transformers does, so activations never become inf.
+FP16_CLAMP = float(np.finfo(np.float16).max) - 1000.0
+
+
+@lru_cache(maxsize=None)
+def bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bucket of every relative position in [-max_distance, max_distance] (index = rel + max_distance).
+
+    Mirrors Mesh TensorFlow / transformers' float32 arithmetic; positions beyond
+    +-max_distance fall in the same bucket as +-max_distance, so clipping is exact.
+    """
+    rel = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0).astype(np.int64) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    with np.errstate(divide="ignore"):
+        scaled = np.log(rel.astype(np.float32) / np.float32(max_exact))
+        scaled = scaled / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact)
+    large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return (buckets + np.where(is_small, rel, large)).astype(np.int32)
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -> mx.array:
+    """T5 attention: no 1/sqrt(d) scaling; position bias and padding come in as an additive mask.
+
+    k and v may have fewer heads than q (GQA/MQA); the fused kernel handles them untiled.
+    """
+    if mask is not None and mask.dtype != q.dtype:
+        mask = mask.astype(q.dtype)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=mask)
+
+
+def padding_mask(attention_mask: Optional[mx.array], dtype) -> Optional[mx.array]:
+    """[B, S] of 1/0 -> additive [B, 1, 1, S]; None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    keep = attention_mask.astype(mx.bool_)
+    return mx.where(keep, 0.0, mx.finfo(dtype).min).astype(dtype)[:, None, None, :]
+
+
+def _clamp_fp16(x: mx.array) -> mx.array:
+    return mx.clip(x, -FP16_CLAMP, FP16_CLAMP) if x.dtype == mx.float16 else x
+
+
+class T5Attention(nn.Module):
+    def __init__(self, args: ModelArgs, kv_heads: int, has_relative_attention_bias: bool, bidirectional: bool):
+        super().__init__()
+        self.n_heads = args.num_heads
+        self.n_kv_heads = kv_heads
+        self.d_kv = args.d_kv
+        inner = args.num_heads * args.d_kv
+        self.q = nn.Linear(args.d_model, inner, bias=False)
+        self.k = nn.Linear(args.d_model, kv_heads * args.d_kv, bias=False)
+        self.v = nn.Linear(args.d_model, kv_heads * args.d_kv, bias=False)
+        self.o = nn.Linear(inner, args.d_model, bias=False)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(args.relative_attention_num_buckets, args.num_heads)
+            self._bidirectional = bidirectional
+            self._num_buckets = args.relative_attention_num_buckets
+            self._max_distance = args.relative_attention_max_distance
+
+    def position_bias(self, query_length: int, key_length: int, offset: int = 0) -> mx.array:
+        """[1, H, Tq, Tk] bias for queries at offset..offset+Tq-1 over keys 0..Tk-1."""
+        table = mx.array(bucket_table(self._bidirectional, self._num_buckets, self._max_distance))
+        md = self._max_distance
+        q_pos = mx.arange(offset, offset + query_length)[:, None]
+        k_pos = mx.arange(key_length)[None, :]
+        buckets = table[mx.clip(k_pos - q_pos, -md, md) + md]
+        values = self.relative_attention_bias(buckets)  # [Tq, Tk, H]
+        return values.transpose(2, 0, 1)[None]
+
+    def project_kv(self, x: mx.array):
+        B, L, _ = x.shape
+        k = self.k(x).reshape(B, L, self.n_kv_heads, self.d_kv).transpose(0, 2, 1, 3)
+        v = self.v(x).reshape(B, L, self.n_kv_heads, self.d_kv).transpose(0, 2, 1, 3)
+        return k, v
+
+    def __call__(self, x: mx.array, mask: Optional[mx.array], cache: Optional[KVCache] = None,
+                 cross: Optional[CrossKV] = None) -> mx.array:
+        B, L, _ = x.shape
+        q = self.q(x).reshape(B, L, self.n_heads, self.d_kv).transpose(0, 2, 1, 3)
+        if cross is not None:
+            k, v = cross.keys, cross.values
+        else:
+            k, v = self.project_kv(x)
+            if cache is not None:
+                k, v = cache.update_and_fetch(k, v)
+        out = attention(q, k, v, mask)
+        return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class T5DenseActDense(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.wi = nn.Linear(args.d_model, args.d_ff, bias=False)
+        self.wo = nn.Linear(args.d_ff, args.d_model, bias=False)
+        self.act = _activation(args.activation)
+
+    def __call__(self, x):
+        return _apply_wo(self.wo, self.act(self.wi(x)))
+
+
+class T5DenseGatedActDense(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.wi_0 = nn.Linear(args.d_model, args.d_ff, bias=False)
+        self.wi_1 = nn.Linear(args.d_model, args.d_ff, bias=False)
+        self.wo = nn.Linear(args.d_ff, args.d_model, bias=False)
+        self.act = _activation(args.activation)
+
+    def __call__(self, x):
+        return _apply_wo(self.wo, self.act(self.wi_0(x)) * self.wi_1(x))
+
+
+def _apply_wo(wo: nn.Module, h: mx.array) -> mx.array:
+    # `wo` may be kept in float32 for float16 models: its output is what overflows.
+    wo_dtype = wo.scales.dtype if hasattr(wo, "scales") else wo.weight.dtype
+    if wo_dtype != h.dtype:
+        out = wo(h.astype(wo_dtype))
+        if h.dtype == mx.float16:
+            out = mx.clip(out, -FP16_CLAMP, FP16_CLAMP)
+        return out.astype(h.dtype)
+    return wo(h)
+
+
+def _activation(name: str):
+    acts = {"relu": nn.relu, "gelu_new": nn.gelu_approx, "gelu": nn.gelu, "silu": nn.silu,
+            "gelu_pytorch_tanh": nn.gelu_approx}
+    if name not in acts:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(acts)}")
+    return acts[name]
+
+
+class T5LayerNorm(nn.Module):
+    """RMS norm without mean subtraction; mx.fast.rms_norm accumulates in float32."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x):
+        return mx.fast.rms_norm(x, self.weight.astype(x.dtype), self.eps)
+
+
+class T5LayerSelfAttention(nn.Module):
+    def __init__(self, args, kv_heads, has_bias, bidirectional):
+        super().__init__()
+        self.SelfAttention = T5Attention(args, kv_heads, has_bias, bidirectional)
+        self.layer_norm = T5LayerNorm(args.d_model, args.layer_norm_epsilon)
+
+    def __call__(self, x, mask, cache=None):
+        return _clamp_fp16(x + self.SelfAttention(self.layer_norm(x), mask, cache=cache))
+
+
+class T5LayerCrossAttention(nn.Module):
+    def __init__(self, args, kv_heads):
+        super().__init__()
+        self.EncDecAttention = T5Attention(args, kv_heads, False, False)
+        self.layer_norm = T5LayerNorm(args.d_model, args.layer_norm_epsilon)
+
+    def __call__(self, x, mask, cross: CrossKV):
+        return _clamp_fp16(x + self.EncDecAttention(self.layer_norm(x), mask, cross=cross))
+
+
+class T5LayerFF(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.DenseReluDense = T5DenseGatedActDense(args) if args.is_gated else T5DenseActDense(args)
+        self.layer_norm = T5LayerNorm(args.d_model, args.layer_norm_epsilon)
+
+    def __call__(self, x):
+        return _clamp_fp16(x + self.DenseReluDense(self.layer_norm(x)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, args: ModelArgs, has_bias: bool):
+        super().__init__()
+        self.layer = [T5LayerSelfAttention(args, args.encoder_num_key_value_heads, has_bias, True), T5LayerFF(args)]
+
+    def __call__(self, x, mask):
+        return self.layer[1](self.layer[0](x, mask))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, args: ModelArgs, has_bias: bool):
+        super().__init__()
+        g = args.num_key_value_heads
+        self.layer = [T5LayerSelfAttention(args, g, has_bias, False), T5LayerCrossAttention(args, g), T5LayerFF(args)]
+
+    def __call__(self, x, self_mask, cross_mask, cross: CrossKV, cache: Optional[KVCache]):
+        x = self.layer[0](x, self_mask, cache=cache)
+        x = self.layer[1](x, cross_mask, cross)
+        return self.layer[2](x)
+
+
+class T5Stack(nn.Module):
+    def __init__(self, args: ModelArgs, decoder: bool):
+        super().__init__()
+        n = args.num_decoder_layers if decoder else args.num_layers
+        cls = DecoderBlock if decoder else EncoderBlock
+        # Only block 0 owns the relative position bias; the others reuse it.
+        self.block = [cls(args, has_bias=(i == 0)) for i in range(n)]
+        self.final_layer_norm = T5LayerNorm(args.d_model, args.layer_norm_epsilon)
+
+    @property
+    def bias_owner(self) -> T5Attention:
+        return self.block[0].layer[0].SelfAttention
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.shared = nn.Embedding(args.vocab_size, args.d_model)
+        self.encoder = T5Stack(args, decoder=False)
+        self.decoder = T5Stack(args, decoder=True)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    @property
+    def dtype(self):
+        return self.shared.weight.dtype if hasattr(self.shared, "weight") else mx.float32
+
+    def encode(self, input_ids: mx.array, attention_mask: Optional[mx.array] = None) -> mx.array:
+        x = self.shared(input_ids)
+        L = input_ids.shape[1]
+        mask = self.encoder.bias_owner.position_bias(L, L).astype(x.dtype)
+        pad = padding_mask(attention_mask, x.dtype)
+        if pad is not None:
+            mask = mask + pad
+        for block in self.encoder.block:
+            x = block(x, mask)
+        return self.encoder.final_layer_norm(x)
+
+    def cross_kv(self, encoder_out: mx.array) -> List[CrossKV]:
+        """Cross-attention K/V of every decoder layer, computed once per input."""
+        return [CrossKV(*b.layer[1].EncDecAttention.project_kv(encoder_out)) for b in self.decoder.block]
+
+    def decode(self, decoder_input_ids: mx.array, cross: Sequence[CrossKV],
+               encoder_attention_mask: Optional[mx.array] = None,
+               cache: Optional[Sequence[KVCache]] = None, return_hidden: bool = False) -> mx.array:
+        x = self.shared(decoder_input_ids)
+        T = decoder_input_ids.shape[1]
+        offset = cache[0].offset if cache is not None else 0
+        self_mask = self.decoder.bias_owner.position_bias(T, offset + T, offset).astype(x.dtype)
+        if T > 1:
+            causal = mx.arange(offset + T)[None, :] <= mx.arange(offset, offset + T)[:, None]
+            self_mask = mx.where(causal, self_mask, mx.finfo(x.dtype).min)
+        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        for i, block in enumerate(self.decoder.block):
+            x = block(x, self_mask, cross_mask, cross[i], cache[i] if cache is not None else None)
+        x = self.decoder.final_layer_norm(x)
+        if return_hidden:
+            return x
+        return self.lm_logits(x)
+
+    def lm_logits(self, hidden: mx.array) -> mx.array:
+        if self.args.tie_word_embeddings:
+            return self.shared.as_linear(hidden * (self.args.d_model ** -0.5))
+        return self.lm_head(hidden)
+
+    def __call__(self, input_ids: mx.array, decoder_input_ids: mx.array,
+                 attention_mask: Optional[mx.array] = None) -> mx.array:
+        enc = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, self.cross_kv(enc), attention_mask)
+
+    def make_cache(self, max_size: Optional[int] = None) -> List[KVCache]:
+        return [KVCache(max_size) for _ in self.decoder.block]
+
+    @property
+    def layers(self):
+        return self.decoder.block
+
+    def sanitize(self, weights: dict) -> dict:
+        """Drop checkpoint entries that this model shares or does not use."""
+        drop = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+        if self.args.tie_word_embeddings:
+            drop.add("lm_head.weight")
+        return {k: v for k, v in weights.items() if k not in drop}
