@@ -66,6 +66,48 @@ class KVCache:
         return per_token * self.offset
 
 
+class StaticKVCache:
+    """Fixed-capacity cache whose write position is an array, so a compiled step never retraces.
+
+    `update_and_fetch` returns the whole buffer; slots past the current position are hidden by
+    the decoder's causal mask.
+    """
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys = keys
+        self.values = values
+        self.offset = offset
+
+    @classmethod
+    def empty(cls, batch: int, kv_heads: int, capacity: int, head_dim: int, dtype) -> "StaticKVCache":
+        zeros = mx.zeros((batch, kv_heads, capacity, head_dim), dtype)
+        return cls(zeros, mx.zeros_like(zeros), mx.array(0, dtype=mx.int32))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> Tuple[mx.array, mx.array]:
+        start = mx.reshape(self.offset, (1,))
+        self.keys = mx.slice_update(self.keys, keys.astype(self.keys.dtype), start, axes=(2,))
+        self.values = mx.slice_update(self.values, values.astype(self.values.dtype), start, axes=(2,))
+        self.offset = self.offset + keys.shape[2]
+        return self.keys, self.values
+
+    def select(self, indices: mx.array):
+        self.keys = self.keys[indices]
+        self.values = self.values[indices]
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    def nbytes(self) -> int:
+        """Bytes of the filled part (the buffer itself holds `capacity` slots)."""
+        per_token = (self.keys.nbytes + self.values.nbytes) // self.capacity
+        return per_token * int(self.offset.item())
+
+
 class CrossKV:
     """Cross-attention keys/values of one decoder layer, computed once from the encoder output."""
 

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .cache import CrossKV, KVCache
+from .cache import CrossKV, KVCache, StaticKVCache
 from .config import ModelArgs
 
 # float16 clamp, as transformers does, so activations never become inf.
@@ -86,11 +86,14 @@ class T5Attention(nn.Module):
             self._num_buckets = args.relative_attention_num_buckets
             self._max_distance = args.relative_attention_max_distance
 
-    def position_bias(self, query_length: int, key_length: int, offset: int = 0) -> mx.array:
-        """[1, H, Tq, Tk] bias for queries at offset..offset+Tq-1 over keys 0..Tk-1."""
+    def position_bias(self, query_length: int, key_length: int, offset=0) -> mx.array:
+        """[1, H, Tq, Tk] bias for queries at offset..offset+Tq-1 over keys 0..Tk-1.
+
+        `offset` may be an mx.array (compiled decoding), so nothing here depends on its value.
+        """
         table = mx.array(bucket_table(self._bidirectional, self._num_buckets, self._max_distance))
         md = self._max_distance
-        q_pos = mx.arange(offset, offset + query_length)[:, None]
+        q_pos = (mx.arange(query_length) + offset)[:, None]
         k_pos = mx.arange(key_length)[None, :]
         buckets = table[mx.clip(k_pos - q_pos, -md, md) + md]
         values = self.relative_attention_bias(buckets)  # [Tq, Tk, H]
@@ -108,6 +111,15 @@ class T5Attention(nn.Module):
         q = self.q(x).reshape(B, L, self.n_heads, self.d_kv).transpose(0, 2, 1, 3)
         if cross is not None:
             k, v = cross.keys, cross.values
+            beams = B // k.shape[0]
+            if beams > 1:
+                # Beams of one input share its cross K/V: fold them into the query length instead of
+                # copying K/V per beam (cross-attention has no position bias, so this is exact).
+                Bk, H, D = k.shape[0], self.n_heads, self.d_kv
+                q = q.reshape(Bk, beams, H, L, D).transpose(0, 2, 1, 3, 4).reshape(Bk, H, beams * L, D)
+                out = attention(q, k, v, mask)
+                out = out.reshape(Bk, H, beams, L, D).transpose(0, 2, 1, 3, 4).reshape(B, H, L, D)
+                return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
         else:
             k, v = self.project_kv(x)
             if cache is not None:
@@ -263,7 +275,9 @@ class Model(nn.Module):
 
     def cross_kv(self, encoder_out: mx.array) -> List[CrossKV]:
         """Cross-attention K/V of every decoder layer, computed once per input."""
-        return [CrossKV(*b.layer[1].EncDecAttention.project_kv(encoder_out)) for b in self.decoder.block]
+        # Stored contiguous: they are read every step, and a transposed view would be copied each time.
+        kvs = [b.layer[1].EncDecAttention.project_kv(encoder_out) for b in self.decoder.block]
+        return [CrossKV(mx.contiguous(k), mx.contiguous(v)) for k, v in kvs]
 
     def decode(self, decoder_input_ids: mx.array, cross: Sequence[CrossKV],
                encoder_attention_mask: Optional[mx.array] = None,
@@ -271,9 +285,12 @@ class Model(nn.Module):
         x = self.shared(decoder_input_ids)
         T = decoder_input_ids.shape[1]
         offset = cache[0].offset if cache is not None else 0
-        self_mask = self.decoder.bias_owner.position_bias(T, offset + T, offset).astype(x.dtype)
-        if T > 1:
-            causal = mx.arange(offset + T)[None, :] <= mx.arange(offset, offset + T)[:, None]
+        static = isinstance(cache[0], StaticKVCache) if cache is not None else False
+        # A static cache attends over its whole buffer: the causal mask hides unwritten slots.
+        key_length = cache[0].capacity if static else offset + T
+        self_mask = self.decoder.bias_owner.position_bias(T, key_length, offset).astype(x.dtype)
+        if T > 1 or static:
+            causal = mx.arange(key_length)[None, :] <= (mx.arange(T) + offset)[:, None]
             self_mask = mx.where(causal, self_mask, mx.finfo(x.dtype).min)
         cross_mask = padding_mask(encoder_attention_mask, x.dtype)
         for i, block in enumerate(self.decoder.block):

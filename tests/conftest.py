@@ -46,12 +46,19 @@ def hf_checkpoint(tmp_path_factory, tokenizer):
     """Factory: name -> directory of a random HF checkpoint (cached per session)."""
     made = {}
 
-    def make(name: str, shared_std: float = 1.0, seed: int = 0, **overrides) -> Path:
-        key = (name, shared_std, seed, tuple(sorted(overrides.items())))
+    def make(name: str, shared_std: float = 1.0, seed: int = 0, eos_boost: float = 1.0, **overrides) -> Path:
+        """eos_boost scales the EOS row of an untied head so rows finish at different steps."""
+        key = (name, shared_std, seed, eos_boost, tuple(sorted(overrides.items())))
         if key not in made:
             cfg = t5_config(name, **{**VARIANTS.get(name, {}), **overrides})
             out = tmp_path_factory.mktemp(name.replace("-", "_"))
             made[key] = save_random_checkpoint(cfg, out, seed=seed, tokenizer=tokenizer, shared_std=shared_std)
+            if eos_boost != 1.0:
+                from safetensors.numpy import load_file, save_file
+
+                w = load_file(str(out / "model.safetensors"))
+                w["lm_head.weight"][cfg["eos_token_id"]] *= eos_boost
+                save_file(w, str(out / "model.safetensors"), metadata={"format": "pt"})
         return made[key]
 
     return make

@@ -1,0 +1,134 @@
+"""Beam search with the semantics of transformers' `generate(num_beams=...)`.
+
+Same candidate selection (top 2*num_beams over all beams), length penalty, `early_stopping`
+(True / False / "never") heuristics and no-repeat-n-gram ban, so outputs are token-identical
+for the same logits. The encoder runs once per input and its cross-attention K/V are shared
+by all beams (folded into the query axis, never copied).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import mlx.core as mx
+import numpy as np
+
+from .generate import DecodeState
+
+NEG = -1.0e9
+
+
+def banned_ngram_tokens(history: np.ndarray, n: int) -> List[List[int]]:
+    """Per row of `history` [R, t], tokens that would repeat an n-gram already in that row."""
+    rows, t = history.shape
+    if n <= 0 or t + 1 < n:
+        return [[] for _ in range(rows)]
+    banned = []
+    for r in range(rows):
+        seq = history[r].tolist()
+        seen: Dict[Tuple[int, ...], List[int]] = {}
+        for i in range(t - n + 1):
+            seen.setdefault(tuple(seq[i:i + n - 1]), []).append(seq[i + n - 1])
+        banned.append(seen.get(tuple(seq[t - n + 1:]), []))
+    return banned
+
+
+def no_repeat_ngram_processor(n: int):
+    """Logits processor (history [R, t], logprobs [R, V]) -> logprobs with repeated n-grams banned."""
+
+    def process(history: mx.array, logprobs: mx.array) -> mx.array:
+        banned = banned_ngram_tokens(np.array(history), n)
+        rows = [r for r, toks in enumerate(banned) for _ in toks]
+        if not rows:
+            return logprobs
+        cols = [t for toks in banned for t in toks]
+        logprobs[mx.array(rows), mx.array(cols)] = -mx.inf
+        return logprobs
+
+    return process
+
+
+def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *, num_beams: int = 4,
+                max_new_tokens: int = 64, length_penalty: float = 1.0,
+                early_stopping: Union[bool, str] = False, no_repeat_ngram_size: int = 0,
+                eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                compiled: bool = True, return_scores: bool = False, **unused):
+    """Best beam per input: list of token lists (EOS included when emitted)."""
+    args = model.args
+    eos = args.eos_token_id if eos_token_id is None else eos_token_id
+    pad = args.pad_token_id if pad_token_id is None else pad_token_id
+    B, nb, K = input_ids.shape[0], num_beams, 2 * num_beams
+    prompt_len, max_length = 1, 1 + max_new_tokens
+
+    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, compiled, beams=nb)
+    running = np.full((B, nb, max_length), pad, dtype=np.int64)
+    running[:, :, 0] = args.decoder_start_token_id
+    finished_seqs = running.copy()
+    running_scores = np.zeros((B, nb), np.float32)
+    running_scores[:, 1:] = NEG
+    beam_scores = np.full((B, nb), NEG, np.float32)
+    is_finished = np.zeros((B, nb), bool)
+    heuristic_open = np.ones((B, 1), bool)
+    top_mask = np.arange(K) < nb
+    cur_len = 1
+
+    while True:
+        y = mx.array(running[:, :, cur_len - 1].reshape(-1).astype(np.int32))
+        logprobs = state.logits(y).astype(mx.float32)
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        if no_repeat_ngram_size:
+            logprobs = no_repeat_ngram_processor(no_repeat_ngram_size)(
+                mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len)), logprobs)
+        V = logprobs.shape[-1]
+        acc = (logprobs.reshape(B, nb, V) + mx.array(running_scores)[:, :, None]).reshape(B, nb * V)
+        part = mx.argpartition(-acc, K - 1, axis=-1)[:, :K]
+        vals = mx.take_along_axis(acc, part, axis=-1)
+        order = mx.argsort(-vals, axis=-1)
+        topk_idx = np.array(mx.take_along_axis(part, order, axis=-1)).astype(np.int64)
+        topk_lp = np.array(mx.take_along_axis(vals, order, axis=-1))
+
+        src_beam, tok = topk_idx // V, topk_idx % V
+        topk_seqs = np.take_along_axis(running, src_beam[:, :, None], axis=1)
+        topk_seqs[:, :, cur_len] = tok
+        hits = (tok == eos) | (cur_len + 1 >= max_length)
+
+        # Running beams for the next step: the best candidates that did not finish.
+        run_lp = topk_lp + hits * np.float32(NEG)
+        nxt = _topk_indices(run_lp, nb)
+        running = np.take_along_axis(topk_seqs, nxt[:, :, None], axis=1)
+        running_scores = np.take_along_axis(run_lp, nxt, axis=1).astype(np.float32)
+        reorder = np.take_along_axis(src_beam, nxt, axis=1) + np.arange(B)[:, None] * nb
+
+        # Finished hypotheses: only the top num_beams candidates may finish.
+        just_done = hits & top_mask[None, :]
+        scores = (topk_lp / np.float32((cur_len + 1 - prompt_len) ** length_penalty)).astype(np.float32)
+        full = is_finished.all(axis=1, keepdims=True) & (early_stopping is True)
+        scores = scores + full * np.float32(NEG) + (~heuristic_open) * np.float32(NEG) + (~just_done) * np.float32(NEG)
+        merged_scores = np.concatenate([beam_scores, scores], axis=1)
+        keep = _topk_indices(merged_scores, nb)
+        finished_seqs = np.take_along_axis(np.concatenate([finished_seqs, topk_seqs], axis=1), keep[:, :, None], axis=1)
+        beam_scores = np.take_along_axis(merged_scores, keep, axis=1)
+        is_finished = np.take_along_axis(np.concatenate([is_finished, just_done], axis=1), keep, axis=1)
+
+        state.select(mx.array(reorder.reshape(-1).astype(np.int32)))
+        cur_len += 1
+
+        best_len = (max_length if early_stopping == "never" and length_penalty > 0 else cur_len) - prompt_len
+        best_running = running_scores[:, :1] / np.float32(best_len ** length_penalty)
+        worst_finished = np.where(is_finished, beam_scores.min(axis=1, keepdims=True), np.float32(NEG))
+        heuristic_open = heuristic_open & np.any(best_running > worst_finished, axis=-1, keepdims=True)
+        if not (heuristic_open.any() and not (is_finished.all() and early_stopping is True) and not hits.all()):
+            break
+
+    out = []
+    for b in range(B):
+        seq = finished_seqs[b, 0, 1:].tolist()
+        out.append(seq[: seq.index(eos) + 1] if eos in seq else seq[: cur_len - 1])
+    if return_scores:
+        return out, beam_scores[:, 0].tolist()
+    return out
+
+
+def _topk_indices(x: np.ndarray, k: int) -> np.ndarray:
+    # Stable descending sort: ties keep the lower index first, as torch.topk does on CPU.
+    return np.argsort(-x, axis=1, kind="stable")[:, :k]

@@ -1,0 +1,97 @@
+"""Beam search token-identical to transformers; no-repeat n-grams; sampling."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+from mlx_mqa import generate, load_model
+from mlx_mqa.beam import banned_ngram_tokens, beam_search
+from mlx_mqa.generate import generate_tokens
+from mlx_mqa.sample_utils import make_sampler
+from conftest import PROMPTS, batch, hf_model
+
+SETTINGS = [
+    dict(num_beams=4, length_penalty=2.0, early_stopping=True, no_repeat_ngram_size=3),  # T5 summarization
+    dict(num_beams=4, length_penalty=1.0, early_stopping=False),
+    dict(num_beams=3, length_penalty=0.6, early_stopping="never", no_repeat_ngram_size=2),
+    dict(num_beams=2, length_penalty=1.0, early_stopping=True),
+]
+
+
+def strip(rows, eos=1):
+    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+
+
+@pytest.fixture(scope="module")
+def eos_checkpoint(hf_checkpoint):
+    # Greedy rows of this model stop at different steps (and one runs to the limit).
+    return hf_checkpoint("flan-t5-small", shared_std=0.05, eos_boost=2.0, num_layers=2, num_decoder_layers=2)
+
+
+CASES = [(kw, True) for kw in SETTINGS] + [(SETTINGS[0], False)]
+
+
+@pytest.mark.parametrize("kw,compiled", CASES, ids=lambda k: str(k))
+def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenizer):
+    ids, mask = batch(tokenizer)
+    with torch.no_grad():
+        ref = hf_model(eos_checkpoint).generate(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=30, do_sample=False, **kw)
+    ref = strip([[t for t in r] for r in ref[:, 1:].tolist()])
+    ref = [r if 1 in r else r[:30] for r in ref]
+    model = load_model(eos_checkpoint, dtype="float32")
+    ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=30, compiled=compiled, **kw)
+    ref = [r[: len(o)] if 1 not in r and all(t == 0 for t in r[len(o):]) else r for r, o in zip(ref, ours)]
+    assert ours == ref
+    assert any(1 in r for r in ours), "some beam should finish with EOS"
+
+
+def test_greedy_rows_stop_at_their_own_eos_like_transformers(eos_checkpoint, tokenizer):
+    ids, mask = batch(tokenizer)
+    with torch.no_grad():
+        ref = hf_model(eos_checkpoint).generate(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=40, do_sample=False)
+    ref = strip(ref[:, 1:].tolist())
+    ours = generate_tokens(load_model(eos_checkpoint, dtype="float32"), mx.array(ids), mx.array(mask), 40)
+    assert ours == ref
+    assert len({len(r) for r in ours}) == 3
+
+
+def test_generate_with_beams_returns_text(eos_checkpoint, tokenizer):
+    model = load_model(eos_checkpoint, dtype="float32")
+    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=10, num_beams=4, length_penalty=2.0,
+                     no_repeat_ngram_size=3, early_stopping=True)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_one_beam_equals_greedy(eos_checkpoint, tokenizer):
+    model = load_model(eos_checkpoint, dtype="float32")
+    ids, mask = batch(tokenizer)
+    assert beam_search(model, mx.array(ids), mx.array(mask), num_beams=1, max_new_tokens=20) == \
+        generate_tokens(model, mx.array(ids), mx.array(mask), 20)
+
+
+def test_banned_ngrams():
+    hist = np.array([[0, 5, 6, 7, 5, 6], [0, 1, 2, 3, 4, 5]])
+    assert banned_ngram_tokens(hist, 3) == [[7], []]
+    assert banned_ngram_tokens(hist, 2) == [[7], []]  # (6,) was followed by 7; row 2 never repeats 5
+    assert banned_ngram_tokens(np.array([[0, 3, 3]]), 2) == [[3]]
+    assert banned_ngram_tokens(np.array([[0, 3]]), 4) == [[]]
+
+
+def test_sampling_is_seeded_and_top_p_restricts(eos_checkpoint, tokenizer):
+    model = load_model(eos_checkpoint, dtype="float32")
+    ids, mask = batch(tokenizer)
+    a = generate_tokens(model, mx.array(ids), mx.array(mask), 12, sampler=make_sampler(1.0, seed=7))
+    b = generate_tokens(model, mx.array(ids), mx.array(mask), 12, sampler=make_sampler(1.0, seed=7))
+    assert a == b
+    greedy = generate_tokens(model, mx.array(ids), mx.array(mask), 12)
+    # A vanishing nucleus keeps only the top token: sampling becomes greedy.
+    assert generate_tokens(model, mx.array(ids), mx.array(mask), 12,
+                           sampler=make_sampler(1.0, top_p=1e-6, seed=1)) == greedy
+    logits = mx.array([[0.0, 1.0, 5.0, 4.9]])
+    draws = {int(make_sampler(1.0, top_p=0.9, seed=s)(logits)[0]) for s in range(40)}
+    assert draws <= {2, 3} and draws == {2, 3}
