@@ -145,7 +145,21 @@ def run_pretrain(run, res, tok, train, held, steps):
                        "tokens_per_s": out["tokens_per_s"],
                        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0),
                        "optimizer": f"Adafactor lr {PRETRAIN_LR} warm-up {PRETRAIN_WARMUP} then rsqrt"}
-    return list_checkpoints(run / "pretrain")[-1]
+    return export_model(list_checkpoints(run / "pretrain")[-1], run / "pretrained-mha")
+
+
+def export_model(ckpt, out):
+    """The final checkpoint without optimizer/trainer state: a plain model directory for convert()."""
+    import shutil
+
+    from mlx_mqa.checkpoint import atomic_directory
+
+    if not out.exists():
+        with atomic_directory(out) as tmp:
+            for f in ckpt.iterdir():
+                if f.is_file() and (f.suffix == ".json" or f.name == "model.safetensors") and f.name != "trainer_state.json":
+                    shutil.copy2(f, tmp / f.name)
+    return out
 
 
 def run_uptrain(run, res, tok, train, held, name, source, P, G, pool):
@@ -206,7 +220,7 @@ def main(run_dir, results, P, trial, report_only):
                 log(f"trial step {i + 1} loss {loss:.3f} {n} tokens, {(time.time() - t0) / (i + 1):.2f} s/step")
         shutil.rmtree(run / "trial", ignore_errors=True)
         return
-    res.setdefault("timing", {})
+    res.setdefault("timing", {}).setdefault("started_at", time.strftime("%Y-%m-%d %H:%M:%S"))
     pre = run_pretrain(run, res, tok, train, held, P)
     res["timing"]["pretrain_done_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_results(res_path, res)

@@ -5,7 +5,7 @@ losses) and nothing else. Each checkpoint is written to a temporary sibling and 
 place, so a directory named `ckpt-*` is always complete; it holds
 
 - `model.safetensors`, `config.json`, tokenizer files: `mlx_mqa.load(ckpt)` gives a usable model;
-- `optimizer.safetensors`: `tree_flatten(optimizer.state)`;
+- `optimizer/optimizer.safetensors`: `tree_flatten(optimizer.state)`;
 - `trainer_state.json`: step, data position and RNG state, losses so far, eval history, run settings.
 
 Resuming restores all of it, so the continued run sees the same batches and computes the same
@@ -37,6 +37,7 @@ from .model import Model
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 STATE_FILE = "trainer_state.json"
+OPT_DIR, OPT_FILE = "optimizer", "optimizer.safetensors"
 FORMAT_VERSION = 1
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 # Settings that must not change when a run is resumed (others, e.g. eval_every, may).
@@ -288,7 +289,10 @@ class Trainer:
         with atomic_directory(target, overwrite=True) as tmp:
             save_mlx_weights(tmp, dict(tree_flatten(self.model.parameters())))
             opt_state = dict(tree_flatten(self.optimizer.state))
-            mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state, metadata={"format": "mlx"})
+            # In a subdirectory, so that convert() (which reads every top-level *.safetensors) and
+            # other tools see the checkpoint as a plain model directory.
+            (tmp / OPT_DIR).mkdir()
+            mx.save_safetensors(str(tmp / OPT_DIR / OPT_FILE), opt_state, metadata={"format": "mlx"})
             atomic_write_json(tmp / "config.json", checkpoint_config(self.model.args, self.cfg.dtype, self.step))
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp))
@@ -343,11 +347,12 @@ class Trainer:
             raise CheckpointError(f"{path}/model.safetensors does not match the model: "
                                   f"{len(shape_bad)} missing/misshapen tensors (e.g. {shape_bad[:3]}), "
                                   f"{len(set(weights) - set(expected))} unexpected")
-        opt = self._read_safetensors(path / "optimizer.safetensors")
+        opt_file = path / OPT_DIR / OPT_FILE
+        opt = self._read_safetensors(opt_file if opt_file.exists() else path / OPT_FILE)
         self.model.load_weights(list(weights.items()))
         opt_expected = dict(tree_flatten(self.optimizer.state))
         if set(opt) != set(opt_expected) or any(tuple(opt[k].shape) != tuple(opt_expected[k].shape) for k in opt):
-            raise CheckpointError(f"{path}/optimizer.safetensors does not match this optimizer "
+            raise CheckpointError(f"{path}/{OPT_DIR}/{OPT_FILE} does not match this optimizer "
                                   f"({self.cfg.optimizer}); was the run made with another one?")
         self.optimizer.state = tree_unflatten(list(opt.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)

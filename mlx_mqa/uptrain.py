@@ -206,7 +206,7 @@ def run(model_path, run_dir, sources, eval_sources, objective, eval_fraction, ev
 
         with atomic_directory(Path(output), overwrite=True) as tmp:
             for f in final.iterdir():
-                if f.name not in ("optimizer.safetensors",):
+                if f.is_file() and f.name != "trainer_state.json":
                     shutil.copy2(f, tmp / f.name)
         click.echo(f"model written to {output}")
     click.echo(f"final checkpoint: {final} (loads with mlx_mqa.load)")
