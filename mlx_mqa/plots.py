@@ -1,0 +1,91 @@
+"""Figures of a benchmark run (matplotlib, Agg backend: no display needed).
+
+- time per sample vs number of K/V groups, one line per setting (the GQA paper's Fig. 6);
+- ROUGE vs time per sample for every variant, MLX and PyTorch (the paper's Fig. 3 trade-off).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+RANDOM_NOTE = "random weights: ROUGE is meaningless (speed is not)"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optional[Path]:
+    """x: K/V groups G (log2), y: time per sample (median, min-max bars); PyTorch MHA as a dashed line."""
+    mlx_rows = [r for r in speed if r["backend"] == "mlx"]
+    if not mlx_rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines = defaultdict(list)
+    for r in mlx_rows:
+        lines[(r["batch_size"], r["input_len"], r["output_len"], r.get("quantize_bits"))].append(r)
+    colors = {}
+    for i, (key, rows) in enumerate(sorted(lines.items(), key=lambda kv: tuple(x or 0 for x in kv[0]))):
+        rows = sorted(rows, key=lambda r: r["kv_heads"])
+        xs = [r["kv_heads"] for r in rows]
+        ys = [r["time_per_sample_s"]["median"] for r in rows]
+        err = [[y - r["time_per_sample_s"]["min"] for y, r in zip(ys, rows)],
+               [r["time_per_sample_s"]["max"] - y for y, r in zip(ys, rows)]]
+        B, i_len, o_len, q = key
+        label = f"MLX B={B} {i_len}->{o_len}" + (f" q{q}" if q else "")
+        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+        colors[(B, i_len, o_len)] = line[0].get_color()
+    for r in speed:
+        if r["backend"] == "torch" and r["kv_heads"] == r["num_heads"]:
+            c = colors.get((r["batch_size"], r["input_len"], r["output_len"]), "gray")
+            ax.axhline(r["time_per_sample_s"]["median"], ls="--", color=c, lw=1,
+                       label=f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}")
+    ax.set_xscale("log", base=2)
+    groups = sorted({r["kv_heads"] for r in mlx_rows})
+    ax.set_xticks(groups)
+    ax.set_xticklabels([("MQA\n1" if g == 1 else f"{g}") for g in groups])
+    ax.set_xlabel("K/V groups G (H = MHA)")
+    ax.set_ylabel("time per sample (s)")
+    ax.set_title(title or "Time per sample vs number of K/V groups")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "") -> Optional[Path]:
+    """One point per (variant, backend, dataset): x time per sample, y mean of ROUGE-1/2/L."""
+    if not quality:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for q in quality:
+        marker = "o" if q["backend"] == "mlx" else "s"
+        color = "tab:blue" if q["backend"] == "mlx" else "tab:orange"
+        ax.scatter([q["time_per_sample_s"]], [q["mean_rouge"]], marker=marker, color=color)
+        ax.annotate(f"{'' if q['backend'] == 'mlx' else 'torch '}{q['variant']}"
+                    + (f" ({q['dataset']})" if len({x['dataset'] for x in quality}) > 1 else ""),
+                    (q["time_per_sample_s"], q["mean_rouge"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("time per sample (s), generation on the evaluation examples")
+    ax.set_ylabel("mean of ROUGE-1/2/L F1 (%)")
+    ax.set_title(title or "ROUGE vs time per sample (circles: MLX, squares: PyTorch)", fontsize=9)
+    if random_weights:
+        ax.text(0.5, 0.5, RANDOM_NOTE, transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                color="red", alpha=0.6, rotation=20)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,114 @@
+"""Plain-text tables of a results dict, for the terminal (the CLI prints them)."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from .rouge import METRICS
+
+RANDOM_ROUGE_WARNING = ("ROUGE of random weights is MEANINGLESS: it only shows that the pipeline runs and whether "
+                        "MLX and PyTorch produce the same tokens.")
+REAL_CHECKPOINT_HINT = """\
+To benchmark a real checkpoint (needs the model hub, or a local copy of the checkpoint):
+  python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --kv-heads 12,4,1
+  python bench.py --model google/t5-large-lm-adapt --preset paper --limit 500
+  python bench.py --model ./my-t5-dir --data my_articles.jsonl      # offline: JSONL with id, document, summary
+Note: GQA/MQA made by mean pooling need uptraining (Ainslie et al. 2023) before their ROUGE approaches MHA's."""
+
+
+def _table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[str] = None) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def fmt(cells):
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align))
+
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _ms(x: float) -> str:
+    return f"{1000 * x:.1f}" if x < 10 else f"{1000 * x:.0f}"
+
+
+def _mb(x) -> str:
+    return "-" if x is None else f"{x / 2 ** 20:.1f}"
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def speed_table(speed: Sequence[dict]) -> str:
+    headers = ["variant", "B", "in->out", "encoder ms", "decode ms/step [min-max]", "ms/sample", "gen tok/s",
+               "peak MB", "KV MB", "decode speedup", "predicted"]
+    rows = []
+    for r in speed:
+        d = r["decode_step_s"]
+        rows.append([("torch " if r["backend"] == "torch" and not r["variant"].startswith("torch") else "") + r["variant"],
+                     r["batch_size"], f"{r['input_len']}->{r['output_len']}", _ms(r["encoder_s"]["median"]),
+                     f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]", _ms(r["time_per_sample_s"]["median"]),
+                     f"{r['tokens_per_s']['median']:.0f}", _mb(r["peak_memory_bytes"]), _mb(r["kv_cache_bytes"]),
+                     _x(r.get("measured_decode_speedup")) if r["backend"] == "mlx" else "-",
+                     _x(r.get("predicted_decode_speedup")) if r["backend"] == "mlx" else "-"])
+    return _table(headers, rows)
+
+
+def traffic_table(speed: Sequence[dict]) -> str:
+    """The memory-traffic model next to the measurement, MLX variants only."""
+    headers = ["variant", "B", "in->out", "weights MB/step", "KV MB/step", "total MB/step", "predicted speedup",
+               "measured speedup"]
+    rows = []
+    for r in speed:
+        if r["backend"] != "mlx":
+            continue
+        t = r["traffic_bytes_per_step"]
+        rows.append([r["variant"], r["batch_size"], f"{r['input_len']}->{r['output_len']}", _mb(t["weights"]),
+                     _mb(t["kv_self"] + t["kv_cross"]), _mb(t["total"]), _x(r.get("predicted_decode_speedup")),
+                     _x(r.get("measured_decode_speedup"))])
+    return _table(headers, rows)
+
+
+def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
+    out = []
+    for r in rows:
+        ratio = r["torch_over_mlx"]
+        verdict = f"MLX {ratio:.2f}x faster" if ratio >= 1 else f"PyTorch {1 / ratio:.2f}x faster"
+        out.append(f"B={r['batch_size']} {r['input_len']}->{r['output_len']}: MLX {r['mlx_variant']} "
+                   f"{r['mlx_time_per_sample_s']:.3f} s/sample, PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
+                   f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
+                   f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)")
+    return "\n".join(out)
+
+
+def quality_table(quality: Sequence[dict]) -> str:
+    headers = ["dataset", "variant", "n", "in->out"] + \
+              [{"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}[m] + " [95% CI]" for m in METRICS] + \
+              ["s/sample", "tokens = torch"]
+    rows = []
+    for q in quality:
+        name = ("torch " if q["backend"] == "torch" else "") + q["variant"]
+        match = q.get("tokens_match_reference")
+        m = "-" if not match else f"{match['identical']}/{match['total']}"
+        rouge = [f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]" for k in METRICS]
+        rows.append([q["dataset"], name, q["n"], f"{q['input_len']}->{q['output_len']}", *rouge,
+                     f"{q['time_per_sample_s']:.3f}", m])
+    return _table(headers, rows, "ll" + "r" * (len(headers) - 2))
+
+
+def mha_parity_lines(quality: Sequence[dict]) -> str:
+    """Whether the MLX multi-head ROUGE equals PyTorch's on the same examples (same tokens)."""
+    out = []
+    for q in quality:
+        if q["backend"] != "mlx" or q["kv_heads"] != q["num_heads"] or q.get("quantize_bits"):
+            continue
+        ref = next((t for t in quality if t["backend"] == "torch" and t["dataset"] == q["dataset"]
+                    and t["kv_heads"] == q["kv_heads"]), None)
+        if ref is None:
+            continue
+        match = q.get("tokens_match_reference") or {}
+        same = all(abs(q["rouge"][m]["mean"] - ref["rouge"][m]["mean"]) < 1e-9 for m in METRICS)
+        out.append(f"{q['dataset']}: MLX MHA vs PyTorch MHA: tokens identical on {match.get('identical')}/"
+                   f"{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
+                   f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})")
+    return "\n".join(out)

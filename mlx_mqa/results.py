@@ -1,0 +1,272 @@
+"""Benchmark results: the environment they were measured in, JSON and CSV files, and a schema check."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+from .rouge import METRICS
+
+SCHEMA = "mlx_mqa.bench/1"
+PACKAGES = ("mlx", "mlx-mqa", "torch", "transformers", "numpy", "tokenizers", "datasets", "rouge-score", "nltk")
+ENV_COLUMNS = ["weights", "dtype", "git_commit", "mlx_version", "torch_version", "transformers_version",
+               "mlx_device", "torch_device", "cpu", "blas"]
+SPEED_COLUMNS = [
+    "variant", "backend", "kv_heads", "num_heads", "quantize_bits", "decode_path", "device", "batch_size",
+    "input_len", "output_len", "repeats",
+    "encoder_s", "encoder_s_min", "encoder_s_max",
+    "decode_step_s", "decode_step_s_min", "decode_step_s_max",
+    "time_per_sample_s", "time_per_sample_s_min", "time_per_sample_s_max",
+    "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
+    "peak_memory_bytes", "peak_memory_process_bytes", "memory_method",
+    "kv_cache_bytes", "kv_self_bytes", "kv_cross_bytes", "kv_cache_bytes_formula", "weight_bytes",
+    "traffic_weights_bytes", "traffic_kv_bytes", "traffic_bytes_per_step",
+    "predicted_decode_speedup", "measured_decode_speedup", "measured_sample_speedup", "baseline",
+] + ENV_COLUMNS
+QUALITY_COLUMNS = [
+    "variant", "backend", "kv_heads", "num_heads", "quantize_bits", "dataset", "n", "input_len", "output_len",
+    "num_beams", "batch_size",
+] + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")] + [
+    "mean_rouge", "time_per_sample_s", "generated_tokens_mean", "reference_variant", "tokens_identical",
+    "tokens_total", "rouge_meaningful", "sentence_splitter",
+] + ENV_COLUMNS
+TOP_LEVEL = ("schema", "created", "command", "environment", "model", "settings", "variants", "speed",
+             "mlx_vs_torch", "quality", "files", "notes")
+
+
+# ----------------------------------------------------------------------------------------------- environment
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> Dict[str, Optional[str]]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
+    """Commit of the code that ran, and whether the work tree had uncommitted changes."""
+    repo = Path(repo) if repo else project_root()
+
+    def git(*args) -> Optional[str]:
+        try:
+            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            return r.stdout.strip() if r.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
+    import mlx.core as mx
+
+    from . import backend
+
+    env = {
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "blas": backend.loaded_blas,
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "mlx_device": str(mx.default_device()),
+        "mlx_metal": bool(getattr(mx, "metal", None) and mx.metal.is_available()),
+        "dtype": dtype,
+        "torch_device": torch_device,
+        "torch_threads": None,
+        "git": git_info(),
+    }
+    if torch_device is not None:
+        try:
+            import torch
+
+            env["torch_threads"] = torch.get_num_threads()
+        except ImportError:
+            pass
+    return env
+
+
+def weights_provenance(path) -> dict:
+    """A checkpoint directory's provenance from its config.json: random (with seed) or a real checkpoint."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    seed = cfg.get("random_weights_seed")
+    source = cfg.get("conversion", {}).get("source", str(path))
+    if seed is not None:
+        return {"kind": "random", "random_weights_seed": seed, "source": source}
+    return {"kind": "checkpoint", "source": source}
+
+
+def weights_label(provenance: dict) -> str:
+    if provenance.get("kind") == "random":
+        return f"random(seed={provenance.get('random_weights_seed')})"
+    return f"checkpoint({provenance.get('spec') or provenance.get('source')})"
+
+
+# ----------------------------------------------------------------------------------------------- rows / files
+
+
+def env_row(results: dict) -> dict:
+    env = results["environment"]
+    pk = env.get("packages", {})
+    return {"weights": weights_label(results["model"]["provenance"]), "dtype": env.get("dtype"),
+            "git_commit": (env.get("git") or {}).get("commit"), "mlx_version": pk.get("mlx"),
+            "torch_version": pk.get("torch"), "transformers_version": pk.get("transformers"),
+            "mlx_device": env.get("mlx_device"), "torch_device": env.get("torch_device"), "cpu": env.get("cpu"),
+            "blas": env.get("blas")}
+
+
+def speed_row(r: dict, env: dict) -> dict:
+    row = {k: r.get(k) for k in SPEED_COLUMNS if k in r and not isinstance(r.get(k), dict)}
+    for k in ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s"):
+        row[k], row[f"{k}_min"], row[f"{k}_max"] = r[k]["median"], r[k]["min"], r[k]["max"]
+    t = r["traffic_bytes_per_step"]
+    row["traffic_weights_bytes"] = t["weights"]
+    row["traffic_kv_bytes"] = t["kv_self"] + t["kv_cross"]
+    row["traffic_bytes_per_step"] = t["total"]
+    row.update(env)
+    return {k: row.get(k) for k in SPEED_COLUMNS}
+
+
+def quality_row(q: dict, env: dict, meaningful: bool) -> dict:
+    row = {k: q.get(k) for k in QUALITY_COLUMNS if k in q and not isinstance(q.get(k), dict)}
+    for m in METRICS:
+        row[m], row[f"{m}_low"], row[f"{m}_high"] = q["rouge"][m]["mean"], q["rouge"][m]["low"], q["rouge"][m]["high"]
+    match = q.get("tokens_match_reference") or {}
+    row["tokens_identical"] = match.get("identical")
+    row["tokens_total"] = match.get("total")
+    row["rouge_meaningful"] = meaningful
+    row.update(env)
+    return {k: row.get(k) for k in QUALITY_COLUMNS}
+
+
+def _write_csv(path: Path, columns: List[str], rows: List[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
+    """One JSONL per (variant, dataset): id, prediction, reference, generated ids, per-example ROUGE."""
+    pred_dir = Path(out_dir) / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for q in quality_results:
+        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{q.variant}.jsonl"
+        with open(pred_dir / name, "w", encoding="utf-8") as f:
+            for p in q.predictions:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        files[f"{q.backend}:{q.variant}:{q.dataset}"] = str(Path("predictions") / name)
+    return files
+
+
+def new_results(command: str, environment_: dict, model: dict, settings: dict) -> dict:
+    return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "environment": environment_, "model": model, "settings": settings,
+            "variants": [], "speed": [], "mlx_vs_torch": [], "quality": [], "files": {}, "notes": []}
+
+
+def write_results(results: dict, out_dir) -> Dict[str, str]:
+    """results.json, speed.csv and quality.csv in `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = env_row(results)
+    meaningful = results["model"]["provenance"].get("kind") != "random"
+    paths = {"json": str(out_dir / "results.json"), "speed_csv": str(out_dir / "speed.csv"),
+             "quality_csv": str(out_dir / "quality.csv")}
+    results["files"].update({k: Path(v).name for k, v in paths.items()})
+    _write_csv(out_dir / "speed.csv", SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
+    _write_csv(out_dir / "quality.csv", QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    tmp = out_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    os.replace(tmp, out_dir / "results.json")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- schema check
+
+
+def validate_results(d: dict) -> List[str]:
+    """Problems with a results dict (empty when it follows the schema)."""
+    problems = []
+    for k in TOP_LEVEL:
+        if k not in d:
+            problems.append(f"missing top-level key {k!r}")
+    if problems:
+        return problems
+    if d["schema"] != SCHEMA:
+        problems.append(f"schema is {d['schema']!r}, expected {SCHEMA!r}")
+    env = d["environment"]
+    for k in ("packages", "platform", "cpu", "dtype", "git", "mlx_device", "blas"):
+        if k not in env:
+            problems.append(f"environment lacks {k!r}")
+    if "mlx" not in env.get("packages", {}):
+        problems.append("environment.packages lacks mlx")
+    prov = d["model"].get("provenance", {})
+    if prov.get("kind") not in ("random", "checkpoint"):
+        problems.append(f"model.provenance.kind is {prov.get('kind')!r}")
+    if prov.get("kind") == "random" and "random_weights_seed" not in prov:
+        problems.append("random weights without random_weights_seed")
+    for i, r in enumerate(d["speed"]):
+        for k in ("variant", "backend", "kv_heads", "batch_size", "input_len", "output_len", "encoder_s",
+                  "decode_step_s", "time_per_sample_s", "tokens_per_s", "peak_memory_bytes", "kv_cache_bytes",
+                  "traffic_bytes_per_step"):
+            if k not in r:
+                problems.append(f"speed[{i}] lacks {k!r}")
+        for k in ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s"):
+            s = r.get(k)
+            if not isinstance(s, dict) or not (0 <= s.get("min", -1) <= s.get("median", -1) <= s.get("max", -1)):
+                problems.append(f"speed[{i}].{k} is not min <= median <= max: {s}")
+        if r.get("backend") not in ("mlx", "torch"):
+            problems.append(f"speed[{i}].backend is {r.get('backend')!r}")
+    for i, q in enumerate(d["quality"]):
+        rouge = q.get("rouge", {})
+        for m in METRICS:
+            v = rouge.get(m)
+            if not isinstance(v, dict):
+                problems.append(f"quality[{i}] lacks {m}")
+                continue
+            if not (0 <= v["low"] <= v["mean"] + 1e-9 and v["mean"] <= v["high"] + 1e-9 and v["high"] <= 100):
+                problems.append(f"quality[{i}].{m} is not 0 <= low <= mean <= high <= 100: {v}")
+        for k in ("variant", "backend", "dataset", "n", "time_per_sample_s"):
+            if k not in q:
+                problems.append(f"quality[{i}] lacks {k!r}")
+    return problems

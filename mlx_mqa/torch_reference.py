@@ -1,0 +1,205 @@
+"""The PyTorch reference: transformers' T5ForConditionalGeneration on the best local device.
+
+For a GQA/MQA variant the reference is the multi-head transformers model whose decoder K/V
+projection heads are replaced by their group means, each repeated H/G times: it computes exactly
+what the converted G-head model computes (so its outputs and ROUGE are comparable), at the cost
+of multi-head attention.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_DEC_KV = re.compile(r"^decoder\.block\.\d+\.layer\.[01]\.(SelfAttention|EncDecAttention)\.[kv]\.weight$")
+_ENC_KV = re.compile(r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.[kv]\.weight$")
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def pick_device(preference: str = "auto") -> str:
+    """'auto': mps > cuda > cpu. An explicit device that is not available is an error."""
+    import torch
+
+    if preference not in DEVICES:
+        raise ConfigError(f"unknown --torch-device {preference!r}; choose from {DEVICES}")
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    has_cuda = torch.cuda.is_available()
+    if preference == "auto":
+        return "mps" if has_mps else "cuda" if has_cuda else "cpu"
+    if preference == "mps" and not has_mps:
+        raise ConfigError("--torch-device mps: PyTorch's MPS backend is not available here")
+    if preference == "cuda" and not has_cuda:
+        raise ConfigError("--torch-device cuda: no CUDA device is available to PyTorch here")
+    return preference
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"unknown dtype {name!r}; choose from {list(table)}")
+    return table[name]
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def group_mean_kv_(model, kv_heads: int, groups_in: str = "decoder") -> None:
+    """In place: replace each group of H/G K/V heads by the group's mean head, repeated H/G times.
+
+    The mean is taken exactly as `mlx_mqa.convert.pool_heads` takes it (float64, then the weights' dtype),
+    so the reference sees the same pooled weights as the converted model.
+    """
+    import torch
+
+    from .convert import pool_heads
+
+    H = model.config.num_heads
+    if kv_heads < 1 or H % kv_heads:
+        raise ConfigError(f"kv_heads={kv_heads} does not divide the {H} attention heads")
+    if kv_heads == H:
+        return
+    with torch.no_grad():
+        for name, w in model.state_dict().items():
+            if not (_DEC_KV.match(name) or (groups_in == "all" and _ENC_KV.match(name))):
+                continue
+            d_kv = w.shape[0] // H
+            pooled = pool_heads(w.detach().to("cpu", torch.float32).numpy(), H, kv_heads, "mean")
+            g = pooled.reshape(kv_heads, 1, d_kv, -1)
+            full = np.broadcast_to(g, (kv_heads, H // kv_heads, d_kv, g.shape[-1])).reshape(w.shape)
+            w.copy_(torch.from_numpy(np.ascontiguousarray(full)).to(w.dtype))
+
+
+def load_reference(path, kv_heads: Optional[int] = None, dtype: str = "float32", device: str = "cpu",
+                   groups_in: str = "decoder"):
+    """transformers T5 from a Hugging Face checkpoint directory, K/V group-mean pooled for kv_heads < H."""
+    from transformers import T5ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-tensor loading bar would interleave with ours
+    td = torch_dtype(dtype)
+    try:
+        model = T5ForConditionalGeneration.from_pretrained(str(path), dtype=td)
+    except TypeError:  # transformers 4.x
+        model = T5ForConditionalGeneration.from_pretrained(str(path), torch_dtype=td)
+    model.eval()
+    if kv_heads is not None:
+        group_mean_kv_(model, kv_heads, groups_in)
+    return model.to(device)
+
+
+def weight_bytes(model) -> dict:
+    """Bytes of all parameters (shared ones once), and of what one decoder step reads."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    dec = sum(p.numel() * p.element_size() for n, p in model.decoder.named_parameters()
+              if "embed_tokens" not in n)
+    head = model.get_output_embeddings().weight
+    return {"total": int(total), "decoder_step": int(dec + head.numel() * head.element_size())}
+
+
+def make_cache(model):
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    try:
+        return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+    except TypeError:  # older transformers
+        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
+def prefill_cross(model, cache, encoder_out) -> bool:
+    """Put every decoder layer's cross-attention K/V into `cache` now, as MLX does after the encoder.
+
+    Without it transformers projects them during the first decode step. Returns False (leaving the
+    cache alone) where this transformers version keeps its cache differently.
+    """
+    if not hasattr(cache, "is_updated") or not hasattr(cache, "cross_attention_cache"):
+        return False
+    B, L, _ = encoder_out.shape
+    for i, block in enumerate(model.decoder.block):
+        attn = block.layer[1].EncDecAttention
+        d = attn.key_value_proj_dim
+        k = attn.k(encoder_out).view(B, L, -1, d).transpose(1, 2)
+        v = attn.v(encoder_out).view(B, L, -1, d).transpose(1, 2)
+        cache.cross_attention_cache.update(k, v, i)
+        cache.is_updated[i] = True
+    return True
+
+
+def cache_nbytes(cache) -> Tuple[int, int]:
+    """(self-attention, cross-attention) K/V bytes held by a transformers EncoderDecoderCache."""
+
+    def size(c) -> int:
+        total = 0
+        layers = getattr(c, "layers", None)
+        if layers is not None:
+            pairs = [(getattr(l, "keys", None), getattr(l, "values", None)) for l in layers]
+        else:
+            pairs = list(zip(getattr(c, "key_cache", []), getattr(c, "value_cache", [])))
+        for k, v in pairs:
+            for t in (k, v):
+                if t is not None and hasattr(t, "numel"):
+                    total += t.numel() * t.element_size()
+        return int(total)
+
+    return size(cache.self_attention_cache), size(cache.cross_attention_cache)
+
+
+def strip_generated(rows: Sequence[Sequence[int]], eos_token_id: int) -> List[List[int]]:
+    """Generated ids cut after the first EOS (kept), as `mlx_mqa.generate` returns them."""
+    out = []
+    for r in rows:
+        r = list(r)
+        out.append(r[: r.index(eos_token_id) + 1] if eos_token_id in r else r)
+    return out
+
+
+def generate(model, input_ids: np.ndarray, attention_mask: Optional[np.ndarray], max_new_tokens: int,
+             device: str = "cpu", num_beams: int = 1, eos_token_id: int = 1) -> List[List[int]]:
+    """Greedy (or beam) generation with transformers; EOS honoured; ids per row without the start token."""
+    import torch
+
+    ids = torch.tensor(np.asarray(input_ids), dtype=torch.long, device=device)
+    mask = torch.ones_like(ids) if attention_mask is None else \
+        torch.tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        # Plain greedy (or beam) search: no sampling, repetition or n-gram constraints a checkpoint's
+        # generation_config.json might carry.
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                             num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id,
+                             repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+    return strip_generated(out[:, 1:].tolist(), eos_token_id)
+
+
+def source_dir(path) -> Path:
+    """The multi-head Hugging Face directory a converted model came from (its `conversion.source`)."""
+    import json
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    src = cfg.get("conversion", {}).get("source")
+    return Path(src) if src else Path(path)

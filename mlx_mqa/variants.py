@@ -1,0 +1,226 @@
+"""What the benchmark compares: one multi-head checkpoint, converted (and cached) to several K/V head counts.
+
+A model spec is a Hugging Face hub id, a local checkpoint directory, or `random:<name>` for a
+deterministic random-weight checkpoint of a real T5 shape (`mlx_mqa/assets/t5-configs/<name>.json`,
+optionally with fewer layers), built once into the cache directory. Conversions are cached there too,
+keyed by a fingerprint of the source checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .checkpoint import atomic_directory, read_config, resolve
+from .config import valid_kv_heads
+from .errors import CheckpointError, ConfigError
+
+ASSETS = Path(__file__).parent / "assets"
+RANDOM_PREFIX = "random:"
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MLX_MQA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return base / "mlx_mqa"
+
+
+def random_model_names() -> List[str]:
+    return sorted(p.stem for p in (ASSETS / "t5-configs").glob("*.json"))
+
+
+@dataclass
+class ModelSource:
+    spec: str  # as given on the command line
+    path: Path  # a local multi-head Hugging Face checkpoint directory
+    config: dict
+    random_seed: Optional[int] = None
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config["num_heads"])
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_seed is not None
+
+    def provenance(self) -> dict:
+        """What the weights are: a real checkpoint (hub id or directory) or random (with its seed)."""
+        if self.is_random:
+            return {"kind": "random", "spec": self.spec, "random_weights_seed": self.random_seed,
+                    "shape_from": self.spec[len(RANDOM_PREFIX):], "overrides": self.overrides,
+                    "path": str(self.path), "note": "random weights: speed is meaningful, ROUGE is not"}
+        return {"kind": "checkpoint", "spec": self.spec, "path": str(self.path),
+                "fingerprint": fingerprint(self.path)}
+
+
+def random_config(name: str, layers: Optional[int] = None, decoder_layers: Optional[int] = None) -> dict:
+    file = ASSETS / "t5-configs" / f"{name}.json"
+    if not file.exists():
+        raise ConfigError(f"unknown random model {name!r}; known shapes: {', '.join(random_model_names())}")
+    cfg = json.loads(file.read_text())
+    if layers is not None:
+        cfg["num_layers"] = int(layers)
+        cfg["num_decoder_layers"] = int(layers)
+    if decoder_layers is not None:
+        cfg["num_decoder_layers"] = int(decoder_layers)
+    return cfg
+
+
+def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, decoder_layers: Optional[int] = None,
+                   seed: int = 0, shared_std: float = 0.05) -> ModelSource:
+    """Resolve a model spec to a local multi-head checkpoint directory (building a random one if asked).
+
+    Random checkpoints use a small std for the shared embedding so greedy decoding gives varied
+    tokens rather than echoing one (see `random_init.random_t5_weights`).
+    """
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):]
+        cfg = random_config(name, layers, decoder_layers)
+        overrides = {k: v for k, v in (("num_layers", layers), ("num_decoder_layers", decoder_layers or layers))
+                     if v is not None}
+        tag = f"{name}-L{cfg['num_layers']}x{cfg['num_decoder_layers']}-seed{seed}-std{shared_std:g}"
+        out = cache_dir / "random" / tag
+        if not (out / "config.json").exists():
+            from transformers import AutoTokenizer
+
+            from .random_init import save_random_checkpoint
+
+            tok = AutoTokenizer.from_pretrained(str(ASSETS / "tokenizer"))
+            try:
+                with atomic_directory(out) as tmp:
+                    save_random_checkpoint(cfg, tmp, seed=seed, tokenizer=tok, shared_std=shared_std)
+            except CheckpointError:
+                if not (out / "config.json").exists():  # not a concurrent build that finished first
+                    raise
+        extra = dict(overrides, shared_std=shared_std)
+        return ModelSource(spec, out, read_config(out), random_seed=seed, overrides=extra)
+    if layers is not None or decoder_layers is not None:
+        raise ConfigError("--layers only applies to random:<name> models")
+    path = resolve(spec)
+    cfg = read_config(path)
+    if "conversion" in cfg:
+        raise ConfigError(f"{spec} is already a converted MLX model; pass the multi-head Hugging Face checkpoint "
+                          f"it came from ({cfg['conversion'].get('source')})")
+    if "num_heads" not in cfg:
+        raise ConfigError(f"{path}/config.json is not a T5 config")
+    seed_in_config = cfg.get("random_weights_seed")
+    return ModelSource(spec, path, cfg, random_seed=seed_in_config)
+
+
+def fingerprint(path: Path) -> str:
+    """Short hash of a checkpoint directory: its config and the names, sizes and times of its weight files."""
+    path = Path(path)
+    h = hashlib.sha1()
+    h.update(str(path.resolve()).encode())
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def parse_kv_heads(text: Optional[str], num_heads: int) -> List[int]:
+    """'H,4,1' -> [H, 4, 1]; 'H' (or 'mha') means num_heads, 'mqa' means 1. Default: H, ~H/3, 1."""
+    if text is None or str(text).strip() in ("", "default"):
+        return default_kv_heads(num_heads)
+    out: List[int] = []
+    for part in str(text).split(","):
+        p = part.strip().lower()
+        if not p:
+            continue
+        if p in ("h", "mha"):
+            g = num_heads
+        elif p == "mqa":
+            g = 1
+        else:
+            try:
+                g = int(p)
+            except ValueError:
+                raise ConfigError(f"--kv-heads: {part!r} is not a number (or H / mha / mqa)") from None
+        if g < 1 or num_heads % g:
+            raise ConfigError(f"--kv-heads {g} does not divide the {num_heads} attention heads; valid values: "
+                              f"{', '.join(map(str, valid_kv_heads(num_heads)))}")
+        if g not in out:
+            out.append(g)
+    if not out:
+        raise ConfigError("--kv-heads lists no value")
+    return sorted(out, reverse=True)
+
+
+def default_kv_heads(num_heads: int) -> List[int]:
+    """MHA, one GQA (the divisor nearest H/3: 12 -> 4, 16 -> 4, 8 -> 2) and MQA."""
+    mids = [g for g in valid_kv_heads(num_heads) if 1 < g < num_heads]
+    out = [num_heads]
+    if mids:
+        out.append(min(mids, key=lambda g: (abs(g - num_heads / 3), g)))
+    if num_heads > 1:
+        out.append(1)
+    return out
+
+
+def variant_name(kv_heads: int, num_heads: int, quantize_bits: Optional[int] = None) -> str:
+    base = "MHA" if kv_heads == num_heads else "MQA" if kv_heads == 1 else f"GQA-{kv_heads}"
+    return base + (f"-q{quantize_bits}" if quantize_bits else "")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    kv_heads: int
+    num_heads: int
+    quantize_bits: Optional[int] = None
+    q_group_size: int = 64
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.kv_heads, self.num_heads, self.quantize_bits)
+
+
+def variant_specs(kv_heads: Sequence[int], num_heads: int, quantize: Sequence[int] = (),
+                  q_group_size: int = 64) -> List[VariantSpec]:
+    """Every kv-heads value in float, then its quantized copies."""
+    specs = [VariantSpec(g, num_heads) for g in kv_heads]
+    for bits in quantize:
+        specs += [VariantSpec(g, num_heads, int(bits), q_group_size) for g in kv_heads]
+    return specs
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "model"
+
+
+def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    q = f"-q{spec.quantize_bits}g{spec.q_group_size}" if spec.quantize_bits else ""
+    return (cache_dir / "converted" / f"{_slug(source.spec)}-{fingerprint(source.path)}"
+            / f"kv{spec.kv_heads}-{dtype}{q}-v{CACHE_VERSION}")
+
+
+def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
+    """The converted model directory for `spec`, converting (mean pooling, decoder) on first use."""
+    from .convert import convert
+
+    out = converted_path(source, spec, dtype, cache_dir)
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    try:
+        convert(str(source.path), str(out), kv_heads=spec.kv_heads, dtype=dtype,
+                quantize=spec.quantize_bits is not None, q_bits=spec.quantize_bits or 4,
+                q_group_size=spec.q_group_size)
+    except CheckpointError:
+        if not (out / "config.json").exists():  # a concurrent conversion may have finished first
+            raise
+    return out
