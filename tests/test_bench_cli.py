@@ -1,0 +1,165 @@
+"""bench.py end to end on a tiny random model and 3 bundled examples; the results schema (JSON and CSV)."""
+
+import copy
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_mqa.random_init import save_random_checkpoint
+from mlx_mqa.results import QUALITY_COLUMNS, SPEED_COLUMNS, validate_results, weights_provenance
+from mlx_mqa.rouge import METRICS
+from conftest import t5_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2, vocab_size=4100)
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.fixture(scope="module")
+def run_cli(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("bench_cli")
+    model = save_random_checkpoint(t5_config("t5-small", **TINY), root / "tiny-hf", seed=2, tokenizer=tokenizer,
+                                   shared_std=0.05)
+    out = root / "out"
+    args = ["--model", str(model), "--kv-heads", "H,2,1", "--batch-sizes", "1,2", "--lengths", "32x4",
+            "--warmup", "1", "--repeats", "2", "--dataset", "bundled:cnn_dailymail", "--limit", "3",
+            "--quality-lengths", "96x12", "--quality-batch-size", "2", "--bootstrap", "200",
+            "--out", str(out), "--cache-dir", str(root / "cache"), "--no-progress"]
+    result = CliRunner().invoke(load_cli(), args)
+    return result, out
+
+
+def test_cli_end_to_end(run_cli):
+    result, out = run_cli
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    text = result.output
+    for needle in ("Speed (medians", "Memory-traffic model", "MLX vs PyTorch, multi-head", "Quality (ROUGE F1 %",
+                   "MEANINGLESS", "To benchmark a real checkpoint", "GQA-2", "MQA", "torch MHA"):
+        assert needle in text, needle
+    assert "tokens identical on 3/3 examples; ROUGE equal" in text
+    for name in ("results.json", "speed.csv", "quality.csv", "time_vs_groups.png", "rouge_vs_time.png"):
+        assert (out / name).exists(), name
+    assert (out / "time_vs_groups.png").read_bytes()[:4] == b"\x89PNG"
+    res = json.loads((out / "results.json").read_text())
+    assert validate_results(res) == []
+    # 3 MLX variants + the PyTorch MHA, at 2 batch sizes; the converted models' K/V bytes match the formula.
+    assert len(res["speed"]) == 8
+    assert all(r["kv_cache_bytes"] == r["kv_cache_bytes_formula"] for r in res["speed"])
+    assert {r["kv_heads"] for r in res["speed"] if r["backend"] == "mlx"} == {4, 2, 1}
+    assert all(r["repeats"] == 2 for r in res["speed"])
+    kv = {r["kv_heads"]: r["kv_cache_bytes"] for r in res["speed"] if r["backend"] == "mlx" and r["batch_size"] == 2}
+    assert kv[4] == 2 * kv[2] == 4 * kv[1]
+    assert [r["batch_size"] for r in res["mlx_vs_torch"]] == [1, 2]
+    # Quality: 3 MLX variants + 3 PyTorch references, each on the same 3 examples.
+    q = {(r["backend"], r["variant"]): r for r in res["quality"]}
+    assert set(q) == {(b, v) for b in ("mlx", "torch") for v in ("MHA", "GQA-2", "MQA")}
+    assert all(r["n"] == 3 and r["input_len"] == 96 and r["output_len"] == 12 for r in q.values())
+    for v in ("MHA", "GQA-2", "MQA"):
+        assert q[("mlx", v)]["tokens_match_reference"]["all_identical"], v
+        assert q[("mlx", v)]["reference_variant"] == f"torch {v}"
+    for m in METRICS:
+        assert q[("mlx", "MHA")]["rouge"][m] == q[("torch", "MHA")]["rouge"][m]
+    assert res["model"]["provenance"]["kind"] == "random"
+    assert res["model"]["provenance"]["random_weights_seed"] == 2
+    assert any("ROUGE is meaningless" in n for n in res["notes"])
+
+
+def test_predictions_saved_per_example(run_cli):
+    _, out = run_cli
+    res = json.loads((out / "results.json").read_text())
+    files = res["files"]["predictions"]
+    assert len(files) == 6
+    mlx = [json.loads(l) for l in (out / files["mlx:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
+    ref = [json.loads(l) for l in (out / files["torch:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
+    assert [p["id"] for p in mlx] == ["cnn_dailymail-test-helm0000", "cnn_dailymail-test-helm0001",
+                                      "cnn_dailymail-test-helm0002"]
+    assert all(set(p) >= {"id", "prediction", "reference", "tokens", "rouge1", "rougeLsum"} for p in mlx)
+    assert [p["tokens"] for p in mlx] == [p["tokens"] for p in ref]
+    assert all(1 <= len(p["tokens"]) <= 12 for p in mlx)
+
+
+def test_results_schema_json_and_csv(run_cli):
+    _, out = run_cli
+    res = json.loads((out / "results.json").read_text())
+    env = res["environment"]
+    assert env["packages"]["mlx"] and env["packages"]["torch"] and env["packages"]["transformers"]
+    assert env["packages"]["numpy"] and env["dtype"] == "float32" and env["torch_device"] == "cpu"
+    assert "commit" in env["git"] and "blas" in env and env["cpu"]
+    with open(out / "speed.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == SPEED_COLUMNS and len(rows) == len(res["speed"])
+    assert all(float(r["time_per_sample_s_min"]) <= float(r["time_per_sample_s"]) <= float(r["time_per_sample_s_max"])
+               for r in rows)
+    assert {r["weights"] for r in rows} == {"random(seed=2)"}
+    assert {r["mlx_version"] for r in rows} == {env["packages"]["mlx"]}
+    with open(out / "quality.csv") as f:
+        qrows = list(csv.DictReader(f))
+    assert list(qrows[0]) == QUALITY_COLUMNS and len(qrows) == 6
+    assert {r["rouge_meaningful"] for r in qrows} == {"False"}
+    assert {r["tokens_identical"] for r in qrows if r["backend"] == "mlx"} == {"3"}
+
+
+def test_schema_check_catches_problems(run_cli):
+    _, out = run_cli
+    good = json.loads((out / "results.json").read_text())
+    bad = copy.deepcopy(good)
+    del bad["environment"]["git"]
+    bad["speed"][0]["decode_step_s"]["min"] = 10.0
+    bad["quality"][0]["rouge"]["rouge2"]["low"] = 101.0
+    problems = validate_results(bad)
+    assert len(problems) == 3, problems
+    assert validate_results({"schema": "x"})[0].startswith("missing top-level key")
+    bad = copy.deepcopy(good)
+    bad["model"]["provenance"] = {"kind": "random"}
+    assert validate_results(bad) == ["random weights without random_weights_seed"]
+
+
+def test_weights_provenance(tmp_path, run_cli):
+    _, out = run_cli
+    res = json.loads((out / "results.json").read_text())
+    converted = Path(res["variants"][1]["path"])
+    prov = weights_provenance(converted)
+    assert prov == {"kind": "random", "random_weights_seed": 2, "source": res["model"]["path"]}
+    (tmp_path / "config.json").write_text(json.dumps({"d_model": 8, "num_heads": 2}))
+    assert weights_provenance(tmp_path)["kind"] == "checkpoint"
+
+
+def test_cli_offline_dataset_error_names_data_and_fails_fast(tmp_path, monkeypatch):
+    import datasets
+
+    from mlx_mqa import data
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
+    main = load_cli()
+    cache = tmp_path / "cache"
+    for name, needle in (("cnn_dailymail", "cannot read dataset 'cnn_dailymail'"), ("nosuch", "unknown dataset")):
+        r = CliRunner().invoke(main, ["--dataset", name, "--cache-dir", str(cache), "--out", str(tmp_path / "o"),
+                                      "--no-progress"])
+        assert r.exit_code == 4, r.output
+        assert needle in r.output and "--data FILE.jsonl" in r.output
+        assert "Traceback" not in r.output
+    assert not cache.exists()  # failed before building or converting any model
+
+
+def test_cli_help_and_bad_options():
+    main = load_cli()
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for needle in ("--kv-heads", "--preset", "--quantize", "--num-beams", "--data", "--torch-device", "random:"):
+        assert needle in r.output
+    r = CliRunner().invoke(main, ["--lengths", "512", "--no-progress"])
+    assert r.exit_code != 0 and "INPUTxOUTPUT" in r.output
