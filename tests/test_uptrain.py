@@ -223,3 +223,40 @@ def test_cli_supervised(converted, corpus, tmp_path):
                                   "--max-target-length", "16", "--schedule", "cosine"])
     assert r.exit_code == 0, r.output
     assert "held-out loss" in r.output
+
+
+def test_bfloat16_training_and_checkpoint(tokenizer, tmp_path):
+    import mlx_mqa
+
+    data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
+    tr = Trainer(tiny_model(), data, TrainConfig(steps=3, batch_size=4, dtype="bfloat16", lr=1e-2), tmp_path / "r",
+                 tokenizer=tokenizer)
+    tr.train()
+    assert all(np.isfinite(tr.losses)) and tr.model.shared.weight.dtype == mx.bfloat16
+    model, _ = mlx_mqa.load(list_checkpoints(tmp_path / "r")[-1])
+    assert model.shared.weight.dtype == mx.bfloat16
+
+
+def test_cli_sigint_checkpoints_and_resumes(converted, corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlx_mqa.uptrain", "--model", str(converted), "--run-dir", str(run), "--data",
+           str(corpus), "--input-length", "32", "--batch-size", "4", "--steps", "100000", "--save-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((run / "log.jsonl").exists() and (run / "log.jsonl").stat().st_size):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    ckpts = list_checkpoints(run)
+    assert len(ckpts) == 1, out
+    state = json.loads((ckpts[0] / "trainer_state.json").read_text())
+    assert state["step"] == int(ckpts[0].name.split("-")[1]) and len(state["losses"]) == state["step"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]           # no half-written checkpoint
