@@ -221,6 +221,14 @@ def generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_token
         tokens = beam_search(model, batch.input_ids, batch.attention_mask, num_beams=num_beams,
                              max_new_tokens=max_new_tokens, **kw)
     else:
+        # Beam-only settings mean nothing for one beam; the n-gram ban becomes a logits processor.
+        kw.pop("length_penalty", None)
+        kw.pop("early_stopping", None)
+        ngram = kw.pop("no_repeat_ngram_size", 0)
+        if ngram:
+            from .beam import no_repeat_ngram_processor
+
+            kw["logits_processors"] = list(kw.get("logits_processors") or []) + [no_repeat_ngram_processor(ngram)]
         tokens = generate_tokens(model, batch.input_ids, batch.attention_mask, max_new_tokens, **kw)
     texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     if return_result:

@@ -95,3 +95,18 @@ def test_sampling_is_seeded_and_top_p_restricts(eos_checkpoint, tokenizer):
     logits = mx.array([[0.0, 1.0, 5.0, 4.9]])
     draws = {int(make_sampler(1.0, top_p=0.9, seed=s)(logits)[0]) for s in range(40)}
     assert draws <= {2, 3} and draws == {2, 3}
+
+
+def test_greedy_no_repeat_ngram_matches_transformers(eos_checkpoint, tokenizer):
+    ids, mask = batch(tokenizer)
+    with torch.no_grad():
+        ref = hf_model(eos_checkpoint).generate(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=30, do_sample=False, no_repeat_ngram_size=2)
+    ref = strip(ref[:, 1:].tolist())
+    model = load_model(eos_checkpoint, dtype="float32")
+    res = generate(model, tokenizer, PROMPTS, max_new_tokens=30, no_repeat_ngram_size=2, length_penalty=2.0,
+                   return_result=True)
+    ref = [r if 1 in r else r[:30] for r in ref]
+    ref = [r[: len(o)] if 1 not in r else r for r, o in zip(ref, res.tokens)]
+    assert res.tokens == ref
