@@ -313,6 +313,10 @@ class Trainer:
         Raises CheckpointError if it is unreadable or was made by a different model or run settings.
         """
         if path is None:
+            # Temporary directories left by a kill during a save are never complete: remove them.
+            if self.run_dir.exists():
+                for stale in self.run_dir.glob(".ckpt-*.partial-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
             ckpts = list_checkpoints(self.run_dir)
             if not ckpts:
                 return None
