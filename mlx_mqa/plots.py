@@ -22,7 +22,7 @@ def _plt():
     return plt
 
 
-def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optional[Path]:
+def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "", dpi: int = 120) -> Optional[Path]:
     """x: K/V groups G (log2), y: time per sample (median, min-max bars); PyTorch MHA as a dashed line."""
     mlx_rows = [r for r in speed if r["backend"] == "mlx"]
     if not mlx_rows:
@@ -59,24 +59,29 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optiona
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
 
-def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "") -> Optional[Path]:
+def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "",
+                       dpi: int = 120) -> Optional[Path]:
     """One point per (variant, backend, dataset): x time per sample, y mean of ROUGE-1/2/L."""
     if not quality:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for q in quality:
-        marker = "o" if q["backend"] == "mlx" else "s"
-        color = "tab:blue" if q["backend"] == "mlx" else "tab:orange"
-        ax.scatter([q["time_per_sample_s"]], [q["mean_rouge"]], marker=marker, color=color)
-        ax.annotate(f"{'' if q['backend'] == 'mlx' else 'torch '}{q['variant']}"
-                    + (f" ({q['dataset']})" if len({x['dataset'] for x in quality}) > 1 else ""),
-                    (q["time_per_sample_s"], q["mean_rouge"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    several = len({x["dataset"] for x in quality}) > 1
+    for i, q in enumerate(sorted(quality, key=lambda q: (q["time_per_sample_s"], q["mean_rouge"]))):
+        torch_ref = q["backend"] == "torch"
+        ax.scatter([q["time_per_sample_s"]], [q["mean_rouge"]], marker="s" if torch_ref else "o",
+                   color="tab:orange" if torch_ref else "tab:blue")
+        label = ("torch " if torch_ref else "") + q["variant"] + (f" ({q['dataset']})" if several else "")
+        # Stagger the labels: variants of equal ROUGE and similar time would print on top of each other.
+        ax.annotate(label, (q["time_per_sample_s"], q["mean_rouge"]), fontsize=7, xytext=(5, -10 + 9 * (i % 4)),
+                    textcoords="offset points")
+    top = max(q["mean_rouge"] for q in quality)
+    ax.set_ylim(bottom=0, top=max(1.0, top * 1.15))
     ax.set_xlabel("time per sample (s), generation on the evaluation examples")
     ax.set_ylabel("mean of ROUGE-1/2/L F1 (%)")
     ax.set_title(title or "ROUGE vs time per sample (circles: MLX, squares: PyTorch)", fontsize=9)
@@ -86,6 +91,6 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -41,7 +41,7 @@ def _x(v) -> str:
 
 def speed_table(speed: Sequence[dict]) -> str:
     headers = ["variant", "B", "in->out", "encoder ms", "decode ms/step [min-max]", "ms/sample", "gen tok/s",
-               "peak MB", "KV MB", "decode speedup", "predicted"]
+               "peak MiB", "KV MiB", "decode speedup", "predicted"]
     rows = []
     for r in speed:
         d = r["decode_step_s"]
@@ -56,7 +56,7 @@ def speed_table(speed: Sequence[dict]) -> str:
 
 def traffic_table(speed: Sequence[dict]) -> str:
     """The memory-traffic model next to the measurement, MLX variants only."""
-    headers = ["variant", "B", "in->out", "weights MB/step", "KV MB/step", "total MB/step", "predicted speedup",
+    headers = ["variant", "B", "in->out", "weights MiB/step", "KV MiB/step", "total MiB/step", "predicted speedup",
                "measured speedup"]
     rows = []
     for r in speed:
