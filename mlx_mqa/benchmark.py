@@ -243,7 +243,6 @@ def mlx_run(model, input_ids: np.ndarray, output_len: int, weight_bytes: int = 0
         peak_bytes=int(weight_bytes + max(peak - base, 0)), peak_process_bytes=int(peak),
         kv_self_bytes=int(sum(c.nbytes() for c in self_cache)), kv_cross_bytes=int(sum(c.nbytes() for c in cross)),
         tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None)
-    del cross, self_cache, y
     return sample
 
 
@@ -290,7 +289,6 @@ def torch_run(model, input_ids: np.ndarray, output_len: int, device: str = "cpu"
     sample = RunSample(encoder_s=t1 - t0, decode_s=t2 - t1, steps=output_len, batch_size=B, peak_bytes=peak,
                        peak_process_bytes=peak_process, kv_self_bytes=kv_self, kv_cross_bytes=kv_cross,
                        tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None)
-    del cache, enc, out
     return sample
 
 

@@ -16,7 +16,8 @@ from . import benchmark as bm
 from . import quality as ql
 from .data import Example, dataset_lengths, load_examples, with_prefix
 from .errors import ConfigError
-from .results import environment, new_results, validate_results, write_predictions, write_results
+from .results import (environment, new_results, validate_results, weights_provenance, write_predictions,
+                      write_results)
 from .variants import (VariantSpec, default_cache_dir, ensure_converted, parse_kv_heads, prepare_source,
                        variant_specs)
 
@@ -155,7 +156,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
         "dtype": dtype}, cfg.to_dict())
     results["settings"]["decode_path_resolved"] = decode_path
     results["variants"] = [{"name": v.spec.name, "backend": "mlx", "kv_heads": v.spec.kv_heads,
-                            "quantize_bits": v.spec.quantize_bits, "path": str(v.path), "weight_bytes": v.weights["total"]}
+                            "quantize_bits": v.spec.quantize_bits, "path": str(v.path), "weight_bytes": v.weights["total"],
+                            "weights": weights_provenance(v.path)}
                            for v in variants]
     if source.is_random:
         results["notes"].append("Random weights: speed and memory are meaningful, ROUGE is meaningless.")

@@ -26,10 +26,16 @@ def load_cli():
 
 
 @pytest.fixture(scope="module")
-def run_cli(tmp_path_factory, tokenizer):
+def tiny_model(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("bench_cli")
     model = save_random_checkpoint(t5_config("t5-small", **TINY), root / "tiny-hf", seed=2, tokenizer=tokenizer,
                                    shared_std=0.05)
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def run_cli(tiny_model):
+    root, model = tiny_model
     out = root / "out"
     args = ["--model", str(model), "--kv-heads", "H,2,1", "--batch-sizes", "1,2", "--lengths", "32x4",
             "--warmup", "1", "--repeats", "2", "--dataset", "bundled:cnn_dailymail", "--limit", "3",
@@ -163,3 +169,23 @@ def test_cli_help_and_bad_options():
         assert needle in r.output
     r = CliRunner().invoke(main, ["--lengths", "512", "--no-progress"])
     assert r.exit_code != 0 and "INPUTxOUTPUT" in r.output
+
+
+def test_cli_quantized_variants_without_torch(tiny_model, tmp_path):
+    root, model = tiny_model
+    r = CliRunner().invoke(load_cli(), ["--model", str(model), "--kv-heads", "H,1", "--quantize", "8", "--no-torch",
+                                        "--no-quality", "--batch-sizes", "2", "--lengths", "16x3", "--warmup", "0",
+                                        "--repeats", "1", "--out", str(tmp_path), "--cache-dir", str(root / "cache"),
+                                        "--no-progress", "--no-plots"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [(v["name"], v["quantize_bits"]) for v in res["variants"]] == [
+        ("MHA", None), ("MQA", None), ("MHA-q8", 8), ("MQA-q8", 8)]
+    w = {v["name"]: v["weight_bytes"] for v in res["variants"]}
+    assert w["MHA-q8"] < 0.5 * w["MHA"] and w["MQA-q8"] < w["MHA-q8"]
+    assert all(v["weights"]["kind"] == "random" for v in res["variants"])
+    speed = {r["variant"]: r for r in res["speed"]}
+    assert set(speed) == {"MHA", "MQA", "MHA-q8", "MQA-q8"} and res["mlx_vs_torch"] == []
+    assert speed["MQA-q8"]["baseline"] == "MHA-q8" and speed["MQA"]["baseline"] == "MHA"
+    assert speed["MHA-q8"]["traffic_bytes_per_step"]["weights"] < speed["MHA"]["traffic_bytes_per_step"]["weights"]
+    assert "torch" not in r.output.split("Speed")[1].split("Memory-traffic")[0]

@@ -1,7 +1,7 @@
 """The speed runners (their tokens are real greedy generations), KV-cache bytes, the traffic model, the sweep."""
 
+import mlx_mqa  # noqa: F401  (before mlx.core: loads the optimized BLAS)
 import mlx.core as mx
-import numpy as np
 import pytest
 
 from mlx_mqa import benchmark as bm
