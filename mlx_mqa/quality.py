@@ -128,6 +128,7 @@ class QualityResult:
     reference_variant: Optional[str] = None  # the transformers model this variant's tokens were compared with
     tokens_match_reference: Optional[Dict[str, object]] = None
     sentence_splitter: str = ""
+    rouge_meaningful: bool = True  # False for random weights
     predictions: List[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_predictions: bool = False) -> dict:
@@ -139,14 +140,15 @@ class QualityResult:
 
 def evaluate(variant: str, backend: str, kv_heads: int, num_heads: int, quantize_bits: Optional[int], dataset: str,
              examples: Sequence[Example], generation: Generation, tokenizer, input_len: int, output_len: int,
-             num_beams: int, batch_size: int, bootstrap: int = 1000, seed: int = 0) -> QualityResult:
-    """Decode, score and package one variant's generations."""
+             num_beams: int, batch_size: int, bootstrap: int = 1000, seed: int = 0,
+             rouge_meaningful: bool = True) -> QualityResult:
+    """Decode, score and package one variant's generations (`rouge_meaningful=False` for random weights)."""
     texts = tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)
     texts = [t.strip() for t in texts]
     refs = [e.summary for e in examples]
     summary, per = score(texts, refs, use_stemmer=True, n_resamples=bootstrap, seed=seed)
     preds = [{"id": e.id, "prediction": t, "reference": e.summary, "tokens": tok,
-              **{m: float(per[m][i]) for m in METRICS}}
+              **{m: float(per[m][i]) for m in METRICS}, **({} if rouge_meaningful else {"rouge_meaningful": False})}
              for i, (e, t, tok) in enumerate(zip(examples, texts, generation.tokens))]
     return QualityResult(
         variant=variant, backend=backend, kv_heads=kv_heads, num_heads=num_heads, quantize_bits=quantize_bits,
@@ -155,7 +157,7 @@ def evaluate(variant: str, backend: str, kv_heads: int, num_heads: int, quantize
         mean_rouge=float(np.mean([summary[m].mean for m in ("rouge1", "rouge2", "rougeL")])),
         time_per_sample_s=generation.seconds / max(len(examples), 1),
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
-        sentence_splitter=sentence_splitter(), predictions=preds)
+        sentence_splitter=sentence_splitter(), rouge_meaningful=rouge_meaningful, predictions=preds)
 
 
 def summary_from_dict(rouge: Dict[str, Dict[str, float]]) -> Dict[str, MetricSummary]:

@@ -171,7 +171,7 @@ def quality_row(q: dict, env: dict, meaningful: bool) -> dict:
     match = q.get("tokens_match_reference") or {}
     row["tokens_identical"] = match.get("identical")
     row["tokens_total"] = match.get("total")
-    row["rouge_meaningful"] = meaningful
+    row["rouge_meaningful"] = meaningful and q.get("rouge_meaningful", True)
     row.update(env)
     return {k: row.get(k) for k in QUALITY_COLUMNS}
 

@@ -18,8 +18,8 @@ from .data import Example, dataset_lengths, load_examples, with_prefix
 from .errors import ConfigError
 from .results import (environment, new_results, validate_results, weights_provenance, write_predictions,
                       write_results)
-from .variants import (VariantSpec, default_cache_dir, ensure_converted, parse_kv_heads, prepare_source,
-                       variant_specs)
+from .variants import (VariantSpec, converted_path, default_cache_dir, ensure_converted, parse_kv_heads,
+                       prepare_source, variant_specs)
 
 DEFAULT_QUALITY_LENGTHS = (512, 128)
 
@@ -133,6 +133,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
 
     variants: List[MlxVariant] = []
     for spec in specs:
+        if not (converted_path(source, spec, dtype, cache_dir) / "model.safetensors").exists():
+            say(f"converting to {spec.name} (first use; cached afterwards)")
         path = ensure_converted(source, spec, dtype, cache_dir)
         say(f"{spec.name}: {path}")
         model = load_model(path)
@@ -223,7 +225,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
                 quality_results.append(ql.evaluate(
                     v.spec.name, "mlx", v.spec.kv_heads, H, v.spec.quantize_bits, job.label, job.examples, gen,
                     tokenizer, job.input_len, job.output_len, cfg.num_beams, cfg.quality_batch_size, cfg.bootstrap,
-                    cfg.seed))
+                    cfg.seed, rouge_meaningful=not source.is_random))
             if cfg.torch and cfg.torch_quality != "none":
                 for g in (kv if cfg.torch_quality == "all" else [H]):
                     name = "torch " + VariantSpec(g, H).name
@@ -232,7 +234,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
                                             cfg.quality_batch_size, cfg.num_beams, device, progress=bar.update)
                     ref = ql.evaluate(VariantSpec(g, H).name, "torch", g, H, None, job.label, job.examples, gen,
                                       tokenizer, job.input_len, job.output_len, cfg.num_beams,
-                                      cfg.quality_batch_size, cfg.bootstrap, cfg.seed)
+                                      cfg.quality_batch_size, cfg.bootstrap, cfg.seed,
+                                      rouge_meaningful=not source.is_random)
                     quality_results.append(ref)
                     for q in quality_results:
                         if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g:

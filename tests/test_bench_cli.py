@@ -90,6 +90,8 @@ def test_predictions_saved_per_example(run_cli):
     assert [p["id"] for p in mlx] == ["cnn_dailymail-test-helm0000", "cnn_dailymail-test-helm0001",
                                       "cnn_dailymail-test-helm0002"]
     assert all(set(p) >= {"id", "prediction", "reference", "tokens", "rouge1", "rougeLsum"} for p in mlx)
+    assert all(p["rouge_meaningful"] is False for p in mlx + ref)
+    assert all(q["rouge_meaningful"] is False for q in res["quality"])
     assert [p["tokens"] for p in mlx] == [p["tokens"] for p in ref]
     assert all(1 <= len(p["tokens"]) <= 12 for p in mlx)
 
