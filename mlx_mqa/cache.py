@@ -11,7 +11,30 @@ from typing import List, Optional, Tuple
 import mlx.core as mx
 
 
-class KVCache:
+class _Buffers:
+    """Shared by the caches: row selection (beam reordering), state and byte counts."""
+
+    keys: Optional[mx.array]
+    values: Optional[mx.array]
+
+    def select(self, indices: mx.array):
+        """Keep batch rows `indices` (beam search reordering)."""
+        if self.keys is not None:
+            self.keys = self.keys[indices]
+            self.values = self.values[indices]
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+    def _filled_bytes(self, filled: int) -> int:
+        if self.keys is None:
+            return 0
+        per_token = (self.keys.nbytes + self.values.nbytes) // self.keys.shape[2]
+        return per_token * filled
+
+
+class KVCache(_Buffers):
     """Preallocated self-attention cache: [B, G, capacity, D], filled up to `offset`.
 
     Grows in `step`-sized chunks only when more tokens arrive than were reserved,
@@ -48,25 +71,12 @@ class KVCache:
         self.offset = end
         return self.keys[..., :end, :], self.values[..., :end, :]
 
-    def select(self, indices: mx.array):
-        """Keep batch rows `indices` (beam search reordering)."""
-        if self.keys is not None:
-            self.keys = self.keys[indices]
-            self.values = self.values[indices]
-
-    @property
-    def state(self):
-        return self.keys, self.values
-
     def nbytes(self) -> int:
         """Bytes held by the filled part of the cache."""
-        if self.keys is None:
-            return 0
-        per_token = (self.keys.nbytes + self.values.nbytes) // self.keys.shape[2]
-        return per_token * self.offset
+        return self._filled_bytes(self.offset)
 
 
-class StaticKVCache:
+class StaticKVCache(_Buffers):
     """Fixed-capacity cache whose write position is an array, so a compiled step never retraces.
 
     `update_and_fetch` returns the whole buffer; slots past the current position are hidden by
@@ -94,30 +104,17 @@ class StaticKVCache:
         self.offset = self.offset + keys.shape[2]
         return self.keys, self.values
 
-    def select(self, indices: mx.array):
-        self.keys = self.keys[indices]
-        self.values = self.values[indices]
-
-    @property
-    def state(self):
-        return self.keys, self.values
-
     def nbytes(self) -> int:
         """Bytes of the filled part (the buffer itself holds `capacity` slots)."""
-        per_token = (self.keys.nbytes + self.values.nbytes) // self.capacity
-        return per_token * int(self.offset.item())
+        return self._filled_bytes(int(self.offset.item()))
 
 
-class CrossKV:
+class CrossKV(_Buffers):
     """Cross-attention keys/values of one decoder layer, computed once from the encoder output."""
 
     def __init__(self, keys: mx.array, values: mx.array):
         self.keys = keys
         self.values = values
-
-    def select(self, indices: mx.array):
-        self.keys = self.keys[indices]
-        self.values = self.values[indices]
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
