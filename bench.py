@@ -173,6 +173,9 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
             click.echo(parity)
         if random_weights:
             click.echo("!! " + report.RANDOM_ROUGE_WARNING)
+    if res.get("quantization_agreement"):
+        click.echo("\nQuantized vs float logits (teacher-forced on the reference summaries):")
+        click.echo(report.agreement_table(res["quantization_agreement"]))
     click.echo(f"\nwrote {cfg.out}/: " + ", ".join(v for k, v in res["files"].items() if isinstance(v, str)))
     click.echo(f"total {time.perf_counter() - started:.0f} s")
     if random_weights:

@@ -112,3 +112,10 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
                    f"{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
                    f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})")
     return "\n".join(out)
+
+
+def agreement_table(rows: Sequence[dict]) -> str:
+    headers = ["variant", "vs", "dataset", "positions", "top-1 agreement", "max |diff|", "logit scale"]
+    return _table(headers, [[r["variant"], r["reference"], r["dataset"], r["positions"],
+                             f"{100 * r['top1_agreement']:.1f}%", f"{r['max_abs_diff']:.3g}",
+                             f"{r['reference_logit_scale']:.3g}"] for r in rows], "lll" + "r" * 4)

@@ -247,6 +247,22 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
                         gc.collect()
     results["quality"] = [q.to_dict() for q in quality_results]
 
+    # ------------------------------------------------------------------ quantized vs float logits
+    results["quantization_agreement"] = []
+    if jobs and any(v.spec.quantize_bits for v in variants):
+        from .agreement import logits_agreement
+
+        job = jobs[0]
+        floats = {v.spec.kv_heads: v for v in variants if not v.spec.quantize_bits}
+        for v in variants:
+            ref = floats.get(v.spec.kv_heads)
+            if v.spec.quantize_bits and ref is not None:
+                say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
+                a = logits_agreement(v.model, ref.model, tokenizer, with_prefix(job.examples, cfg.prefix),
+                                     [e.summary for e in job.examples], job.input_len, job.output_len)
+                results["quantization_agreement"].append(
+                    {"variant": v.spec.name, "reference": ref.spec.name, "dataset": job.label, **a})
+
     # ------------------------------------------------------------------ files
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,3 +51,17 @@ def test_quantized_loads_with_tokenizer_and_generates(source, tmp_path):
     size_q = (out / "model.safetensors").stat().st_size
     size_f = (convert(str(source), tmp_path / "f", kv_heads=1) / "model.safetensors").stat().st_size
     assert size_q < 0.3 * size_f
+
+
+def test_logits_agreement_measure(source, tokenizer, tmp_path):
+    from mlx_mqa.agreement import logits_agreement
+
+    docs = ["summarize: " + p for p in PROMPTS]
+    sums = ["The cat watched the dog.", "Stocks fell.", "Palestine joined the court."]
+    ref = load_model(convert(str(source), tmp_path / "f", dtype="float32"))
+    same = logits_agreement(ref, ref, tokenizer, docs, sums, input_len=64, output_len=16, batch_size=2)
+    assert same["top1_agreement"] == 1.0 and same["max_abs_diff"] == 0.0 and same["examples"] == 3
+    assert same["positions"] == sum(1 + len(tokenizer(s)["input_ids"]) for s in sums)
+    q = load_model(convert(str(source), tmp_path / "q", dtype="float32", quantize=True, q_bits=4, q_group_size=32))
+    worse = logits_agreement(q, ref, tokenizer, docs, sums, input_len=64, output_len=16)
+    assert worse["max_abs_diff"] > 0 and worse["positions"] == same["positions"]
