@@ -67,8 +67,9 @@ def _fail(e):
                    "(cnn_dailymail 512x256, arxiv/pubmed 2048x512, xsum 512x64), JSONL 512x128; the quick preset's "
                    "bundled demo: 512x32.")
 @click.option("--quality-batch-size", type=int, default=8, show_default=True)
-@click.option("--num-beams", type=int, default=1, show_default=True,
-              help="Beam width for the quality runs (needs mlx_mqa.beam); speed runs are always greedy.")
+@click.option("--num-beams", default="1", show_default=True,
+              help="Beam width(s) for the quality runs, comma list: e.g. 1,4 runs greedy and 4-beam search on the "
+                   "same examples (time per sample and ROUGE of each); speed runs are always greedy.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% intervals.")
 @click.option("--torch/--no-torch", "use_torch", default=True, show_default=True, help="Run the PyTorch reference.")
 @click.option("--torch-device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
@@ -132,7 +133,7 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
             quality=quality, datasets=datasets, data_files=list(data_files), split=split,
             limit=limit if limit is not None else p["limit"], prefix=prefix,
             quality_lengths=parse_lengths(ql)[0] if ql else None, quality_batch_size=quality_batch_size,
-            num_beams=num_beams, bootstrap=bootstrap, decode_path=decode_path,
+            num_beams=parse_ints(num_beams, "--num-beams"), bootstrap=bootstrap, decode_path=decode_path,
             out=out or time.strftime("results/bench-%Y%m%d-%H%M%S"), cache_dir=cache_dir, plots=plots,
             progress=progress, command="python bench.py " + " ".join(sys.argv[1:]))
         if cfg.quantize and any(b not in (2, 3, 4, 5, 6, 8) for b in cfg.quantize):

@@ -82,7 +82,7 @@ def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
 
 
 def quality_table(quality: Sequence[dict]) -> str:
-    headers = ["dataset", "variant", "n", "in->out"] + \
+    headers = ["dataset", "variant", "beams", "n", "in->out"] + \
               [{"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}[m] + " [95% CI]" for m in METRICS] + \
               ["s/sample", "tokens = torch"]
     rows = []
@@ -91,7 +91,7 @@ def quality_table(quality: Sequence[dict]) -> str:
         match = q.get("tokens_match_reference")
         m = "-" if not match else f"{match['identical']}/{match['total']}"
         rouge = [f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]" for k in METRICS]
-        rows.append([q["dataset"], name, q["n"], f"{q['input_len']}->{q['output_len']}", *rouge,
+        rows.append([q["dataset"], name, q["num_beams"], q["n"], f"{q['input_len']}->{q['output_len']}", *rouge,
                      f"{q['time_per_sample_s']:.3f}", m])
     return _table(headers, rows, "ll" + "r" * (len(headers) - 2))
 
@@ -103,12 +103,12 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
         if q["backend"] != "mlx" or q["kv_heads"] != q["num_heads"] or q.get("quantize_bits"):
             continue
         ref = next((t for t in quality if t["backend"] == "torch" and t["dataset"] == q["dataset"]
-                    and t["kv_heads"] == q["kv_heads"]), None)
+                    and t["kv_heads"] == q["kv_heads"] and t["num_beams"] == q["num_beams"]), None)
         if ref is None:
             continue
         match = q.get("tokens_match_reference") or {}
         same = all(abs(q["rouge"][m]["mean"] - ref["rouge"][m]["mean"]) < 1e-9 for m in METRICS)
-        out.append(f"{q['dataset']}: MLX MHA vs PyTorch MHA: tokens identical on {match.get('identical')}/"
+        out.append(f"{q['dataset']} ({q['num_beams']} beam(s)): MLX MHA vs PyTorch MHA: tokens identical on {match.get('identical')}/"
                    f"{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
                    f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})")
     return "\n".join(out)

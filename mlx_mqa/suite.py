@@ -49,7 +49,7 @@ class BenchConfig:
     prefix: str = "summarize: "
     quality_lengths: Optional[Tuple[int, int]] = None  # None: each dataset's paper setting
     quality_batch_size: int = 8
-    num_beams: int = 1
+    num_beams: Sequence[int] = (1,)  # quality runs once per beam width (1 = greedy)
     bootstrap: int = 1000
     decode_path: str = "auto"  # auto: compiled when the library has it, else eager
     out: str = "results/bench"
@@ -64,6 +64,7 @@ class BenchConfig:
         d["quality_lengths"] = f"{self.quality_lengths[0]}x{self.quality_lengths[1]}" if self.quality_lengths else None
         d["batch_sizes"] = list(self.batch_sizes)
         d["quantize"] = list(self.quantize)
+        d["num_beams"] = list(self.num_beams)
         d["datasets"] = list(self.datasets)
         d["data_files"] = list(self.data_files)
         return d
@@ -116,7 +117,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
     from .convert import default_dtype
     from .utils import load_model, load_tokenizer
 
-    ql.check_num_beams(cfg.num_beams)
+    for nb in cfg.num_beams:
+        ql.check_num_beams(nb)
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
     dtype = cfg.dtype or default_dtype()
@@ -210,9 +212,9 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
 
     # ------------------------------------------------------------------ quality
     quality_results = []
-    for job in jobs:
+    for job, nb in [(j, b) for j in jobs for b in cfg.num_beams]:
         prompts = with_prefix(job.examples, cfg.prefix)
-        say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens")
+        say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, {nb} beam(s)")
         mlx_tokens: Dict[tuple, List[List[int]]] = {}
         n_runs = len(variants) + (0 if not cfg.torch or cfg.torch_quality == "none" else
                                   1 if cfg.torch_quality == "mha" else len(kv))
@@ -220,25 +222,25 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
             for v in variants:
                 bar.set_postfix_str(v.spec.name, refresh=False)
                 gen = ql.generate_mlx(v.model, tokenizer, prompts, job.input_len, job.output_len,
-                                      cfg.quality_batch_size, cfg.num_beams, progress=bar.update)
+                                      cfg.quality_batch_size, nb, progress=bar.update)
                 mlx_tokens[(v.spec.kv_heads, v.spec.quantize_bits)] = gen.tokens
                 quality_results.append(ql.evaluate(
                     v.spec.name, "mlx", v.spec.kv_heads, H, v.spec.quantize_bits, job.label, job.examples, gen,
-                    tokenizer, job.input_len, job.output_len, cfg.num_beams, cfg.quality_batch_size, cfg.bootstrap,
+                    tokenizer, job.input_len, job.output_len, nb, cfg.quality_batch_size, cfg.bootstrap,
                     cfg.seed, rouge_meaningful=not source.is_random))
             if cfg.torch and cfg.torch_quality != "none":
                 for g in (kv if cfg.torch_quality == "all" else [H]):
                     name = "torch " + VariantSpec(g, H).name
                     bar.set_postfix_str(name, refresh=False)
                     gen = ql.generate_torch(torch_model(g), tokenizer, prompts, job.input_len, job.output_len,
-                                            cfg.quality_batch_size, cfg.num_beams, device, progress=bar.update)
+                                            cfg.quality_batch_size, nb, device, progress=bar.update)
                     ref = ql.evaluate(VariantSpec(g, H).name, "torch", g, H, None, job.label, job.examples, gen,
-                                      tokenizer, job.input_len, job.output_len, cfg.num_beams,
+                                      tokenizer, job.input_len, job.output_len, nb,
                                       cfg.quality_batch_size, cfg.bootstrap, cfg.seed,
                                       rouge_meaningful=not source.is_random)
                     quality_results.append(ref)
                     for q in quality_results:
-                        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g:
+                        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb:
                             q.reference_variant = name
                             q.tokens_match_reference = ql.compare_tokens(mlx_tokens[(g, q.quantize_bits)],
                                                                          gen.tokens)
