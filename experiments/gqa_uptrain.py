@@ -190,6 +190,31 @@ def run_uptrain(run, res, tok, train, held, name, source, P, G, pool):
         "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0), "lr": cfg.lr, "done": True}
 
 
+def run_continue_pretraining(run, res, tok, train, held, P):
+    """Reference: the MHA model continued from its pretraining checkpoint *with* its optimizer state, data
+    position and lr schedule, i.e. pretraining simply goes on for 0.1 P steps (no optimizer restart)."""
+    name = "mha-continued-same-optimizer"
+    ckpt = run / "pretrain" / f"ckpt-{P:07d}"
+    steps, every = max(int(round(0.1 * P)), 1), max(int(round(0.025 * P)), 1)
+    model = init_model(ModelArgs.from_dict(MODEL), seed=0)
+    data = SpanCorruptionData(train, tok, BATCH, seed=0)
+    cfg = pretrain_config(P + steps, eval_every=every)
+    cfg.save_every, cfg.keep_checkpoints = every, 1
+    t0 = time.time()
+    tr = Trainer(model, data, cfg, run / "uptrain" / name, tokenizer=tok, eval_batches=data.eval_batches(held, 32),
+                 callback=printer(name, every=every))
+    if not tr.resume():
+        tr.resume(ckpt)
+    log(f"{name}: starting at step {tr.step}")
+    out = tr.train()
+    res.setdefault("runs", {})[name] = {
+        "kv_heads": MODEL["num_heads"], "pool": None, "steps": steps,
+        "evals": [{"step": e["step"] - P, "alpha": (e["step"] - P) / P, "eval_loss": e["eval_loss"]}
+                  for e in tr.evals if e["step"] >= P],
+        "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
+        "wall_seconds": time.time() - t0, "lr": "pretraining rsqrt schedule continued", "done": True}
+
+
 @click.command()
 @click.option("--run-dir", default=str(EXP / "runs" / "gqa_uptrain"), show_default=True)
 @click.option("--results", default=str(EXP / "results" / "gqa_uptrain.json"), show_default=True)
@@ -233,6 +258,11 @@ def main(run_dir, results, P, trial, report_only):
         run_uptrain(run, res, tok, train, held, name, pre, P, G, pool)
         save_results(res_path, res)
         log(f"{name}: " + ", ".join(f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in res["runs"][name]["evals"]))
+    res["timing"]["grid_finished_at"] = res["timing"].get("grid_finished_at") or time.strftime("%Y-%m-%d %H:%M:%S")
+    save_results(res_path, res)
+    if not res["runs"].get("mha-continued-same-optimizer", {}).get("done"):
+        run_continue_pretraining(run, res, tok, train, held, P)
+        save_results(res_path, res)
     res["timing"]["last_invocation_wall_seconds"] = time.time() - t_all
     res["timing"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_results(res_path, res)

@@ -35,6 +35,9 @@ def analyse(res):
                 rows.append((f"{GNAME[g]} {pool}", name, curve(runs[name])))
     if mha:
         rows.append(("MHA (no conversion), continued", "mha-continued", mha))
+    if "mha-continued-same-optimizer" in runs:
+        rows.append(("MHA, pretraining continued (same optimizer state & schedule)", "mha-continued-same-optimizer",
+                     curve(runs["mha-continued-same-optimizer"])))
     checks = []
 
     def gap_closed(c, a):
@@ -127,7 +130,11 @@ def plot(res, path):
                 ax.axhline(pre, color="black", ls="--", lw=1, label="MHA (pretrained)")
             if mha:
                 xs = sorted(mha)
-                ax.plot(xs, [mha[x] for x in xs], "s:", color="gray", label="MHA continued")
+                ax.plot(xs, [mha[x] for x in xs], "s:", color="gray", label="MHA continued (fresh optimizer)")
+            if "mha-continued-same-optimizer" in runs:
+                c = curve(runs["mha-continued-same-optimizer"])
+                xs = sorted(c)
+                ax.plot(xs, [c[x] for x in xs], "^:", color="green", label="MHA pretraining continued")
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(GNAME[g])
@@ -142,6 +149,28 @@ def plot(res, path):
     plt.close(fig)
 
 
+def plot_pretrain(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pre = res.get("pretrain", {})
+    if not pre.get("eval_curve"):
+        return
+    xs = [e["step"] for e in pre["eval_curve"]]
+    ys = [e["eval_loss"] for e in pre["eval_curve"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(xs[1:], ys[1:], "o-")
+    ax.set_xlabel("pretraining step (batch 16 x 128-token inputs)")
+    ax.set_ylabel("held-out span-corruption loss")
+    ax.set_title(f"MHA pretraining ({pre['params'] / 1e6:.1f} M params; step 0: {ys[0]:.2f})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(res, exp_dir=EXP):
     out = Path(exp_dir) / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +178,7 @@ def write_report(res, exp_dir=EXP):
     write_csv(res, out / "gqa_uptrain.csv")
     if res.get("runs"):
         plot(res, out / "gqa_uptrain.png")
+    plot_pretrain(res, out / "gqa_uptrain_pretrain.png")
     return out
 
 
