@@ -163,7 +163,7 @@ def export_model(ckpt, out):
     return out
 
 
-def run_uptrain(run, res, tok, train, held, name, source, P, G, pool):
+def run_uptrain(run, res, tok, train, held, name, source, P, G, pool, seed=1):
     from mlx_mqa.convert import convert
     from mlx_mqa.utils import load_model
 
@@ -175,19 +175,22 @@ def run_uptrain(run, res, tok, train, held, name, source, P, G, pool):
     steps = max(int(round(0.1 * P)), 1)
     every = max(int(round(0.025 * P)), 1)
     cfg = TrainConfig(steps=steps, batch_size=BATCH, optimizer="adafactor", lr=uptrain_lr(P), schedule="constant",
-                      warmup_steps=5, eval_every=every, save_every=every, keep_checkpoints=1, seed=1)
-    data = SpanCorruptionData(train, tok, BATCH, seed=1)
-    tr = Trainer(model, data, cfg, run / "uptrain" / name, tokenizer=tok, eval_batches=data.eval_batches(held, 32),
+                      warmup_steps=5, eval_every=every, save_every=every, keep_checkpoints=1, seed=seed)
+    data = SpanCorruptionData(train, tok, BATCH, seed=seed)
+    run_name = name if seed == 1 else f"{name}-seed{seed}"
+    tr = Trainer(model, data, cfg, run / "uptrain" / run_name, tokenizer=tok, eval_batches=data.eval_batches(held, 32),
                  callback=printer(name, every=every))
     if tr.resume():
         log(f"{name}: resumed at step {tr.step}")
     out = tr.train()
-    prev = res.get("runs", {}).get(name, {})
-    res.setdefault("runs", {})[name] = {
+    store = res.setdefault("runs", {}) if seed == 1 else res.setdefault("replicates", {}).setdefault(str(seed), {})
+    prev = store.get(name, {})
+    store[name] = {
         "kv_heads": G if G is not None else MODEL["num_heads"], "pool": pool, "steps": steps,
         "evals": [{"step": e["step"], "alpha": e["step"] / P, "eval_loss": e["eval_loss"]} for e in tr.evals],
         "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
-        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0), "lr": cfg.lr, "done": True}
+        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0), "lr": cfg.lr, "seed": seed,
+        "done": True}
 
 
 def run_continue_pretraining(run, res, tok, train, held, P):
@@ -221,7 +224,9 @@ def run_continue_pretraining(run, res, tok, train, held, P):
 @click.option("--pretrain-steps", "P", default=800, show_default=True, help="P; uptraining runs 0.1 P steps")
 @click.option("--trial", is_flag=True, help="only time 20 training steps (no checkpoint kept)")
 @click.option("--report", "report_only", is_flag=True, help="only write the table and plot")
-def main(run_dir, results, P, trial, report_only):
+@click.option("--replicate-seed", type=int, default=None,
+              help="after the main grid: uptrain every conversion again with this data-order/noise seed")
+def main(run_dir, results, P, trial, report_only, replicate_seed):
     run, res_path = Path(run_dir), Path(results)
     run.mkdir(parents=True, exist_ok=True)
     res = load_results(res_path)
@@ -263,6 +268,15 @@ def main(run_dir, results, P, trial, report_only):
     if not res["runs"].get("mha-continued-same-optimizer", {}).get("done"):
         run_continue_pretraining(run, res, tok, train, held, P)
         save_results(res_path, res)
+    if replicate_seed is not None and replicate_seed != 1:
+        for name, G, pool in todo:
+            if res.get("replicates", {}).get(str(replicate_seed), {}).get(name, {}).get("done"):
+                continue
+            run_uptrain(run, res, tok, train, held, name, pre, P, G, pool, seed=replicate_seed)
+            save_results(res_path, res)
+            log(f"{name} seed {replicate_seed}: " + ", ".join(
+                f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in res["replicates"][str(replicate_seed)][name]["evals"]))
+        res["timing"][f"replicate_{replicate_seed}_finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["timing"]["last_invocation_wall_seconds"] = time.time() - t_all
     res["timing"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save_results(res_path, res)

@@ -23,8 +23,24 @@ def fmt(x, nd=3):
     return "" if x is None else f"{x:.{nd}f}"
 
 
-def analyse(res):
-    runs = res.get("runs", {})
+def seed_runs(res):
+    """{label: runs} for the main seed, each replicate seed, and their mean (when there are replicates)."""
+    out = {"seed 1": res.get("runs", {})}
+    for seed, runs in sorted(res.get("replicates", {}).items()):
+        out[f"seed {seed}"] = runs
+    if len(out) > 1:
+        names = [n for n in out["seed 1"] if all(n in r for r in out.values())]
+        mean = {}
+        for n in names:
+            curves = [curve(r[n]) for r in out.values()]
+            alphas = sorted(set.intersection(*[set(c) for c in curves]))
+            mean[n] = {"evals": [{"alpha": a, "eval_loss": sum(c[a] for c in curves) / len(curves)} for a in alphas]}
+        out[f"mean of {len(out)} seeds"] = mean
+    return out
+
+
+def analyse(res, runs=None):
+    runs = res.get("runs", {}) if runs is None else runs
     alphas = sorted({a for r in runs.values() for a in curve(r)})
     mha = curve(runs["mha-continued"]) if "mha-continued" in runs else {}
     rows = []
@@ -77,7 +93,17 @@ def analyse(res):
 
 
 def table_markdown(res):
-    alphas, rows, checks, mha = analyse(res)
+    variants = seed_runs(res)
+    if len(variants) == 1:
+        return table_markdown_one(res, res.get("runs", {}))
+    parts = []
+    for label, runs in variants.items():
+        parts.append(f"### Uptraining data seed: {label}\n\n" + table_markdown_one(res, runs))
+    return "\n\n".join(parts)
+
+
+def table_markdown_one(res, runs):
+    alphas, rows, checks, mha = analyse(res, runs)
     pre = res.get("pretrain", {})
     out = []
     head = "| model | " + " | ".join(f"alpha={a:g}" for a in alphas) + " |"
