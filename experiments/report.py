@@ -145,21 +145,19 @@ def plot(res, path):
         for row in range(2):
             ax = axes[row, col]
             for pool in POOLS:
-                if row == 1 and pool == "random":
-                    continue
                 name = f"g{g}-{pool}"
                 if name in runs:
                     c = curve(runs[name])
-                    xs = sorted(c)
+                    xs = [x for x in sorted(c) if row == 0 or x > 0]
                     ax.plot(xs, [c[x] for x in xs], "o-", color=colors[pool], label=f"{GNAME[g]} {pool}")
             if pre is not None:
                 ax.axhline(pre, color="black", ls="--", lw=1, label="MHA (pretrained)")
             if mha:
-                xs = sorted(mha)
+                xs = [x for x in sorted(mha) if row == 0 or x > 0]
                 ax.plot(xs, [mha[x] for x in xs], "s:", color="gray", label="MHA continued (fresh optimizer)")
             if "mha-continued-same-optimizer" in runs:
                 c = curve(runs["mha-continued-same-optimizer"])
-                xs = sorted(c)
+                xs = [x for x in sorted(c) if row == 0 or x > 0]
                 ax.plot(xs, [c[x] for x in xs], "^:", color="green", label="MHA pretraining continued")
             ax.grid(alpha=0.3)
             if row == 0:
@@ -167,7 +165,7 @@ def plot(res, path):
             if row == 1:
                 ax.set_xlabel("uptraining proportion alpha")
             if col == 0:
-                ax.set_ylabel("held-out span-corruption loss" + (" (zoom, no random)" if row == 1 else ""))
+                ax.set_ylabel("held-out span-corruption loss" + (" (zoom: alpha > 0)" if row == 1 else ""))
             ax.legend(fontsize=8)
     fig.suptitle("Conversion + uptraining of a small pretrained T5 (held-out loss vs alpha)")
     fig.tight_layout()
