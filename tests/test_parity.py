@@ -52,3 +52,17 @@ def test_position_buckets_match_transformers(bidirectional):
     table = bucket_table(bidirectional, 32, 128)
     ours = table[np.clip(rel.numpy(), -128, 128) + 128]
     np.testing.assert_array_equal(ours, ref.numpy())
+
+
+@pytest.mark.parametrize("B,H,G,L,S", [(2, 12, 12, 1, 50), (2, 12, 4, 3, 50), (2, 12, 1, 1, 50), (3, 8, 2, 7, 7)])
+def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
+    """The CPU grouped-matmul path computes what mx.fast.scaled_dot_product_attention does."""
+    from mlx_mqa.model import attention
+
+    rng = np.random.default_rng(B * H + G + L)
+    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
+               [(B, H, L, 16), (B, G, S, 16), (B, G, S, 16)])
+    for mask in [None, (1, H, L, S), (B, 1, 1, S), (B, H, L, S)]:
+        m = None if mask is None else mx.array(rng.standard_normal(mask).astype(np.float32))
+        ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=m)
+        np.testing.assert_allclose(np.array(attention(q, k, v, m)), np.array(ref), atol=1e-5)
