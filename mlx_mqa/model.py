@@ -20,6 +20,8 @@ from .config import ModelArgs
 
 # float16 clamp, as transformers does, so activations never become inf.
 FP16_CLAMP = float(np.finfo(np.float16).max) - 1000.0
+# Most attention scores materialised at once on CPU (elements): 2**26 floats = 256 MiB.
+SCORES_CHUNK = 2 ** 26
 
 
 @lru_cache(maxsize=None)
@@ -59,6 +61,15 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -
     if mx.default_device() != mx.cpu:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=mask)
     B, H, L, D = q.shape
+    S = k.shape[2]
+    rows = max(1, SCORES_CHUNK // (B * H * S))
+    if L > rows:
+        # Long inputs: bound the [B, H, rows, S] score buffer instead of materialising all L rows.
+        chunks = []
+        for i in range(0, L, rows):
+            m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i:i + rows, :]
+            chunks.append(attention(q[:, :, i:i + rows], k, v, m))
+        return mx.concatenate(chunks, axis=2)
     G = k.shape[1]
     # Heads g*H/G .. (g+1)*H/G-1 share K/V head g: stack them along the query axis.
     qg = q.reshape(B, G, (H // G) * L, D)

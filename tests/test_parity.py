@@ -66,3 +66,17 @@ def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
         m = None if mask is None else mx.array(rng.standard_normal(mask).astype(np.float32))
         ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=m)
         np.testing.assert_allclose(np.array(attention(q, k, v, m)), np.array(ref), atol=1e-5)
+
+
+def test_attention_in_query_chunks_is_exact(monkeypatch):
+    import mlx_mqa.model as m
+
+    rng = np.random.default_rng(5)
+    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
+               [(2, 8, 37, 16), (2, 2, 37, 16), (2, 2, 37, 16)])
+    masks = [mx.array(rng.standard_normal((1, 8, 37, 37)).astype(np.float32)),
+             mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32))]
+    whole = [np.array(m.attention(q, k, v, mask)) for mask in masks]
+    monkeypatch.setattr(m, "SCORES_CHUNK", 2 * 8 * 37 * 5)  # 5 query rows per chunk
+    for mask, ref in zip(masks, whole):
+        np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
