@@ -123,10 +123,13 @@ def table_markdown_one(res, runs):
 
 
 def write_csv(res, path):
-    alphas, rows, _, _ = analyse(res)
-    lines = ["model,run," + ",".join(f"alpha_{a:g}" for a in alphas)]
-    for label, name, c in rows:
-        lines.append(f"{label},{name}," + ",".join(fmt(c.get(a), 5) for a in alphas))
+    lines = []
+    for variant, runs in seed_runs(res).items():
+        alphas, rows, _, _ = analyse(res, runs)
+        if not lines:
+            lines.append("uptraining_seed,model,run," + ",".join(f"alpha_{a:g}" for a in alphas))
+        for label, name, c in rows:
+            lines.append(f"{variant},{label},{name}," + ",".join(fmt(c.get(a), 5) for a in alphas))
     path.write_text("\n".join(lines) + "\n")
 
 
