@@ -67,7 +67,9 @@ def _weight_files(path: Path) -> list:
             if missing:
                 raise CheckpointError(f"{index} lists shards that are missing: {missing}")
             return [path / n for n in names]
-    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+    # Only model weights: other safetensors files (optimizer state, adapters) may sit beside them.
+    for pattern in ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin",
+                    "*.safetensors"):
         files = sorted(path.glob(pattern))
         if files:
             return files
