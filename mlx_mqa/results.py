@@ -190,11 +190,13 @@ def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
     pred_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for q in quality_results:
-        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{q.variant}.jsonl"
+        beams = f"__beams{q.num_beams}" if q.num_beams > 1 else ""
+        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{q.variant}{beams}.jsonl"
         with open(pred_dir / name, "w", encoding="utf-8") as f:
             for p in q.predictions:
                 f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        files[f"{q.backend}:{q.variant}:{q.dataset}"] = str(Path("predictions") / name)
+        files[f"{q.backend}:{q.variant}:{q.dataset}" + (f":beams{q.num_beams}" if beams else "")] = \
+            str(Path("predictions") / name)
     return files
 
 
