@@ -30,7 +30,7 @@ def _fail(e):
                    "random:<shape> for deterministic random weights of a real shape "
                    "(t5-small, t5-base, t5-large, flan-t5-*, t5-v1_1-large, t5-large-lm-adapt).")
 @click.option("--layers", type=int, default=None,
-              help="random:<shape> only: encoder and decoder layers (default: the shape's; quick preset: 2).")
+              help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo run without --model).")
 @click.option("--kv-heads", default=None,
               help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
                    "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.")
@@ -116,7 +116,9 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
 
     p = PRESETS[preset]
     try:
-        if layers is None and preset == "quick" and model == "random:t5-small":
+        # The offline demo shrinks its default model; a --model given explicitly keeps its real depth.
+        model_given = click.get_current_context().get_parameter_source("model") == click.core.ParameterSource.COMMANDLINE
+        if layers is None and preset == "quick" and model == "random:t5-small" and not model_given:
             layers = 2
         if dataset is None:
             datasets = [] if data_files else [d for d in (p["datasets"] or "").split(",") if d]
