@@ -147,13 +147,7 @@ def read_texts(sources: Sequence[str], field: str = "document", extra_fields: Se
             raise InputError(f"no corpus files at {src!r} (expected .jsonl or .txt files, or hf:NAME)")
         for f in files:
             if f.suffix == ".jsonl":
-                for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"{f}:{n + 1} is not valid JSON: {e}") from None
+                for n, rec in _jsonl_records(f):
                     for key in (field, *extra_fields):
                         if isinstance(rec.get(key), str) and rec[key].strip():
                             texts.append(rec[key])
@@ -304,15 +298,20 @@ class SpanCorruptionData:
                 "data_fingerprint": fingerprint(self.windows)}
 
 
-def read_pairs(path: str, source_field: str = "document", target_field: str = "summary") -> List[Tuple[str, str]]:
-    pairs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+def _jsonl_records(path: Path):
+    """(line index, record) of every non-empty line of a JSONL file; bad JSON names the line."""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{n + 1} is not valid JSON: {e}") from None
+
+
+def read_pairs(path: str, source_field: str = "document", target_field: str = "summary") -> List[Tuple[str, str]]:
+    pairs = []
+    for n, rec in _jsonl_records(Path(path)):
         if source_field not in rec or target_field not in rec:
             raise InputError(f"{path}:{n + 1} lacks the field {source_field!r} or {target_field!r}")
         pairs.append((rec[source_field], rec[target_field]))
