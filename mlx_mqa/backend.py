@@ -1,12 +1,14 @@
 """Use an optimized BLAS for MLX on Linux when one is installed.
 
-MLX's Linux CPU wheel links the reference BLAS; Debian's OpenBLAS loaded with RTLD_GLOBAL
-before mlx.core makes its float32 matmuls ~10x faster. On top of it, a small shim routes
-single-row matmuls (every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS; it is
-compiled on first use when a C compiler is available (csrc/gemv_shim.c).
+MLX's Linux CPU wheel links the reference BLAS; OpenBLAS makes its float32 matmuls ~10x faster.
+A small C shim (csrc/gemv_shim.c, compiled on first use when a C compiler is available) is loaded
+globally before mlx.core and serves MLX's cblas_sgemm from an OpenBLAS opened privately, so that
+PyTorch in the same process keeps its own MKL (a globally loaded OpenBLAS would replace torch's
+sgemm_ too, and torch would run ~3x slower). The shim also routes single-row matmuls (every decode
+step) from sgemm to sgemv, 2-4x faster in OpenBLAS. Without a compiler, OpenBLAS is loaded globally.
 
 Environment: MLX_MQA_BLAS=0 turns all of this off; MLX_MQA_BLAS=/path/libopenblas.so picks the
-library; MLX_MQA_GEMV_SHIM=0 keeps OpenBLAS but skips the shim.
+library; MLX_MQA_GEMV_SHIM=0 keeps OpenBLAS (still private) but skips the sgemv routing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ CANDIDATES = (
 SHIM_SOURCE = Path(__file__).parent / "csrc" / "gemv_shim.c"
 
 loaded_blas = None  # path of the BLAS MLX uses, or None for MLX's bundled one
-gemv_shim = None  # path of the loaded shim, or None
+blas_scope = None  # "private" (behind the shim: other libraries keep their BLAS) or "global"
+gemv_shim = None  # path of the shim when it routes single-row matmuls to sgemv, else None
 
 
 def _cache_dir() -> Path:
@@ -58,13 +61,14 @@ def _build_shim() -> Path | None:
 
 
 def _load_blas():
-    global loaded_blas, gemv_shim
+    global loaded_blas, blas_scope, gemv_shim
     choice = os.environ.get("MLX_MQA_BLAS", "1")
     if platform.system() != "Linux" or choice == "0":
         return
     if "mlx.core" in sys.modules:
         # Too late for symbol interposition; only an LD_PRELOAD would help now.
-        loaded_blas = "LD_PRELOAD" if "openblas" in os.environ.get("LD_PRELOAD", "") else None
+        if "openblas" in os.environ.get("LD_PRELOAD", ""):
+            loaded_blas, blas_scope = "LD_PRELOAD", "global"
         return
     paths = [choice] if choice not in ("1", "") else list(CANDIDATES)
     path = next((p for p in paths if os.path.exists(p)), None)
@@ -73,15 +77,17 @@ def _load_blas():
     # OpenBLAS 0.3.21 does not recognise recent x86 CPUs and falls back to a slow generic kernel.
     if platform.machine() == "x86_64" and "OPENBLAS_CORETYPE" not in os.environ and _has_avx512():
         os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
-    if os.environ.get("MLX_MQA_GEMV_SHIM", "1") != "0":
-        shim = _build_shim()
-        if shim is not None:
-            # Loaded first so that its cblas_sgemm wins symbol resolution for mlx.core.
-            lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
-            if lib.mlx_mqa_gemv_shim_init(path.encode()) == 0:
-                gemv_shim = str(shim)
+    route_gemv = os.environ.get("MLX_MQA_GEMV_SHIM", "1") != "0"
+    shim = _build_shim()
+    if shim is not None:
+        # Loaded first and globally so that mlx.core's cblas_sgemm resolves to it.
+        lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+        if lib.mlx_mqa_gemv_shim_init(path.encode(), int(route_gemv)) == 0:
+            loaded_blas, blas_scope = path, "private"
+            gemv_shim = str(shim) if route_gemv else None
+            return
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    loaded_blas = path
+    loaded_blas, blas_scope = path, "global"
 
 
 def _has_avx512() -> bool:

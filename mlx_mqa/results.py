@@ -105,6 +105,7 @@ def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "blas": backend.loaded_blas,
+        "blas_scope": backend.blas_scope,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "mlx_device": str(mx.default_device()),
         "mlx_metal": bool(getattr(mx, "metal", None) and mx.metal.is_available()),

@@ -143,6 +143,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
         variants.append(MlxVariant(spec, path, model, bm.mlx_weight_bytes(model)))
 
     device = None
+    torch_blas_note = None
     if cfg.torch:
         from .torch_reference import pick_device, torch_available
 
@@ -150,6 +151,13 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
             raise ConfigError("the PyTorch reference needs torch and transformers (pip install 'mlx-mqa[torch]'); "
                               "or pass --no-torch")
         device = pick_device(cfg.torch_device)
+        from . import backend
+
+        if device == "cpu" and backend.blas_scope == "global":
+            msg = ("OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
+                   "matmuls run through it too and its timings are pessimistic; install a C compiler")
+            say("warning: " + msg)
+            torch_blas_note = msg
 
     args = variants[0].model.args
     results = new_results(cfg.command, environment(dtype, device), {
@@ -163,6 +171,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
                             "quantize_bits": v.spec.quantize_bits, "path": str(v.path), "weight_bytes": v.weights["total"],
                             "weights": weights_provenance(v.path)}
                            for v in variants]
+    if torch_blas_note:
+        results["notes"].append(torch_blas_note)
     if source.is_random:
         results["notes"].append("Random weights: speed and memory are meaningful, ROUGE is meaningless.")
 

@@ -53,15 +53,20 @@ def test_shim_loaded_with_openblas_and_switches_work():
     if backend.loaded_blas is None:
         pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")
     assert "openblas" in backend.loaded_blas
-    code = ("import mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa import backend; "
+    code = ("import ctypes, mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa import backend; "
             "a = mx.array(np.arange(12, dtype=np.float32).reshape(1, 12)); b = mx.ones((12, 3)); "
-            "print(backend.loaded_blas, backend.gemv_shim, (a @ b).tolist())")
+            "exported = hasattr(ctypes.CDLL(None), 'openblas_get_config'); "
+            "print(backend.loaded_blas, backend.gemv_shim, backend.blas_scope, exported, (a @ b).tolist())")
     outs = {}
     for env in ({}, {"MLX_MQA_GEMV_SHIM": "0"}, {"MLX_MQA_BLAS": "0"}):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, **env}, check=True)
-        outs[tuple(env.items())] = r.stdout.split(" ", 2)
+        outs[tuple(env.items())] = r.stdout.split(" ", 4)
     assert outs[()][1] != "None"  # the shim is on by default where a C compiler exists
     assert outs[(("MLX_MQA_GEMV_SHIM", "0"),)][1] == "None"
     assert outs[(("MLX_MQA_BLAS", "0"),)][0] == "None"
-    assert len({v[2] for v in outs.values()}) == 1  # same product (66.0 x 3) whichever BLAS computed it
+    # OpenBLAS stays private behind the shim, with or without the sgemv routing: a global one would
+    # also take over PyTorch's sgemm_ in the same process.
+    for env in ((), (("MLX_MQA_GEMV_SHIM", "0"),)):
+        assert outs[env][2:4] == ["private", "False"], outs[env]
+    assert len({v[4] for v in outs.values()}) == 1  # same product (66.0 x 3) whichever BLAS computed it
