@@ -3,6 +3,7 @@
 
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -115,6 +116,7 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
     from mlx_mqa.suite import BenchConfig, run
 
     p = PRESETS[preset]
+    cfg = None
     try:
         # The offline demo shrinks its default model; a --model given explicitly keeps its real depth.
         model_given = click.get_current_context().get_parameter_source("model") == click.core.ParameterSource.COMMANDLINE
@@ -147,7 +149,9 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
     except MlxMqaError as e:
         _fail(e)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        saved = Path(cfg.out) / "results.json" if cfg is not None else None
+        click.echo("interrupted" + (f"; the settings finished so far are in {saved} (\"complete\": false)"
+                                    if saved is not None and saved.exists() else ""), err=True)
         raise SystemExit(130)
 
     env = res["environment"]

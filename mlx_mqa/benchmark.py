@@ -412,8 +412,12 @@ def add_speedups(results: List[SpeedResult]) -> None:
 
 def sweep(variants: Sequence[SpeedVariant], settings: Iterable[Setting], vocab: int, warmup: int = 1,
           repeats: int = 3, seed: int = 0, eos_token_id: int = 1,
-          progress: Optional[Callable[[str], None]] = None) -> List[SpeedResult]:
-    """Warm-up then `repeats` interleaved rounds over all variants, per setting."""
+          progress: Optional[Callable[[str], None]] = None,
+          on_setting: Optional[Callable[[List[SpeedResult]], None]] = None) -> List[SpeedResult]:
+    """Warm-up then `repeats` interleaved rounds over all variants, per setting.
+
+    `on_setting(results_so_far)` runs after each setting, so a long sweep can save what it has.
+    """
     settings = list(settings)
     results: List[SpeedResult] = []
     for s in settings:
@@ -431,7 +435,9 @@ def sweep(variants: Sequence[SpeedVariant], settings: Iterable[Setting], vocab: 
                 if progress:
                     progress(f"{v.name} {s.label} #{r + 1}")
         results.extend(summarize_runs(v, s, runs[v.name]) for v in variants)
-    add_speedups(results)
+        add_speedups(results)
+        if on_setting:
+            on_setting(list(results))
     return results
 
 

@@ -171,6 +171,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
                             "quantize_bits": v.spec.quantize_bits, "path": str(v.path), "weight_bytes": v.weights["total"],
                             "weights": weights_provenance(v.path)}
                            for v in variants]
+    results["complete"] = False  # until every stage has run; partial results are written as they come
     if torch_blas_note:
         results["notes"].append(torch_blas_note)
     if source.is_random:
@@ -213,10 +214,18 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
         settings = bm.settings_grid(cfg.batch_sizes, cfg.lengths)
         total = len(settings) * (cfg.warmup + cfg.repeats) * len(sv)
         say(f"speed: {len(sv)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + {cfg.repeats} repeats)")
+
+        def save_partial(done: List[bm.SpeedResult]) -> None:
+            # A sweep can run for hours: every finished setting is on disk before the next starts.
+            results["speed"] = [r.to_dict() for r in done]
+            results["mlx_vs_torch"] = bm.mlx_vs_torch(done)
+            write_results(results, cfg.out)
+
         with _bar(total, "speed", cfg.progress) as bar:
             speed = bm.sweep(sv, settings, vocab=min(args.vocab_size, len(tokenizer)), warmup=cfg.warmup,
                              repeats=cfg.repeats, seed=cfg.seed, eos_token_id=args.eos_token_id,
-                             progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)))
+                             progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
+                             on_setting=save_partial)
         results["speed"] = [r.to_dict() for r in speed]
         results["mlx_vs_torch"] = bm.mlx_vs_torch(speed)
 
@@ -289,6 +298,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
         p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=source.is_random)
         if p:
             results["files"]["plot_rouge_vs_time"] = p.name
+    results["complete"] = True
     write_results(results, out)
     problems = validate_results(results)
     if problems:  # a bug here, not a user error

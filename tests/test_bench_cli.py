@@ -99,6 +99,7 @@ def test_predictions_saved_per_example(run_cli):
 def test_results_schema_json_and_csv(run_cli):
     _, out = run_cli
     res = json.loads((out / "results.json").read_text())
+    assert res["complete"] is True
     env = res["environment"]
     assert env["packages"]["mlx"] and env["packages"]["torch"] and env["packages"]["transformers"]
     assert env["packages"]["numpy"] and env["dtype"] == "float32" and env["torch_device"] == "cpu"
@@ -191,3 +192,30 @@ def test_cli_quantized_variants_without_torch(tiny_model, tmp_path):
     assert speed["MQA-q8"]["baseline"] == "MHA-q8" and speed["MQA"]["baseline"] == "MHA"
     assert speed["MHA-q8"]["traffic_bytes_per_step"]["weights"] < speed["MHA"]["traffic_bytes_per_step"]["weights"]
     assert "torch" not in r.output.split("Speed")[1].split("Memory-traffic")[0]
+
+
+def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeypatch):
+    """Ctrl-C in the second setting: the first one's figures are on disk, marked incomplete."""
+    from mlx_mqa import benchmark as bm
+
+    root, model = tiny_model
+    real_run, calls = bm.mlx_run, []
+
+    def run_then_interrupt(model, ids, *a, **k):
+        calls.append(ids.shape[0])
+        if ids.shape[0] == 2:
+            raise KeyboardInterrupt
+        return real_run(model, ids, *a, **k)
+
+    monkeypatch.setattr(bm, "mlx_run", run_then_interrupt)
+    r = CliRunner().invoke(load_cli(), ["--model", str(model), "--kv-heads", "H,1", "--no-torch", "--no-quality",
+                                        "--batch-sizes", "1,2", "--lengths", "16x3", "--warmup", "0", "--repeats", "1",
+                                        "--out", str(tmp_path), "--cache-dir", str(root / "cache"), "--no-progress",
+                                        "--no-plots"])
+    assert r.exit_code == 130 and "complete" in r.output, r.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["complete"] is False
+    assert [(s["variant"], s["batch_size"]) for s in res["speed"]] == [("MHA", 1), ("MQA", 1)]
+    assert res["speed"][1]["measured_decode_speedup"] > 0
+    rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
+    assert [row["variant"] for row in rows] == ["MHA", "MQA"]

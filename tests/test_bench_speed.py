@@ -128,6 +128,17 @@ def test_sweep_interleaves_and_aggregates():
     assert res[2].kv_cache_bytes_formula == bm.kv_cache_bytes(2, 1, 8, 1, 16, 4, 4)["total"]
 
 
+def test_sweep_reports_each_finished_setting():
+    calls, seen = [], []
+    vs = [fake_variant("MHA", 8, calls, 0.04), fake_variant("MQA", 1, calls, 0.01)]
+    res = bm.sweep(vs, bm.settings_grid([1, 2, 4], [(16, 4)]), vocab=100, warmup=0, repeats=1,
+                   on_setting=lambda done: seen.append([(r.variant, r.batch_size, r.measured_decode_speedup)
+                                                        for r in done]))
+    assert [len(s) for s in seen] == [2, 4, 6]
+    assert seen[0] == [("MHA", 1, 1.0), ("MQA", 1, pytest.approx(4.0))]  # speedups present in partial results
+    assert seen[-1] == [(r.variant, r.batch_size, r.measured_decode_speedup) for r in res]
+
+
 def test_parsers_and_variant_names():
     assert bm.parse_lengths("512x64, 2048X64") == [(512, 64), (2048, 64)]
     with pytest.raises(ValueError, match="INPUTxOUTPUT"):
