@@ -22,6 +22,9 @@ from .config import ModelArgs
 FP16_CLAMP = float(np.finfo(np.float16).max) - 1000.0
 # Most attention scores materialised at once on CPU (elements): 2**26 floats = 256 MiB.
 SCORES_CHUNK = 2 ** 26
+# From this many scores on (16 MiB), CPU attention is split in two blocks that run in parallel.
+PARALLEL_SCORES = 2 ** 22
+LOG2E = math.log2(math.e)
 
 
 @lru_cache(maxsize=None)
@@ -63,13 +66,33 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -
     B, H, L, D = q.shape
     S = k.shape[2]
     rows = max(1, SCORES_CHUNK // (B * H * S))
-    if L > rows:
-        # Long inputs: bound the [B, H, rows, S] score buffer instead of materialising all L rows.
-        chunks = []
-        for i in range(0, L, rows):
-            m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i:i + rows, :]
-            chunks.append(attention(q[:, :, i:i + rows], k, v, m))
-        return mx.concatenate(chunks, axis=2)
+    if L <= rows and (L == 1 or B * H * L * S < PARALLEL_SCORES):
+        return _grouped_attention(q, k, v, mask)
+    n_blocks = -(-L // rows)
+    n_blocks += n_blocks % 2  # an even number of equal blocks keeps both CPU streams busy
+    rows = -(-L // n_blocks)
+    # Long inputs: bounded [B, H, rows, S] score blocks, alternating between two CPU streams. MLX runs
+    # each stream on its own thread, and its elementwise CPU ops (the softmax) are single-threaded.
+    blocks = []
+    for n, i in enumerate(range(0, L, rows)):
+        m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i:i + rows, :]
+        with mx.stream(_cpu_streams()[n % 2]):
+            blocks.append(_grouped_attention(q[:, :, i:i + rows], k, v, m))
+    return mx.concatenate(blocks, axis=2)
+
+
+@lru_cache(maxsize=None)
+def _cpu_streams():
+    return (mx.default_stream(mx.cpu), mx.new_stream(mx.cpu))
+
+
+# exp(x - m) as 2**((x - m) * log2 e), fused into one pass: MLX's CPU exp costs ~5x a multiply-add
+# pass, its pow(2, .) ~2.5x (same accuracy, ~4e-6 relative at x - m = -80).
+_exp_shifted = mx.compile(lambda x, m: mx.power(2.0, (x - m) * LOG2E), shapeless=True)
+
+
+def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -> mx.array:
+    B, H, L, D = q.shape
     G = k.shape[1]
     # Heads g*H/G .. (g+1)*H/G-1 share K/V head g: stack them along the query axis.
     qg = q.reshape(B, G, (H // G) * L, D)
@@ -78,8 +101,14 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -
         mb, mh = mask.shape[0], mask.shape[1]
         m = mask if mh == 1 else mask.reshape(mb, G, (H // G) * L, mask.shape[-1])
         scores = scores + m
-    probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
-    return (probs @ v).reshape(B, H, L, -1)
+    if L == 1 or v.dtype != mx.float32:
+        # Decode steps (few scores, overhead-bound) and half precision (unnormalised sums could overflow).
+        probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
+        return (probs @ v).reshape(B, H, L, -1)
+    # Softmax normalised after the product with V: one pass over the scores fewer.
+    weights = _exp_shifted(scores, mx.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    out = (weights @ v) / weights.sum(axis=-1, keepdims=True)
+    return out.reshape(B, H, L, -1)
 
 
 def padding_mask(attention_mask: Optional[mx.array], dtype) -> Optional[mx.array]:
