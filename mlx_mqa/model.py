@@ -24,6 +24,8 @@ FP16_CLAMP = float(np.finfo(np.float16).max) - 1000.0
 SCORES_CHUNK = 2 ** 26
 # From this many scores on (16 MiB), CPU attention is split in two blocks that run in parallel.
 PARALLEL_SCORES = 2 ** 22
+# Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
+FEW_SCORES = 2 ** 16
 LOG2E = math.log2(math.e)
 
 
@@ -101,8 +103,8 @@ def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.
         mb, mh = mask.shape[0], mask.shape[1]
         m = mask if mh == 1 else mask.reshape(mb, G, (H // G) * L, mask.shape[-1])
         scores = scores + m
-    if L == 1 or v.dtype != mx.float32:
-        # Decode steps (few scores, overhead-bound) and half precision (unnormalised sums could overflow).
+    if v.dtype != mx.float32 or scores.size < FEW_SCORES:
+        # Half precision (unnormalised sums could overflow) and small decode steps (overhead-bound).
         probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)
         return (probs @ v).reshape(B, H, L, -1)
     # Softmax normalised after the product with V: one pass over the scores fewer.

@@ -65,3 +65,22 @@ def test_logits_agreement_measure(source, tokenizer, tmp_path):
     q = load_model(convert(str(source), tmp_path / "q", dtype="float32", quantize=True, q_bits=4, q_group_size=32))
     worse = logits_agreement(q, ref, tokenizer, docs, sums, input_len=64, output_len=16)
     assert worse["max_abs_diff"] > 0 and worse["positions"] == same["positions"]
+
+
+def test_cpu_dequantized_products_equal_quantized_kernel(source, tokenizer, tmp_path, monkeypatch):
+    """Many-row products on CPU go through dequantize + BLAS; they compute what quantized_matmul does."""
+    from mlx_mqa import quantize
+
+    q = load_model(convert(str(source), tmp_path / "q", kv_heads=2, quantize=True, q_bits=4, q_group_size=32))
+    assert type(q.decoder.block[0].layer[0].SelfAttention.q) is quantize.QuantizedLinear
+    ids, mask = batch(tokenizer)
+    dec = mx.array(np.tile(np.arange(0, 24, dtype=np.int32) * 7, (3, 1)))
+    assert mx.default_device() == mx.cpu and ids.shape[1] >= quantize.DEQUANTIZE_MIN_ROWS
+    fast = np.array(q(mx.array(ids), dec, mx.array(mask)))
+    monkeypatch.setattr(quantize, "DEQUANTIZE_MIN_ROWS", 10 ** 9)  # quantized_matmul everywhere
+    kernel = np.array(q(mx.array(ids), dec, mx.array(mask)))
+    np.testing.assert_allclose(fast, kernel, rtol=0, atol=2e-5 * np.abs(kernel).max())
+    emb = q.shared
+    x = mx.array(np.random.default_rng(0).standard_normal((20, q.args.d_model)).astype(np.float32))
+    np.testing.assert_allclose(np.array(quantize.QuantizedEmbedding.as_linear(emb, x)),
+                               np.array(nn.QuantizedEmbedding.as_linear(emb, x)), rtol=0, atol=1e-4)
