@@ -1,6 +1,7 @@
 """Figures of a benchmark run (matplotlib, Agg backend: no display needed).
 
-- time per sample vs number of K/V groups, one line per setting (the GQA paper's Fig. 6);
+- time per sample vs number of K/V groups, one line per setting (the GQA paper's Fig. 6), beside the
+  decode-step speedup over MHA, measured and as the memory-traffic model predicts it;
 - ROUGE vs time per sample for every variant, MLX and PyTorch (the paper's Fig. 3 trade-off).
 """
 
@@ -23,12 +24,13 @@ def _plt():
 
 
 def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "", dpi: int = 120) -> Optional[Path]:
-    """x: K/V groups G (log2), y: time per sample (median, min-max bars); PyTorch MHA as a dashed line."""
+    """Left: time per sample (median, min-max bars) vs K/V groups G (log2), PyTorch MHA as dashed lines.
+    Right: decode-step speedup over MHA vs G, measured (solid) and predicted by the traffic model (dotted)."""
     mlx_rows = [r for r in speed if r["backend"] == "mlx"]
     if not mlx_rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, ax_speedup) = plt.subplots(1, 2, figsize=(11.5, 4.4))
     lines = defaultdict(list)
     for r in mlx_rows:
         lines[(r["batch_size"], r["input_len"], r["output_len"], r.get("quantize_bits"))].append(r)
@@ -42,21 +44,30 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "", dpi: int =
         B, i_len, o_len, q = key
         label = f"MLX B={B} {i_len}->{o_len}" + (f" q{q}" if q else "")
         line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-        colors[(B, i_len, o_len)] = line[0].get_color()
+        color = line[0].get_color()
+        colors[(B, i_len, o_len)] = color
+        if all(r.get("measured_decode_speedup") for r in rows):
+            ax_speedup.plot(xs, [r["measured_decode_speedup"] for r in rows], marker="o", color=color,
+                            label=label + " measured")
+            ax_speedup.plot(xs, [r["predicted_decode_speedup"] for r in rows], ls=":", marker="x", color=color,
+                            label=label + " predicted")
     for r in speed:
         if r["backend"] == "torch" and r["kv_heads"] == r["num_heads"]:
             c = colors.get((r["batch_size"], r["input_len"], r["output_len"]), "gray")
             ax.axhline(r["time_per_sample_s"]["median"], ls="--", color=c, lw=1,
                        label=f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}")
-    ax.set_xscale("log", base=2)
     groups = sorted({r["kv_heads"] for r in mlx_rows})
-    ax.set_xticks(groups)
-    ax.set_xticklabels([("MQA\n1" if g == 1 else f"{g}") for g in groups])
-    ax.set_xlabel("K/V groups G (H = MHA)")
+    for a in (ax, ax_speedup):
+        a.set_xscale("log", base=2)
+        a.set_xticks(groups)
+        a.set_xticklabels([("MQA\n1" if g == 1 else f"{g}") for g in groups])
+        a.set_xlabel("K/V groups G (H = MHA)")
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=7)
     ax.set_ylabel("time per sample (s)")
-    ax.set_title(title or "Time per sample vs number of K/V groups")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_title(title or "Time per sample vs number of K/V groups", fontsize=10)
+    ax_speedup.set_ylabel("decode step speedup over MHA")
+    ax_speedup.set_title("Decode step: measured vs memory-traffic model", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)
