@@ -105,3 +105,28 @@ def test_cpu_softmax_matches_float64_with_padding(L, monkeypatch):
     ref = (p / p.sum(-1, keepdims=True)) @ vv
     assert np.abs(scores[np.isfinite(scores)]).max() > 20
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
+    """Uptraining differentiates through the CPU path: two-stream blocks and pow2 exp give the same gradients."""
+    import mlx_mqa.model as m
+
+    rng = np.random.default_rng(11)
+    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
+               [(2, 4, 12, 8), (2, 2, 12, 8), (2, 2, 12, 8)])
+    bias = mx.array(rng.standard_normal((1, 4, 12, 12)).astype(np.float32))
+
+    def loss(q, k, v):
+        return (m.attention(q, k, v, bias) ** 2).sum()
+
+    def ref_loss(q, k, v):
+        kk, vv = mx.repeat(k, 2, axis=1), mx.repeat(v, 2, axis=1)
+        return ((mx.softmax(q @ kk.swapaxes(-1, -2) + bias, axis=-1) @ vv) ** 2).sum()
+
+    grad = mx.grad(loss, argnums=(0, 1, 2))
+    ref = [np.array(g) for g in mx.grad(ref_loss, argnums=(0, 1, 2))(q, k, v)]
+    monkeypatch.setattr(m, "FEW_SCORES", 1)
+    for parallel in (2 ** 22, 1):
+        monkeypatch.setattr(m, "PARALLEL_SCORES", parallel)
+        for g, r in zip(grad(q, k, v), ref):
+            np.testing.assert_allclose(np.array(g), r, rtol=0, atol=1e-4 * np.abs(r).max())
