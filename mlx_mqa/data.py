@@ -88,13 +88,9 @@ def load_jsonl(path, limit: Optional[int] = None) -> List[Example]:
     if not path.is_file():
         raise DataError(f"--data {path}: no such file; expected JSON Lines with fields {', '.join(JSONL_FIELDS)}")
     out: List[Example] = []
-    for lineno, line in _read_jsonl_lines(path):
+    for lineno, rec in read_jsonl(path):
         if limit is not None and len(out) >= limit:
             break
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object with fields {', '.join(JSONL_FIELDS)}")
         missing = [f for f in ("document", "summary") if not isinstance(rec.get(f), str)]
@@ -113,11 +109,16 @@ def load_jsonl(path, limit: Optional[int] = None) -> List[Example]:
     return out
 
 
-def _read_jsonl_lines(path: Path) -> Iterator[Tuple[int, str]]:
+def read_jsonl(path: Path) -> Iterator[Tuple[int, object]]:
+    """(1-based line number, record) for every non-empty line; bad JSON names its line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, line
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
 
 
 def load_bundled(name: str, limit: Optional[int] = None) -> List[Example]:

@@ -23,7 +23,7 @@ def _plt():
     return plt
 
 
-def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "", dpi: int = 120) -> Optional[Path]:
+def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optional[Path]:
     """Left: time per sample (median, min-max bars) vs K/V groups G (log2), PyTorch MHA as dashed lines.
     Right: decode-step speedup over MHA vs G, measured (solid) and predicted by the traffic model (dotted)."""
     mlx_rows = [r for r in speed if r["backend"] == "mlx"]
@@ -70,13 +70,12 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "", dpi: int =
     ax_speedup.set_title("Decode step: measured vs memory-traffic model", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "",
-                       dpi: int = 120) -> Optional[Path]:
+def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "") -> Optional[Path]:
     """One point per (variant, backend, dataset): x time per sample, y mean of ROUGE-1/2/L."""
     if not quality:
         return None
@@ -103,6 +102,6 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data import read_jsonl
 from .errors import InputError
 
 NOISE_DENSITY = 0.15
@@ -147,8 +147,8 @@ def read_texts(sources: Sequence[str], field: str = "document", extra_fields: Se
             raise InputError(f"no corpus files at {src!r} (expected .jsonl or .txt files, or hf:NAME)")
         for f in files:
             if f.suffix == ".jsonl":
-                for n, rec in _jsonl_records(f):
-                    for key in (field, *extra_fields):
+                for _, rec in read_jsonl(f):
+                    for key in (field, *extra_fields) if isinstance(rec, dict) else ():
                         if isinstance(rec.get(key), str) and rec[key].strip():
                             texts.append(rec[key])
             else:
@@ -298,22 +298,11 @@ class SpanCorruptionData:
                 "data_fingerprint": fingerprint(self.windows)}
 
 
-def _jsonl_records(path: Path):
-    """(line index, record) of every non-empty line of a JSONL file; bad JSON names the line."""
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n + 1} is not valid JSON: {e}") from None
-
-
 def read_pairs(path: str, source_field: str = "document", target_field: str = "summary") -> List[Tuple[str, str]]:
     pairs = []
-    for n, rec in _jsonl_records(Path(path)):
-        if source_field not in rec or target_field not in rec:
-            raise InputError(f"{path}:{n + 1} lacks the field {source_field!r} or {target_field!r}")
+    for lineno, rec in read_jsonl(Path(path)):
+        if not isinstance(rec, dict) or source_field not in rec or target_field not in rec:
+            raise InputError(f"{path}:{lineno} lacks the field {source_field!r} or {target_field!r}")
         pairs.append((rec[source_field], rec[target_field]))
     if not pairs:
         raise InputError(f"{path} holds no examples")
