@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from . import backend  # noqa: F401  (optimized BLAS on Linux must load before mlx.core)
-from .generate import generate, generate_step, stream_generate  # noqa: E402
-from .utils import load, load_model, load_tokenizer  # noqa: E402
+from . import backend  # noqa: F401, I001  (optimized BLAS on Linux must load before mlx.core)
+from .checkpoint.load import load, load_model, load_tokenizer  # noqa: E402
+from .decoding.generate import generate, generate_step, stream_generate  # noqa: E402
 
 __all__ = ["load", "load_model", "load_tokenizer", "generate", "generate_step", "stream_generate", "__version__"]

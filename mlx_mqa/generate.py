@@ -1,236 +1,110 @@
-"""Generation: a step generator with injected sampler/processors, and convenience wrappers."""
+"""`python -m mlx_mqa.generate`: generate text with a converted (or plain Hugging Face) T5, streaming it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Generator, List, Optional, Sequence, Union
+import sys
 
-import mlx.core as mx
-import numpy as np
+import click
 
-from .cache import CrossKV, StaticKVCache
-from .errors import InputError
-from .sample_utils import LogitsProcessor, Sampler, greedy
+from .cli import CONTEXT, fail
+from .errors import InputError, MlxMqaError
 
 
-@dataclass
-class Encoded:
-    """A tokenized, padded batch ready for the encoder."""
-
-    input_ids: mx.array
-    attention_mask: Optional[mx.array]
-    lengths: List[int]
-
-
-def encode_prompts(tokenizer, prompts: Union[str, Sequence[str]], max_input_tokens: Optional[int] = None,
-                   truncate: bool = False) -> Encoded:
-    """Tokenize (right padding). Empty prompts and over-long ones (unless `truncate`) are errors."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if len(prompts) == 0:
-        raise InputError("no prompts given")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise InputError(f"prompt {i} is empty; T5 needs at least one input token")
-    ids = [tokenizer(p)["input_ids"] for p in prompts]
-    if max_input_tokens is not None:
-        too_long = [(i, len(t)) for i, t in enumerate(ids) if len(t) > max_input_tokens]
-        if too_long and not truncate:
-            i, n = too_long[0]
-            raise InputError(f"prompt {i} has {n} tokens, more than max_input_tokens={max_input_tokens}; "
-                             f"pass truncate=True (--truncate) or raise the limit")
-        eos = tokenizer.eos_token_id
-        ids = [t if len(t) <= max_input_tokens else t[: max_input_tokens - 1] + [eos] for t in ids]
-    return pad_batch(ids, tokenizer.pad_token_id or 0)
+def _prompts(prompt, file):
+    if prompt and file:
+        raise InputError("give --prompt or --file, not both")
+    if file:
+        text = sys.stdin.read() if file == "-" else open(file, encoding="utf-8").read()
+        prompts = [line for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise InputError(f"{file} holds no prompt (one per line)")
+        return prompts
+    if not prompt:
+        raise InputError("give a --prompt (or --file with one prompt per line)")
+    return list(prompt)
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int = 0) -> Encoded:
-    lengths = [len(t) for t in ids]
-    L = max(lengths)
-    arr = np.full((len(ids), L), pad_id, dtype=np.int32)
-    mask = np.zeros((len(ids), L), dtype=np.int32)
-    for i, t in enumerate(ids):
-        arr[i, : len(t)] = t
-        mask[i, : len(t)] = 1
-    attention_mask = None if all(n == L for n in lengths) else mx.array(mask)
-    return Encoded(mx.array(arr), attention_mask, lengths)
+def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
+    """Print the text as it is generated: only what a longer decode no longer changes."""
+    from .decoding.generate import stream_generate
 
-
-@dataclass
-class StepOutput:
-    tokens: List[int]  # one per row; pad for rows already finished
-    finished: List[bool]
-    step: int
-
-
-class DecodeState:
-    """Everything one decode step reads: cross-attention K/V, the self-attention caches and the
-    encoder padding mask. Built once per input; the cross K/V are never recomputed.
-
-    With `beams` > 1 the decoder runs B*beams rows while the encoder output and cross K/V stay
-    at B rows, shared by the beams of each input.
-    """
-
-    def __init__(self, model, input_ids: mx.array, attention_mask: Optional[mx.array], max_steps: int,
-                 compiled: bool = True, beams: int = 1):
-        self.model = model
-        enc = model.encode(input_ids, attention_mask)
-        self.cross = model.cross_kv(enc)
-        self.attention_mask = attention_mask
-        self.compiled = compiled
-        rows = input_ids.shape[0] * beams
-        if compiled:
-            G, D = model.args.num_key_value_heads, model.args.d_kv
-            dtype = self.cross[0].keys.dtype
-            self.cache = [StaticKVCache.empty(rows, G, max_steps, D, dtype) for _ in model.layers]
-            if attention_mask is None:  # one compiled graph for padded and unpadded batches
-                self.attention_mask = mx.ones(input_ids.shape, dtype=mx.int32)
-        else:
-            self.cache = model.make_cache(max_size=max_steps)
-
-    def logits(self, y: mx.array) -> mx.array:
-        """[rows, V] logits of the next token after tokens y [rows]; advances the caches."""
-        if not self.compiled:
-            return self.model.decode(y[:, None], self.cross, self.attention_mask, self.cache)[:, -1, :]
-        step = compiled_decode_step(self.model)
-        offset = self.cache[0].offset
-        logits, keys, values = step(y[:, None], offset, [c.keys for c in self.cache],
-                                    [c.values for c in self.cache], [c.keys for c in self.cross],
-                                    [c.values for c in self.cross], self.attention_mask)
-        for c, k, v in zip(self.cache, keys, values):
-            c.keys, c.values, c.offset = k, v, offset + 1
-        return logits
-
-    def select(self, indices: mx.array):
-        """Reorder decoder rows (beam search); the shared cross K/V need no reordering."""
-        for c in self.cache:
-            c.select(indices)
-
-    def nbytes(self) -> int:
-        """Bytes of the filled self-attention caches plus the cross-attention K/V."""
-        return sum(c.nbytes() for c in self.cache) + sum(c.nbytes() for c in self.cross)
-
-
-def compiled_decode_step(model):
-    """One decoder step traced once per shape and replayed: no Python graph building per token.
-
-    Model weights are declared as implicit inputs, so updated weights (after training) are used.
-    """
-    fn = getattr(model, "_compiled_decode_step", None)
-    if fn is None:
-        def step(y, offset, keys, values, cross_keys, cross_values, attention_mask):
-            cache = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
-            cross = [CrossKV(k, v) for k, v in zip(cross_keys, cross_values)]
-            logits = model.decode(y, cross, attention_mask, cache)[:, -1, :]
-            return logits, [c.keys for c in cache], [c.values for c in cache]
-
-        fn = mx.compile(step, inputs=model.state)
-        model._compiled_decode_step = fn
-    return fn
-
-
-def generate_step(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *,
-                  max_new_tokens: int = 64, sampler: Optional[Sampler] = None,
-                  logits_processors: Optional[Sequence[LogitsProcessor]] = None,
-                  eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
-                  ignore_eos: bool = False, compiled: bool = True) -> Generator[StepOutput, None, None]:
-    """Yield one token per row per step until every row has emitted EOS or `max_new_tokens`.
-
-    The encoder and the cross-attention K/V run once; the self-attention cache is preallocated
-    for the whole decode. The next step is queued (async_eval) before the current token is
-    read back, so the host sync overlaps device work.
-    """
-    args = model.args
-    sampler = sampler or greedy
-    eos = args.eos_token_id if eos_token_id is None else eos_token_id
-    pad = args.pad_token_id if pad_token_id is None else pad_token_id
-    B = input_ids.shape[0]
-    state = DecodeState(model, input_ids, attention_mask, max_new_tokens, compiled)
-    history = mx.full((B, max_new_tokens + 1), args.decoder_start_token_id, dtype=mx.int32) \
-        if logits_processors else None
-
-    def step(y: mx.array, finished: mx.array, n: int):
-        logprobs = state.logits(y).astype(mx.float32)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-        if logits_processors:
-            for proc in logits_processors:
-                logprobs = proc(history[:, : n + 1], logprobs)
-        tok = sampler(logprobs).astype(mx.int32)
-        if not ignore_eos:
-            tok = mx.where(finished, pad, tok)
-            finished = finished | (tok == eos)
-        if history is not None:
-            history[:, n + 1] = tok
-        return tok, finished
-
-    y = mx.full((B,), args.decoder_start_token_id, dtype=mx.int32)
-    finished = mx.zeros((B,), dtype=mx.bool_)
-    y, finished = step(y, finished, 0)
-    mx.async_eval(y, finished)
-    for n in range(max_new_tokens):
-        if n + 1 < max_new_tokens:
-            next_y, next_finished = step(y, finished, n + 1)
-            mx.async_eval(next_y, next_finished)
-        tokens, done = y.tolist(), finished.tolist()
-        yield StepOutput(tokens, done, n)
-        if all(done) and not ignore_eos:
+    tokens, shown = [], ""
+    for step in stream_generate(model, tokenizer, prompt, max_new_tokens=max_tokens, **options):
+        if step.tokens[0] == tokenizer.eos_token_id:
             break
-        if n + 1 < max_new_tokens:
-            y, finished = next_y, next_finished
+        tokens.append(step.tokens[0])
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            click.echo(text[len(shown):], nl=False)
+            shown = text
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    click.echo(text[len(shown):] if text.startswith(shown) else "")
+    return text
 
 
-@dataclass
-class GenerationResult:
-    texts: List[str]
-    tokens: List[List[int]]  # generated ids per row, EOS included when emitted
-    prompt_tokens: List[int] = field(default_factory=list)
+@click.command(context_settings=CONTEXT)
+@click.option("--model", required=True, help="Converted MLX directory, Hugging Face T5 directory or hub id.")
+@click.option("--prompt", "-p", multiple=True, help="Input text, e.g. 'summarize: ...' (repeatable: a batch).")
+@click.option("--file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Text file with one prompt per line ('-' reads stdin); generated as one padded batch.")
+@click.option("--max-tokens", "-m", type=int, default=128, show_default=True, help="Most tokens to generate.")
+@click.option("--num-beams", type=int, default=1, show_default=True, help="Beam search width (1: greedy/sampling).")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True, help="Beam search length penalty.")
+@click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True, help="Ban repeated n-grams.")
+@click.option("--temp", type=float, default=0.0, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-p", type=float, default=0.0, show_default=True, help="Nucleus sampling (0: off).")
+@click.option("--min-p", type=float, default=0.0, show_default=True, help="Min-p sampling (0: off).")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Top-k sampling (0: off).")
+@click.option("--repetition-penalty", type=float, default=None, help="mlx-lm's repetition penalty (e.g. 1.2).")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--max-input-tokens", type=int, default=None, help="Longer prompts are an error unless --truncate.")
+@click.option("--truncate", is_flag=True, help="Cut prompts longer than --max-input-tokens.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Cast the weights (default: as stored).")
+def main(model, prompt, file, max_tokens, num_beams, length_penalty, no_repeat_ngram_size, temp, top_p, min_p, top_k,
+         repetition_penalty, seed, max_input_tokens, truncate, dtype):
+    """Generate with a T5 (MHA, GQA or MQA). One prompt streams its text as it is generated;
+    several prompts (or beam search) print one line each when the batch is done.
+
+    \b
+    Examples:
+      python -m mlx_mqa.generate --model t5-gqa2 --prompt "summarize: The tower is 324 metres tall ..."
+      python -m mlx_mqa.generate --model t5-gqa2 --file articles.txt --num-beams 4 --max-tokens 64
+    """
+    try:
+        import mlx.core as mx
+
+        from .checkpoint.load import load
+        from .decoding.generate import generate
+        from .decoding.sample_utils import make_logits_processors, make_sampler, no_repeat_ngram_processor
+
+        prompts = _prompts(prompt, file)
+        if max_tokens < 1 or num_beams < 1:
+            raise InputError("--max-tokens and --num-beams must be at least 1")
+        if seed is not None:
+            mx.random.seed(seed)
+        m, tokenizer = load(model, dtype)
+        options = dict(max_input_tokens=max_input_tokens, truncate=truncate)
+        if num_beams > 1:
+            options.update(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        else:
+            procs = make_logits_processors(None, repetition_penalty)
+            if no_repeat_ngram_size:
+                procs.append(no_repeat_ngram_processor(no_repeat_ngram_size))
+            options.update(sampler=make_sampler(temp, top_p, min_p, 1, top_k), logits_processors=procs or None)
+        if len(prompts) == 1 and num_beams == 1:
+            _stream(m, tokenizer, prompts[0], max_tokens, options)
+            return
+        for text in generate(m, tokenizer, prompts, max_new_tokens=max_tokens, **options):
+            click.echo(text)
+    except MlxMqaError as e:
+        fail(e)
+    except OSError as e:
+        fail(InputError(str(e)))
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        raise SystemExit(130)
 
 
-def stream_generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64,
-                    max_input_tokens: Optional[int] = None, truncate: bool = False, **kwargs):
-    """Yield the StepOutput of every step of a batched generation."""
-    batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
-    yield from generate_step(model, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
-
-
-def generate_tokens(model, input_ids, attention_mask=None, max_new_tokens: int = 64, **kwargs) -> List[List[int]]:
-    """Generated ids per row, cut after the first EOS."""
-    eos = kwargs.get("eos_token_id", model.args.eos_token_id)
-    B = input_ids.shape[0]
-    out: List[List[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    for s in generate_step(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, **kwargs):
-        for i, t in enumerate(s.tokens):
-            if not done[i]:
-                out[i].append(t)
-                done[i] = t == eos and not kwargs.get("ignore_eos", False)
-    return out
-
-
-def generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64,
-             max_input_tokens: Optional[int] = None, truncate: bool = False, num_beams: int = 1,
-             return_result: bool = False, **kwargs):
-    """Generate for a prompt or a list of prompts; returns the decoded strings (or a GenerationResult)."""
-    single = isinstance(prompts, str)
-    batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
-    kw = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    if num_beams > 1:
-        from .beam import beam_search
-
-        tokens = beam_search(model, batch.input_ids, batch.attention_mask, num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, **kw)
-    else:
-        # Beam-only settings mean nothing for one beam; the n-gram ban becomes a logits processor.
-        kw.pop("length_penalty", None)
-        kw.pop("early_stopping", None)
-        ngram = kw.pop("no_repeat_ngram_size", 0)
-        if ngram:
-            from .beam import no_repeat_ngram_processor
-
-            kw["logits_processors"] = list(kw.get("logits_processors") or []) + [no_repeat_ngram_processor(ngram)]
-        tokens = generate_tokens(model, batch.input_ids, batch.attention_mask, max_new_tokens, **kw)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    if return_result:
-        return GenerationResult(texts, tokens, batch.lengths)
-    return texts[0] if single else texts
+if __name__ == "__main__":
+    main()

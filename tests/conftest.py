@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mlx_mqa  # noqa: F401  (loads the optimized BLAS before anything imports mlx.core)
-from mlx_mqa.random_init import save_random_checkpoint
+from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 
 ASSETS = Path(mlx_mqa.__file__).parent / "assets"
 PROMPTS = [

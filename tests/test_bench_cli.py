@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlx_mqa.random_init import save_random_checkpoint
+from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 from mlx_mqa.results import QUALITY_COLUMNS, SPEED_COLUMNS, validate_results, weights_provenance
 from mlx_mqa.rouge import METRICS
 from conftest import t5_config

@@ -6,9 +6,9 @@ import pytest
 
 from mlx_mqa import benchmark as bm
 from mlx_mqa.errors import ConfigError
-from mlx_mqa.generate import generate_tokens
-from mlx_mqa.random_init import save_random_checkpoint
-from mlx_mqa.utils import load_model
+from mlx_mqa.decoding.generate import generate_tokens
+from mlx_mqa.checkpoint.random_init import save_random_checkpoint
+from mlx_mqa import load_model
 from mlx_mqa.variants import (VariantSpec, default_kv_heads, ensure_converted, parse_kv_heads, prepare_source,
                               variant_name)
 from conftest import t5_config

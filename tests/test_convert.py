@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mlx_mqa import load, load_model
-from mlx_mqa.convert import convert
+from mlx_mqa.conversion import convert
 from mlx_mqa.errors import CheckpointError, ConfigError
-from mlx_mqa.random_init import random_t5_weights, save_random_checkpoint
+from mlx_mqa.checkpoint.random_init import random_t5_weights, save_random_checkpoint
 from conftest import batch, t5_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_missing_shard_and_missing_weights(tmp_path, small_cfg, tokenizer):
 
 def test_interrupted_conversion_leaves_nothing(tmp_path, small_cfg, tokenizer, monkeypatch):
     src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
-    import mlx_mqa.convert as conv
+    import mlx_mqa.conversion.converter as conv
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -8,7 +8,7 @@ import torch
 import mlx_mqa
 from mlx_mqa import generate, generate_step, load_model, stream_generate
 from mlx_mqa.errors import InputError
-from mlx_mqa.generate import generate_tokens
+from mlx_mqa.decoding.generate import generate_tokens
 from conftest import PROMPTS, batch, hf_model
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlx_mqa import load_model
-from mlx_mqa.convert import convert, pool_heads
+from mlx_mqa.conversion import convert, pool_heads
 from conftest import batch, hf_model
 
 DEC_KV = re.compile(r"^decoder\.block\.\d+\.layer\.[01]\.(SelfAttention|EncDecAttention)\.[kv]\.weight$")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mlx_mqa import load_model
-from mlx_mqa.model import bucket_table
+from mlx_mqa.models.t5 import bucket_table
 from conftest import PROMPTS, VARIANTS, batch, hf_model
 
 
@@ -57,7 +57,7 @@ def test_position_buckets_match_transformers(bidirectional):
 @pytest.mark.parametrize("B,H,G,L,S", [(2, 12, 12, 1, 50), (2, 12, 4, 3, 50), (2, 12, 1, 1, 50), (3, 8, 2, 7, 7)])
 def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
     """The CPU grouped-matmul path computes what mx.fast.scaled_dot_product_attention does."""
-    from mlx_mqa.model import attention
+    from mlx_mqa.models.attention import attention
 
     rng = np.random.default_rng(B * H + G + L)
     q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
@@ -69,7 +69,7 @@ def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
 
 
 def test_attention_in_query_chunks_is_exact(monkeypatch):
-    import mlx_mqa.model as m
+    import mlx_mqa.models.attention as m
 
     rng = np.random.default_rng(5)
     q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
@@ -89,7 +89,7 @@ def test_attention_in_query_chunks_is_exact(monkeypatch):
 @pytest.mark.parametrize("L", [6, 1])
 def test_cpu_softmax_matches_float64_with_padding(L, monkeypatch):
     """The CPU path's exp-by-pow2 and late normalisation against a float64 softmax, padded keys included."""
-    import mlx_mqa.model as m
+    import mlx_mqa.models.attention as m
 
     monkeypatch.setattr(m, "FEW_SCORES", 1)  # the pow2 path even for these few scores
     rng = np.random.default_rng(9)
@@ -109,7 +109,7 @@ def test_cpu_softmax_matches_float64_with_padding(L, monkeypatch):
 
 def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
     """Uptraining differentiates through the CPU path: two-stream blocks and pow2 exp give the same gradients."""
-    import mlx_mqa.model as m
+    import mlx_mqa.models.attention as m
 
     rng = np.random.default_rng(11)
     q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in

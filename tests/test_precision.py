@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mlx_mqa import load_model
-from mlx_mqa.convert import convert
-from mlx_mqa.generate import generate_tokens
-from mlx_mqa.random_init import save_random_checkpoint
+from mlx_mqa.conversion import convert
+from mlx_mqa.decoding.generate import generate_tokens
+from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 from conftest import batch, t5_config
 
 
@@ -47,7 +47,7 @@ def test_float16_ffn_overflow_is_contained(tmp_path, tokenizer):
     # In float32 the first FFN's output really exceeds float16's range.
     m32 = load_model(src, dtype="float32")
     enc_block = m32.encoder.block[0]
-    from mlx_mqa.model import padding_mask
+    from mlx_mqa.models.attention import padding_mask
 
     x = m32.shared(mx.array(ids))
     bias = enc_block.layer[0].SelfAttention.position_bias(ids.shape[1], ids.shape[1]) + \

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlx_mqa import generate, load, load_model
-from mlx_mqa.convert import convert
+from mlx_mqa.conversion import convert
 from conftest import PROMPTS, batch
 
 
@@ -69,7 +69,7 @@ def test_logits_agreement_measure(source, tokenizer, tmp_path):
 
 def test_cpu_dequantized_products_equal_quantized_kernel(source, tokenizer, tmp_path, monkeypatch):
     """Many-row products on CPU go through dequantize + BLAS; they compute what quantized_matmul does."""
-    from mlx_mqa import quantize
+    from mlx_mqa.models import quantize
 
     q = load_model(convert(str(source), tmp_path / "q", kv_heads=2, quantize=True, q_bits=4, q_group_size=32))
     assert type(q.decoder.block[0].layer[0].SelfAttention.q) is quantize.QuantizedLinear

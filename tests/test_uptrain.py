@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
-from mlx_mqa.config import ModelArgs
+from mlx_mqa.models.config import ModelArgs
 from mlx_mqa.errors import CheckpointError
 from mlx_mqa.span_corruption import SpanCorruptionData, make_windows
 from mlx_mqa.trainer import Trainer, TrainConfig, init_model, list_checkpoints, make_schedule
@@ -172,8 +172,8 @@ def test_checkpoint_loads_and_generates(tokenizer, tmp_path):
 @pytest.fixture
 def converted(tmp_path, tokenizer):
     """A tiny multi-head HF-layout checkpoint converted to GQA-2 with convert()."""
-    from mlx_mqa.convert import convert
-    from mlx_mqa.random_init import save_random_checkpoint
+    from mlx_mqa.conversion import convert
+    from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 
     hf = save_random_checkpoint({**TINY, "model_type": "t5"}, tmp_path / "hf", tokenizer=tokenizer, shared_std=0.1)
     return convert(str(hf), str(tmp_path / "gqa2"), kv_heads=2, pool="mean", dtype="float32")

@@ -6,7 +6,7 @@ K/V are computed once per input and only read afterwards.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import mlx.core as mx
 
@@ -118,11 +118,3 @@ class CrossKV(_Buffers):
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
-
-
-def make_cache(num_layers: int, max_size: Optional[int] = None) -> List[KVCache]:
-    return [KVCache(max_size) for _ in range(num_layers)]
-
-
-def cache_nbytes(caches) -> int:
-    return sum(c.nbytes() for c in caches if c is not None)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .config import ModelArgs
-from .errors import ConfigError
+from .t5 import Model
+from ..errors import ConfigError
 
 
 def quantizable(path: str, module: nn.Module, group_size: int) -> bool:
@@ -53,11 +54,16 @@ class QuantizedEmbedding(nn.QuantizedEmbedding):
         return x @ _dequantized(self).astype(x.dtype).T
 
 
-def quantize_model(model: nn.Module, bits: int, group_size: int) -> nn.Module:
+def quantize_model(model: nn.Module, bits: int, group_size: int,
+                   only: Optional[Callable[[str], bool]] = None) -> nn.Module:
+    """Quantize in place: the layers `quantizable` selects, or (loading) exactly those `only` names."""
     if bits not in (2, 3, 4, 5, 6, 8):
         raise ConfigError(f"unsupported --q-bits {bits}")
-    nn.quantize(model, group_size=group_size, bits=bits,
-                class_predicate=lambda p, m: quantizable(p, m, group_size))
+    if only is None:
+        predicate = lambda p, m: quantizable(p, m, group_size)  # noqa: E731
+    else:
+        predicate = lambda p, m: hasattr(m, "to_quantized") and only(p)  # noqa: E731
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
     # Same parameters, CPU-aware forward: retype the layers mlx.nn made rather than re-implement quantize.
     for _, module in model.named_modules():
         if type(module) is nn.QuantizedLinear:
@@ -69,8 +75,6 @@ def quantize_model(model: nn.Module, bits: int, group_size: int) -> nn.Module:
 
 def quantize_weights(args: ModelArgs, weights: Dict[str, mx.array], bits: int, group_size: int) -> Dict[str, mx.array]:
     """Float weights (converted layout) -> quantized weights for the same model."""
-    from .model import Model
-
     model = Model(args)
     model.load_weights(list(weights.items()))
     quantize_model(model, bits, group_size)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass
@@ -46,12 +46,7 @@ class ModelArgs:
         if self.encoder_num_key_value_heads is None:
             self.encoder_num_key_value_heads = self.num_heads
         for name in ("num_key_value_heads", "encoder_num_key_value_heads"):
-            g = getattr(self, name)
-            if g < 1 or self.num_heads % g:
-                raise ConfigError(
-                    f"{name}={g} does not divide num_heads={self.num_heads}; "
-                    f"valid values: {valid_kv_heads(self.num_heads)}"
-                )
+            check_kv_heads(getattr(self, name), self.num_heads, name)
         act = self.feed_forward_proj.split("-")
         if len(act) > 2 or (len(act) == 2 and act[0] != "gated"):
             raise ConfigError(f"feed_forward_proj={self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
@@ -76,14 +71,26 @@ class ModelArgs:
             raise ConfigError("config.json is not a T5 config (no d_model / num_heads)")
         known = inspect.signature(cls).parameters
         args = {k: v for k, v in params.items() if k in known}
-        # A checkpoint's config may say tie_word_embeddings: null; treat like absent.
-        if args.get("tie_word_embeddings") is None:
-            args.pop("tie_word_embeddings", None)
+        args["tie_word_embeddings"] = tied_word_embeddings(params)
         return cls(**args)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def valid_kv_heads(num_heads: int):
+def valid_kv_heads(num_heads: int) -> List[int]:
     return [g for g in range(1, num_heads + 1) if num_heads % g == 0]
+
+
+def check_kv_heads(kv_heads: int, num_heads: int, what: str = "--kv-heads") -> None:
+    """The one rule for K/V head counts: G must divide H (groups of H/G query heads)."""
+    if kv_heads < 1 or num_heads % kv_heads:
+        valid = ", ".join(map(str, valid_kv_heads(num_heads)))
+        raise ConfigError(f"{what} {kv_heads} does not divide the {num_heads} attention heads; valid values: {valid}")
+
+
+def tied_word_embeddings(config: dict) -> bool:
+    """Absent or null `tie_word_embeddings` in config.json means tied (T5 v1.0: decoder output scaled by
+    d_model**-0.5); only an explicit false unties (v1.1, LM-adapt, Flan). Read from the JSON, never from a
+    loaded transformers T5Config (always True there in transformers 5.x)."""
+    return config.get("tie_word_embeddings") is not False

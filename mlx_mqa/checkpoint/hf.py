@@ -1,24 +1,20 @@
-"""Reading Hugging Face T5 checkpoints and writing/reading converted MLX models."""
+"""Reading Hugging Face T5 checkpoints: hub ids or directories, safetensors or .bin, sharded or not."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
+import re
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Tuple
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
-from .errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..models.config import ModelArgs, tied_word_embeddings
 
 WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
-                   "added_tokens.json")
 
 
 def resolve(path_or_repo: str, allow_patterns=None) -> Path:
@@ -55,7 +51,7 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"{cfg} is not valid JSON: {e}") from None
 
 
-def _weight_files(path: Path) -> list:
+def weight_files(path: Path) -> list:
     for index_name in WEIGHT_INDEX_NAMES:
         index = path / index_name
         if index.exists():
@@ -99,7 +95,7 @@ def _load_bin(file: Path) -> Dict[str, np.ndarray]:
 def load_hf_weights(path: Path) -> Dict[str, np.ndarray]:
     """All tensors of a HF checkpoint as float32 numpy arrays (exact for bf16/fp16 sources)."""
     weights: Dict[str, np.ndarray] = {}
-    for file in _weight_files(path):
+    for file in weight_files(path):
         loader = _load_bin if file.suffix == ".bin" else _load_safetensors
         weights.update(loader(file))
     if "shared.weight" not in weights:
@@ -107,43 +103,57 @@ def load_hf_weights(path: Path) -> Dict[str, np.ndarray]:
     return weights
 
 
-@contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists; choose another path or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, trash)
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def fix_feed_forward(config: dict, weights: Dict[str, np.ndarray]) -> dict:
+    """Legacy Flan-T5 configs say 'gelu' while their FFN is gated (wi_0/wi_1): trust the weights."""
+    config = dict(config)
+    gated = any(k.endswith("DenseReluDense.wi_0.weight") for k in weights)
+    proj = config.get("feed_forward_proj", "relu")
+    if gated and not proj.startswith("gated-"):
+        config["feed_forward_proj"] = "gated-gelu" if proj in ("gelu", "gelu_new") else f"gated-{proj}"
+    elif not gated and proj.startswith("gated-"):
+        raise CheckpointError(f"config says {proj!r} but the checkpoint has no gated FFN weights (wi_0/wi_1)")
+    return config
 
 
-def atomic_write_json(path: Path, data) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+def check_shapes(weights: Dict[str, object], args: ModelArgs, where: str = "the checkpoint") -> None:
+    """Every tensor against the shape config.json implies; none missing, none unknown."""
+    from ..models.t5 import Model
+
+    model = Model(args)  # parameters are lazy: nothing is allocated here
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    given = model.sanitize(weights)
+    missing = sorted(set(expected) - set(given))
+    unknown = sorted(set(given) - set(expected))
+    wrong = [(k, tuple(given[k].shape), s) for k, s in expected.items() if k in given and tuple(given[k].shape) != s]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(f"{where}: {k} has shape {got} but config.json implies {want} "
+                              f"({len(wrong)} tensor(s) disagree); is config.json the one of these weights?")
+    if missing or unknown:
+        blocks = [_count_blocks(given, stack) for stack in ("encoder", "decoder")]
+        if blocks != [args.num_layers, args.num_decoder_layers]:
+            raise CheckpointError(f"{where} has {blocks[0]} encoder / {blocks[1]} decoder blocks but config.json says "
+                                  f"{args.num_layers} / {args.num_decoder_layers}")
+        raise CheckpointError(f"{where} does not match config.json: missing {missing[:3]}"
+                              f"{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}{'...' if len(unknown) > 3 else ''}")
 
 
-def save_mlx_weights(directory: Path, weights: Dict[str, mx.array]) -> None:
-    mx.save_safetensors(str(Path(directory) / "model.safetensors"), weights, metadata={"format": "mlx"})
+def _count_blocks(weights, stack: str) -> int:
+    pattern = re.compile(rf"^{stack}\.block\.(\d+)\.")
+    return len({m.group(1) for m in map(pattern.match, weights) if m})
 
 
-def copy_tokenizer(source: Path, dest: Path) -> bool:
-    """Copy tokenizer files; True if at least one was found."""
-    found = False
-    for name in TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copy2(source / name, dest / name)
-            found = True
-    return found
+def check_t5_config(config: dict) -> None:
+    if config.get("model_type", "t5") not in ("t5", "mt5") or "d_model" not in config or "num_heads" not in config:
+        raise ConfigError(f"config.json is not a T5 config (model_type={config.get('model_type')!r})")
+
+
+def hf_model_args(config: dict, weights: Dict[str, np.ndarray]) -> Tuple[dict, ModelArgs]:
+    """A Hugging Face T5 config made explicit (gated FFN from the weights, tying recorded) and checked
+    against every tensor of the checkpoint."""
+    check_t5_config(config)
+    config = fix_feed_forward(config, weights)
+    config["tie_word_embeddings"] = tied_word_embeddings(config)
+    args = ModelArgs.from_dict(config)
+    check_shapes(weights, args)
+    return config, args

@@ -8,44 +8,16 @@ by all beams (folded into the query axis, never copied).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import mlx.core as mx
 import numpy as np
 
-from .generate import DecodeState
+from .inputs import cut_after_eos
+from .sample_utils import no_repeat_ngram_processor
+from .state import DecodeState
 
 NEG = -1.0e9
-
-
-def banned_ngram_tokens(history: np.ndarray, n: int) -> List[List[int]]:
-    """Per row of `history` [R, t], tokens that would repeat an n-gram already in that row."""
-    rows, t = history.shape
-    if n <= 0 or t + 1 < n:
-        return [[] for _ in range(rows)]
-    banned = []
-    for r in range(rows):
-        seq = history[r].tolist()
-        seen: Dict[Tuple[int, ...], List[int]] = {}
-        for i in range(t - n + 1):
-            seen.setdefault(tuple(seq[i:i + n - 1]), []).append(seq[i + n - 1])
-        banned.append(seen.get(tuple(seq[t - n + 1:]), []))
-    return banned
-
-
-def no_repeat_ngram_processor(n: int):
-    """Logits processor (history [R, t], logprobs [R, V]) -> logprobs with repeated n-grams banned."""
-
-    def process(history: mx.array, logprobs: mx.array) -> mx.array:
-        banned = banned_ngram_tokens(np.array(history), n)
-        rows = [r for r, toks in enumerate(banned) for _ in toks]
-        if not rows:
-            return logprobs
-        cols = [t for toks in banned for t in toks]
-        logprobs[mx.array(rows), mx.array(cols)] = -mx.inf
-        return logprobs
-
-    return process
 
 
 def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *, num_beams: int = 4,
@@ -120,10 +92,7 @@ def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] =
         if not (heuristic_open.any() and not (is_finished.all() and early_stopping is True) and not hits.all()):
             break
 
-    out = []
-    for b in range(B):
-        seq = finished_seqs[b, 0, 1:].tolist()
-        out.append(seq[: seq.index(eos) + 1] if eos in seq else seq[: cur_len - 1])
+    out = cut_after_eos(finished_seqs[:, 0, 1:cur_len].tolist(), eos)
     if return_scores:
         return out, beam_scores[:, 0].tolist()
     return out

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..models.config import tied_word_embeddings
+
 
 def random_t5_weights(config: dict, seed: int = 0, shared_std: float = 1.0) -> Dict[str, np.ndarray]:
     """Weights initialised like transformers' T5 `_init_weights` (factor 1.0).
@@ -63,7 +65,7 @@ def random_t5_weights(config: dict, seed: int = 0, shared_std: float = 1.0) -> D
         ffn(f"{p}.2")
     w["encoder.final_layer_norm.weight"] = np.ones(d, np.float32)
     w["decoder.final_layer_norm.weight"] = np.ones(d, np.float32)
-    if config.get("tie_word_embeddings", True) is False:
+    if not tied_word_embeddings(config):
         w["lm_head.weight"] = normal((V, d), 1.0)
     return w
 

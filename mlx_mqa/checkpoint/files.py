@@ -1,0 +1,75 @@
+"""Writing model directories: atomically, weights in shards with an index, tokenizer files beside them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator
+
+import mlx.core as mx
+
+from ..errors import CheckpointError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
+                   "added_tokens.json")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise CheckpointError(f"{target} already exists; choose another path or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, trash)
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_json(path: Path, data) -> None:
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def save_mlx_weights(directory: Path, weights: Dict[str, mx.array], max_file_size_gb: int = 5) -> None:
+    """`model.safetensors`, or mlx-lm's shards (`model-0000i-of-0000n.safetensors`, at most
+    `max_file_size_gb` each) with a `model.safetensors.index.json` weight map."""
+    from mlx_lm.utils import make_shards
+
+    shards = make_shards(weights, max_file_size_gb)
+    n = len(shards)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        mx.save_safetensors(str(Path(directory) / name), shard, metadata={"format": "mlx"})
+        weight_map.update({k: name for k in shard})
+        total += sum(v.nbytes for v in shard.values())
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        atomic_write_json(Path(directory) / "model.safetensors.index.json", index)
+
+
+def copy_tokenizer(source: Path, dest: Path) -> bool:
+    """Copy tokenizer files; True if at least one was found."""
+    found = False
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, dest / name)
+            found = True
+    return found

@@ -1,0 +1,92 @@
+"""Loading converted (or plain Hugging Face) T5 models for inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import mlx.core as mx
+from mlx.utils import tree_map_with_path
+
+from ..errors import CheckpointError
+from ..models.config import ModelArgs
+from ..models.dtypes import check_dtype, default_dtype, weight_dtype
+from ..models.t5 import Model
+from .hf import hf_model_args, load_hf_weights, read_config, resolve, weight_files
+
+
+def load_tokenizer(path):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot load a tokenizer from {path}: {e}") from None
+
+
+def is_mlx_checkpoint(config: dict) -> bool:
+    return "conversion" in config or "mlx_mqa_version" in config
+
+
+def load_model(path, dtype: Optional[str] = None, strict: bool = True) -> Model:
+    """Load a converted directory. A plain HF checkpoint is converted in memory (multi-head)."""
+    path = _local(path)
+    config = read_config(path)
+    if dtype is not None:
+        check_dtype(dtype)
+    if not is_mlx_checkpoint(config):
+        return _load_hf_in_memory(path, config, dtype)
+    model = Model(ModelArgs.from_dict(config))
+    weights = {}
+    for file in weight_files(path):
+        try:
+            weights.update(mx.load(str(file)))
+        except Exception as e:
+            raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({e})") from None
+    if any(k.endswith(".scales") for k in weights):
+        # Which layers are quantized is read from the weights (as mlx-lm does), not recomputed.
+        from ..models.quantize import quantize_model
+
+        q = config.get("quantization")
+        if not q:
+            raise CheckpointError(f"{path}: the weights are quantized but config.json has no 'quantization' record")
+        quantize_model(model, q["bits"], q["group_size"], only=lambda p: f"{p}.scales" in weights)
+    try:
+        model.load_weights(list(model.sanitize(weights).items()), strict=strict)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the weights do not match config.json: {e}") from None
+    if dtype is not None:
+        cast_model(model, dtype)
+    mx.eval(model.parameters())
+    return model
+
+
+def cast_model(model: Model, dtype: str) -> None:
+    """Cast floating-point parameters to `dtype` (float16 keeps the FFN output projection in float32)."""
+    check_dtype(dtype)
+
+    def cast(path, p):
+        return p.astype(weight_dtype(path, dtype)) if mx.issubdtype(p.dtype, mx.floating) else p
+
+    model.update(tree_map_with_path(cast, model.parameters()))
+
+
+def _load_hf_in_memory(path: Path, config: dict, dtype: Optional[str]) -> Model:
+    weights = load_hf_weights(path)
+    _, args = hf_model_args(config, weights)
+    model = Model(args)
+    model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(weights).items()])
+    cast_model(model, dtype or default_dtype())
+    mx.eval(model.parameters())
+    return model
+
+
+def _local(path) -> Path:
+    local = Path(str(path)).expanduser()
+    return local if local.exists() else resolve(str(path))
+
+
+def load(path, dtype: Optional[str] = None) -> Tuple[Model, object]:
+    """(model, tokenizer) from a converted directory, a Hugging Face checkpoint directory or a hub id."""
+    local = _local(path)
+    return load_model(local, dtype), load_tokenizer(local)
