@@ -2,8 +2,14 @@
 
 __version__ = "0.1.0"
 
-from . import backend  # noqa: F401, I001  (optimized BLAS on Linux must load before mlx.core)
+import warnings  # noqa: E402
+
+from . import backend  # noqa: F401, E402, I001  (optimized BLAS on Linux must load before mlx.core)
 from .checkpoint.load import load, load_model, load_tokenizer  # noqa: E402
-from .decoding.generate import generate, generate_step, stream_generate  # noqa: E402
+from .generate import generate, generate_step, stream_generate  # noqa: E402
+
+# `python -m mlx_mqa.generate` runs a module this package already imported (for the names above, as
+# mlx-lm does); runpy's warning about that is expected.
+warnings.filterwarnings("ignore", message="'mlx_mqa.generate' found in sys.modules", category=RuntimeWarning)
 
 __all__ = ["load", "load_model", "load_tokenizer", "generate", "generate_step", "stream_generate", "__version__"]

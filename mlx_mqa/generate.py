@@ -1,4 +1,7 @@
-"""`python -m mlx_mqa.generate`: generate text with a converted (or plain Hugging Face) T5, streaming it."""
+"""`python -m mlx_mqa.generate`: generate text with a converted (or plain Hugging Face) T5, streaming it.
+
+The package's generation API is re-exported here, as mlx-lm does, so `mlx_mqa.generate` stays the
+function after `import mlx_mqa.generate`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,10 @@ import sys
 import click
 
 from .cli import CONTEXT, fail
+from .decoding.generate import generate, generate_step, stream_generate
 from .errors import InputError, MlxMqaError
+
+__all__ = ["generate", "generate_step", "main", "stream_generate"]
 
 
 def _prompts(prompt, file):
@@ -26,8 +32,6 @@ def _prompts(prompt, file):
 
 def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
     """Print the text as it is generated: only what a longer decode no longer changes."""
-    from .decoding.generate import stream_generate
-
     tokens, shown = [], ""
     for step in stream_generate(model, tokenizer, prompt, max_new_tokens=max_tokens, **options):
         if step.tokens[0] == tokenizer.eos_token_id:
@@ -75,7 +79,6 @@ def main(model, prompt, file, max_tokens, num_beams, length_penalty, no_repeat_n
         import mlx.core as mx
 
         from .checkpoint.load import load
-        from .decoding.generate import generate
         from .decoding.sample_utils import make_logits_processors, make_sampler, no_repeat_ngram_processor
 
         prompts = _prompts(prompt, file)

@@ -1,85 +1,42 @@
-"""Greedy decoding against transformers' generate, and the streaming API."""
+"""`python -m mlx_mqa.generate`: streams one prompt, batches several, and refuses bad input in one line."""
 
-import mlx.core as mx
-import numpy as np
-import pytest
-import torch
+import subprocess
+import sys
+
+from click.testing import CliRunner
 
 import mlx_mqa
-from mlx_mqa import generate, generate_step, load_model, stream_generate
-from mlx_mqa.errors import InputError
-from mlx_mqa.decoding.generate import generate_tokens
-from conftest import PROMPTS, batch, hf_model
+from mlx_mqa.conversion import convert
+from mlx_mqa.generate import main
+
+cli = sys.modules["mlx_mqa.generate"]
 
 
-def hf_greedy(hf, ids, mask, n):
-    with torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
-                          attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=n, num_beams=1,
-                          do_sample=False, min_new_tokens=0)
-    rows = []
-    for r in out[:, 1:].tolist():  # drop decoder_start
-        rows.append(r[: r.index(1) + 1] if 1 in r else r)
-    return rows
+def test_import_keeps_generate_the_function():
+    assert callable(mlx_mqa.generate) and mlx_mqa.generate is cli.generate and cli.main is main
 
 
-@pytest.mark.parametrize("name", ["t5-small", "flan-t5-small"])
-def test_greedy_token_identical_to_transformers(name, hf_checkpoint, tokenizer):
-    # shared_std < 1 so a tied v1.0 model does not just echo its input token.
-    path = hf_checkpoint(name, shared_std=0.05)
-    ids, mask = batch(tokenizer)
-    ref = hf_greedy(hf_model(path), ids, mask, 40)
-    model = load_model(path, dtype="float32")
-    ours = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=40)
-    assert all(len(r) >= 32 for r in ref), "reference must produce at least 32 tokens per row"
-    assert len({tuple(r[:8]) for r in ref}) == 3, "rows should differ"
-    assert ours == ref
+def test_streams_text_equal_to_generate(tmp_path, hf_checkpoint, tokenizer):
+    src = hf_checkpoint("flan-t5-small", shared_std=0.05, vocab_size=len(tokenizer))
+    path = convert(str(src), tmp_path / "gqa", kv_heads=2, dtype="float32")
+    prompt = "summarize: The cat sat on the mat."
+    model, tok = mlx_mqa.load(path)
+    expected = mlx_mqa.generate(model, tok, prompt, max_new_tokens=12)
+    r = CliRunner().invoke(cli.main, ["--model", str(path), "--prompt", prompt, "--max-tokens", "12"])
+    assert r.exit_code == 0, r.output
+    assert r.output == expected + "\n" and expected.strip()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(prompt + "\n\nsummarize: Stocks fell.\n")
+    r = CliRunner().invoke(cli.main, ["--model", str(path), "--file", str(prompts), "-m", "12", "--num-beams", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == mlx_mqa.generate(model, tok, [prompt, "summarize: Stocks fell."],
+                                                     max_new_tokens=12, num_beams=2)
 
 
-def test_generate_api_and_stream(hf_checkpoint, tokenizer):
-    path = hf_checkpoint("flan-t5-small")
-    model = load_model(path, dtype="float32")
-    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=12)
-    assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    steps = list(stream_generate(model, tokenizer, PROMPTS, max_new_tokens=12))
-    assert 1 <= len(steps) <= 12
-    tokens = [[s.tokens[i] for s in steps] for i in range(3)]
-    res = generate(model, tokenizer, PROMPTS, max_new_tokens=12, return_result=True)
-    for i in range(3):
-        assert tokens[i][: len(res.tokens[i])] == res.tokens[i]
-    assert isinstance(generate(model, tokenizer, PROMPTS[0], max_new_tokens=4), str)
-
-
-def test_per_row_eos_stop_and_padding(hf_checkpoint, tokenizer):
-    """A row that emits EOS yields pad afterwards while the others go on."""
-    path = hf_checkpoint("flan-t5-small")
-    model = load_model(path, dtype="float32")
-    ids, mask = batch(tokenizer)
-    eos = 1
-    free = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=10, ignore_eos=True)
-    # Declare row 0's third token the EOS id: row 0 must stop there, the others are unaffected.
-    fake_eos = free[0][2]
-    steps = list(generate_step(model, mx.array(ids), mx.array(mask), max_new_tokens=10, eos_token_id=fake_eos))
-    row0 = [s.tokens[0] for s in steps]
-    assert row0[: row0.index(fake_eos) + 1] == free[0][: free[0].index(fake_eos) + 1]
-    assert all(t == 0 for t in row0[row0.index(fake_eos) + 1:])
-    assert steps[-1].finished[0]
-    assert eos != fake_eos
-
-
-def test_max_new_tokens_is_respected(hf_checkpoint, tokenizer):
-    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
-    ids, mask = batch(tokenizer)
-    out = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=5, ignore_eos=True)
-    assert [len(r) for r in out] == [5, 5, 5]
-
-
-def test_empty_and_overlong_prompts_are_refused(hf_checkpoint, tokenizer):
-    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
-    with pytest.raises(InputError, match="prompt 1 is empty"):
-        generate(model, tokenizer, ["summarize: a", "   "])
-    with pytest.raises(InputError, match="max_input_tokens=8"):
-        generate(model, tokenizer, PROMPTS, max_input_tokens=8)
-    out = generate(model, tokenizer, PROMPTS, max_input_tokens=8, truncate=True, max_new_tokens=3,
-                   return_result=True)
-    assert max(out.prompt_tokens) == 8
+def test_bad_input_is_one_line_with_its_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mlx_mqa.generate", "--model", str(tmp_path / "nope"), "-p", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("error: ") and "does not exist" in r.stderr
+    r = CliRunner().invoke(cli.main, ["--model", "x"])
+    assert r.exit_code == 4 and "give a --prompt" in r.output

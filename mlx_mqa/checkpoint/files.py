@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List, Optional
 
 import mlx.core as mx
 
@@ -47,12 +47,27 @@ def atomic_write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def save_mlx_weights(directory: Path, weights: Dict[str, mx.array], max_file_size_gb: int = 5) -> None:
-    """`model.safetensors`, or mlx-lm's shards (`model-0000i-of-0000n.safetensors`, at most
-    `max_file_size_gb` each) with a `model.safetensors.index.json` weight map."""
-    from mlx_lm.utils import make_shards
+# mlx-lm's shard size and file names (its `make_shards` counts whole GB; bytes here, so tests can shard small).
+MAX_SHARD_BYTES = 5 << 30
 
-    shards = make_shards(weights, max_file_size_gb)
+
+def make_shards(weights: Dict[str, mx.array], max_bytes: int = MAX_SHARD_BYTES) -> List[Dict[str, mx.array]]:
+    """Consecutive groups of tensors of at most `max_bytes` each (a bigger tensor gets a shard of its own)."""
+    shards: List[Dict[str, mx.array]] = []
+    size = 0
+    for k, v in weights.items():
+        if not shards or size + v.nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += v.nbytes
+    return shards
+
+
+def save_mlx_weights(directory: Path, weights: Dict[str, mx.array], max_bytes: Optional[int] = None) -> None:
+    """`model.safetensors`, or shards `model-0000i-of-0000n.safetensors` with a
+    `model.safetensors.index.json` weight map when the weights exceed `max_bytes`."""
+    shards = make_shards(weights, max_bytes or MAX_SHARD_BYTES)
     n = len(shards)
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):

@@ -16,7 +16,7 @@ from mlx_mqa import load, load_model
 from mlx_mqa.conversion import convert
 from mlx_mqa.errors import CheckpointError, ConfigError
 from mlx_mqa.checkpoint.random_init import random_t5_weights, save_random_checkpoint
-from conftest import batch, t5_config
+from tests.helpers import batch, t5_config
 
 REPO = Path(__file__).resolve().parents[1]
 

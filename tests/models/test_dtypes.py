@@ -9,7 +9,7 @@ from mlx_mqa import load_model
 from mlx_mqa.conversion import convert
 from mlx_mqa.decoding.generate import generate_tokens
 from mlx_mqa.checkpoint.random_init import save_random_checkpoint
-from conftest import batch, t5_config
+from tests.helpers import batch, t5_config
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -5,7 +5,7 @@ import pytest
 from mlx_mqa.models.config import ModelArgs
 from mlx_mqa.checkpoint.hf import fix_feed_forward
 from mlx_mqa.errors import CheckpointError, ConfigError
-from conftest import t5_config
+from tests.helpers import t5_config
 
 
 def test_from_dict_ignores_unknown_keys_and_reads_v10():

@@ -9,7 +9,7 @@ import torch
 
 from mlx_mqa import load_model
 from mlx_mqa.conversion import convert, pool_heads
-from conftest import batch, hf_model
+from tests.helpers import batch, hf_model
 
 DEC_KV = re.compile(r"^decoder\.block\.\d+\.layer\.[01]\.(SelfAttention|EncDecAttention)\.[kv]\.weight$")
 ENC_KV = re.compile(r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.[kv]\.weight$")

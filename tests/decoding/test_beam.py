@@ -1,4 +1,4 @@
-"""Beam search token-identical to transformers; no-repeat n-grams; sampling."""
+"""Beam search token-identical to transformers; no-repeat n-grams."""
 
 import mlx.core as mx
 import numpy as np
@@ -7,10 +7,8 @@ import torch
 
 from mlx_mqa import generate, load_model
 from mlx_mqa.decoding.beam import beam_search
-from mlx_mqa.decoding.sample_utils import banned_ngram_tokens
 from mlx_mqa.decoding.generate import generate_tokens
-from mlx_mqa.decoding.sample_utils import make_sampler
-from conftest import PROMPTS, batch, hf_model
+from tests.helpers import PROMPTS, batch, hf_model
 
 SETTINGS = [
     dict(num_beams=4, length_penalty=2.0, early_stopping=True, no_repeat_ngram_size=3),  # T5 summarization
@@ -22,12 +20,6 @@ SETTINGS = [
 
 def strip(rows, eos=1):
     return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
-
-
-@pytest.fixture(scope="module")
-def eos_checkpoint(hf_checkpoint):
-    # Greedy rows of this model stop at different steps (and one runs to the limit).
-    return hf_checkpoint("flan-t5-small", shared_std=0.05, eos_boost=2.0, num_layers=2, num_decoder_layers=2)
 
 
 CASES = [(kw, True) for kw in SETTINGS] + [(SETTINGS[0], False)]
@@ -73,32 +65,6 @@ def test_one_beam_equals_greedy(eos_checkpoint, tokenizer):
     ids, mask = batch(tokenizer)
     assert beam_search(model, mx.array(ids), mx.array(mask), num_beams=1, max_new_tokens=20) == \
         generate_tokens(model, mx.array(ids), mx.array(mask), 20)
-
-
-def test_banned_ngrams():
-    hist = np.array([[0, 5, 6, 7, 5, 6], [0, 1, 2, 3, 4, 5]])
-    assert banned_ngram_tokens(hist, 3) == [[7], []]
-    assert banned_ngram_tokens(hist, 2) == [[7], []]  # (6,) was followed by 7; row 2 never repeats 5
-    assert banned_ngram_tokens(np.array([[0, 3, 3]]), 2) == [[3]]
-    assert banned_ngram_tokens(np.array([[0, 3]]), 4) == [[]]
-
-
-def test_sampling_is_seeded_and_top_p_restricts(eos_checkpoint, tokenizer):
-    model = load_model(eos_checkpoint, dtype="float32")
-    ids, mask = batch(tokenizer)
-    runs = []
-    for _ in range(2):
-        mx.random.seed(7)
-        runs.append(generate_tokens(model, mx.array(ids), mx.array(mask), 12, sampler=make_sampler(1.0)))
-    assert runs[0] == runs[1]
-    greedy = generate_tokens(model, mx.array(ids), mx.array(mask), 12)
-    # A vanishing nucleus, or top-k of 1, keeps only the top token: sampling becomes greedy.
-    for sampler in (make_sampler(1.0, top_p=1e-6), make_sampler(1.0, top_k=1)):
-        assert generate_tokens(model, mx.array(ids), mx.array(mask), 12, sampler=sampler) == greedy
-    logits = mx.array([[0.0, 1.0, 5.0, 4.9]])
-    mx.random.seed(0)
-    draws = {int(make_sampler(1.0, top_p=0.9)(logits)[0]) for _ in range(40)}
-    assert draws == {2, 3}
 
 
 def test_greedy_no_repeat_ngram_matches_transformers(eos_checkpoint, tokenizer):

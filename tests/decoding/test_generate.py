@@ -1,0 +1,85 @@
+"""Greedy decoding against transformers' generate, and the streaming API."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+import mlx_mqa
+from mlx_mqa import generate, generate_step, load_model, stream_generate
+from mlx_mqa.errors import InputError
+from mlx_mqa.decoding.generate import generate_tokens
+from tests.helpers import PROMPTS, batch, hf_model
+
+
+def hf_greedy(hf, ids, mask, n):
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
+                          attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=n, num_beams=1,
+                          do_sample=False, min_new_tokens=0)
+    rows = []
+    for r in out[:, 1:].tolist():  # drop decoder_start
+        rows.append(r[: r.index(1) + 1] if 1 in r else r)
+    return rows
+
+
+@pytest.mark.parametrize("name", ["t5-small", "flan-t5-small"])
+def test_greedy_token_identical_to_transformers(name, hf_checkpoint, tokenizer):
+    # shared_std < 1 so a tied v1.0 model does not just echo its input token.
+    path = hf_checkpoint(name, shared_std=0.05)
+    ids, mask = batch(tokenizer)
+    ref = hf_greedy(hf_model(path), ids, mask, 40)
+    model = load_model(path, dtype="float32")
+    ours = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=40)
+    assert all(len(r) >= 32 for r in ref), "reference must produce at least 32 tokens per row"
+    assert len({tuple(r[:8]) for r in ref}) == 3, "rows should differ"
+    assert ours == ref
+
+
+def test_generate_api_and_stream(hf_checkpoint, tokenizer):
+    path = hf_checkpoint("flan-t5-small")
+    model = load_model(path, dtype="float32")
+    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=12)
+    assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    steps = list(stream_generate(model, tokenizer, PROMPTS, max_new_tokens=12))
+    assert 1 <= len(steps) <= 12
+    tokens = [[s.tokens[i] for s in steps] for i in range(3)]
+    res = generate(model, tokenizer, PROMPTS, max_new_tokens=12, return_result=True)
+    for i in range(3):
+        assert tokens[i][: len(res.tokens[i])] == res.tokens[i]
+    assert isinstance(generate(model, tokenizer, PROMPTS[0], max_new_tokens=4), str)
+
+
+def test_per_row_eos_stop_and_padding(hf_checkpoint, tokenizer):
+    """A row that emits EOS yields pad afterwards while the others go on."""
+    path = hf_checkpoint("flan-t5-small")
+    model = load_model(path, dtype="float32")
+    ids, mask = batch(tokenizer)
+    eos = 1
+    free = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=10, ignore_eos=True)
+    # Declare row 0's third token the EOS id: row 0 must stop there, the others are unaffected.
+    fake_eos = free[0][2]
+    steps = list(generate_step(model, mx.array(ids), mx.array(mask), max_new_tokens=10, eos_token_id=fake_eos))
+    row0 = [s.tokens[0] for s in steps]
+    assert row0[: row0.index(fake_eos) + 1] == free[0][: free[0].index(fake_eos) + 1]
+    assert all(t == 0 for t in row0[row0.index(fake_eos) + 1:])
+    assert steps[-1].finished[0]
+    assert eos != fake_eos
+
+
+def test_max_new_tokens_is_respected(hf_checkpoint, tokenizer):
+    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
+    ids, mask = batch(tokenizer)
+    out = generate_tokens(model, mx.array(ids), mx.array(mask), max_new_tokens=5, ignore_eos=True)
+    assert [len(r) for r in out] == [5, 5, 5]
+
+
+def test_empty_and_overlong_prompts_are_refused(hf_checkpoint, tokenizer):
+    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
+    with pytest.raises(InputError, match="prompt 1 is empty"):
+        generate(model, tokenizer, ["summarize: a", "   "])
+    with pytest.raises(InputError, match="max_input_tokens=8"):
+        generate(model, tokenizer, PROMPTS, max_input_tokens=8)
+    out = generate(model, tokenizer, PROMPTS, max_input_tokens=8, truncate=True, max_new_tokens=3,
+                   return_result=True)
+    assert max(out.prompt_tokens) == 8
