@@ -13,11 +13,17 @@ from typing import Optional, Union
 import mlx.core as mx
 import numpy as np
 
+from ..errors import InputError
 from .inputs import cut_after_eos
 from .sample_utils import no_repeat_ngram_processor
 from .state import DecodeState
 
 NEG = -1.0e9
+
+
+def check_num_beams(num_beams) -> None:
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise InputError(f"num_beams must be a positive integer, got {num_beams!r}")
 
 
 def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *, num_beams: int = 4,
@@ -26,6 +32,7 @@ def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] =
                 eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
                 compiled: bool = True, return_scores: bool = False, **unused):
     """Best beam per input: list of token lists (EOS included when emitted)."""
+    check_num_beams(num_beams)
     args = model.args
     eos = args.eos_token_id if eos_token_id is None else eos_token_id
     pad = args.pad_token_id if pad_token_id is None else pad_token_id

@@ -9,7 +9,7 @@ import mlx.core as mx
 
 from .inputs import cut_after_eos, encode_prompts
 from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
-from .beam import beam_search
+from .beam import beam_search, check_num_beams
 from .state import DecodeState
 
 
@@ -98,6 +98,7 @@ def generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_token
              return_result: bool = False, **kwargs):
     """Generate for a prompt or a list of prompts; returns the decoded strings (or a GenerationResult)."""
     single = isinstance(prompts, str)
+    check_num_beams(num_beams)
     batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
     kw = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
     if num_beams > 1:

@@ -1,12 +1,52 @@
-"""What a decode step reads and writes: cross-attention K/V, self-attention caches, the compiled step."""
+"""What a decode step reads and writes: cross-attention K/V, self-attention caches, the compiled step.
+
+Thread safety: building a step's graph is serialized per model (`model_lock`). Tracing the compiled
+step swaps the model's arrays for placeholders, so no other thread may build a graph from that model
+meanwhile; evaluation itself runs outside the lock, on each thread's own streams.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import mlx.core as mx
 
+from ..errors import InputError
 from ..models.cache import CrossKV, StaticKVCache
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The lock that serializes graph building (and compiled-step tracing) on one model."""
+    lock = getattr(model, "_decode_lock", None)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = getattr(model, "_decode_lock", None)
+            if lock is None:
+                lock = model._decode_lock = threading.RLock()
+    return lock
+
+
+def check_decode_inputs(model, input_ids: mx.array, attention_mask: Optional[mx.array], max_steps: int) -> None:
+    """Every argument of a decode checked before anything is traced or allocated."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_steps!r}")
+    if input_ids.ndim != 2 or input_ids.size == 0 or not mx.issubdtype(input_ids.dtype, mx.integer):
+        raise InputError(f"input_ids must be a non-empty [batch, length] integer array, got shape {input_ids.shape} "
+                         f"{input_ids.dtype}")
+    lo, hi = mx.min(input_ids).item(), mx.max(input_ids).item()
+    vocab = model.args.vocab_size
+    if lo < 0 or hi >= vocab:
+        bad = hi if hi >= vocab else lo
+        raise InputError(f"token id {bad} is outside the model's vocabulary (vocab_size {vocab}); "
+                         "is the tokenizer the one of this model?")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask has shape {attention_mask.shape}, input_ids {input_ids.shape}")
+        if mx.min(attention_mask.sum(axis=1)).item() < 1:
+            raise InputError("a row of attention_mask is all padding; every input needs at least one token")
 
 
 class DecodeState:
@@ -14,14 +54,18 @@ class DecodeState:
     encoder padding mask. Built once per input; the cross K/V are never recomputed.
 
     With `beams` > 1 the decoder runs B*beams rows while the encoder output and cross K/V stay
-    at B rows, shared by the beams of each input.
+    at B rows, shared by the beams of each input. At most `max_steps` steps fit its caches.
     """
 
     def __init__(self, model, input_ids: mx.array, attention_mask: Optional[mx.array], max_steps: int,
                  compiled: bool = True, beams: int = 1):
+        check_decode_inputs(model, input_ids, attention_mask, max_steps)
         self.model = model
-        enc = model.encode(input_ids, attention_mask)
-        self.cross = model.cross_kv(enc)
+        self.max_steps = max_steps
+        self.steps = 0
+        with model_lock(model):
+            enc = model.encode(input_ids, attention_mask)
+            self.cross = model.cross_kv(enc)
         self.attention_mask = attention_mask
         self.compiled = compiled
         rows = input_ids.shape[0] * beams
@@ -31,18 +75,32 @@ class DecodeState:
             self.cache = [StaticKVCache.empty(rows, G, max_steps, D, dtype) for _ in model.layers]
             if attention_mask is None:  # one compiled graph for padded and unpadded batches
                 self.attention_mask = mx.ones(input_ids.shape, dtype=mx.int32)
+            self._parameters = model.parameters()  # restored if a trace fails (see `_compiled_logits`)
         else:
             self.cache = model.make_cache(max_size=max_steps)
 
     def logits(self, y: mx.array) -> mx.array:
         """[rows, V] logits of the next token after tokens y [rows]; advances the caches."""
-        if not self.compiled:
-            return self.model.decode(y[:, None], self.cross, self.attention_mask, self.cache)[:, -1, :]
+        if self.steps >= self.max_steps:
+            raise InputError(f"the decode state holds {self.max_steps} steps (max_new_tokens) and all are used")
+        self.steps += 1
+        with model_lock(self.model):
+            if not self.compiled:
+                return self.model.decode(y[:, None], self.cross, self.attention_mask, self.cache)[:, -1, :]
+            return self._compiled_logits(y)
+
+    def _compiled_logits(self, y: mx.array) -> mx.array:
         step = compiled_decode_step(self.model)
         offset = self.cache[0].offset
-        logits, keys, values = step(y[:, None], offset, [c.keys for c in self.cache],
-                                    [c.values for c in self.cache], [c.keys for c in self.cross],
-                                    [c.values for c in self.cross], self.attention_mask)
+        try:
+            logits, keys, values = step(y[:, None], offset, [c.keys for c in self.cache],
+                                        [c.values for c in self.cache], [c.keys for c in self.cross],
+                                        [c.values for c in self.cross], self.attention_mask)
+        except BaseException:
+            # A trace that fails leaves placeholders in the model: put its arrays back, retrace next time.
+            self.model.update(self._parameters)
+            self.model._compiled_decode_step = None
+            raise
         for c, k, v in zip(self.cache, keys, values):
             c.keys, c.values, c.offset = k, v, offset + 1
         return logits
@@ -64,6 +122,7 @@ def compiled_decode_step(model):
     """
     fn = getattr(model, "_compiled_decode_step", None)
     if fn is None:
+
         def step(y, offset, keys, values, cross_keys, cross_values, attention_mask):
             cache = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
             cross = [CrossKV(k, v) for k, v in zip(cross_keys, cross_values)]

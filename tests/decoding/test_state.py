@@ -1,0 +1,95 @@
+"""The decode state: arguments checked before any trace, a failed call leaves the model usable,
+bounded caches, and one model shared by threads."""
+
+import threading
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_mqa.models.attention as attention
+from mlx_mqa import generate, load_model
+from mlx_mqa.decoding.generate import generate_tokens
+from mlx_mqa.decoding.state import DecodeState
+from mlx_mqa.errors import InputError
+from tests.helpers import PROMPTS, batch
+
+
+@pytest.fixture()
+def model_path(hf_checkpoint):
+    return hf_checkpoint("t5-small", shared_std=0.05, num_layers=1, num_decoder_layers=1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_max_new_tokens_is_refused_and_the_model_still_works(bad, model_path, tokenizer):
+    fresh = generate(load_model(model_path), tokenizer, PROMPTS, max_new_tokens=6)
+    model = load_model(model_path)
+    with pytest.raises(InputError, match="max_new_tokens must be a positive integer"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=bad)
+    assert generate(model, tokenizer, PROMPTS, max_new_tokens=6) == fresh
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_call_that_fails_inside_the_trace_leaves_the_model_usable(compiled, model_path, tokenizer):
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+    fresh = generate_tokens(load_model(model_path), ids, mask, 6)
+    model = load_model(model_path)
+    decode = model.decode
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("inside the first trace")
+
+    model.decode = broken
+    with pytest.raises(ZeroDivisionError):
+        generate_tokens(model, ids, mask, 6, compiled=compiled)
+    model.decode = decode
+    assert generate_tokens(model, ids, mask, 6) == fresh
+    assert generate_tokens(model, ids, mask, 6, compiled=False) == fresh
+
+
+def test_token_ids_outside_the_vocabulary_and_bad_masks(model_path):
+    model = load_model(model_path)
+    V = model.args.vocab_size
+    for ids in ([[5, V]], [[-1, 4]]):
+        with pytest.raises(InputError, match="outside the model's vocabulary"):
+            generate_tokens(model, mx.array(ids), None, 4)
+    with pytest.raises(InputError, match="all padding"):
+        generate_tokens(model, mx.array([[5, 6], [7, 8]]), mx.array([[1, 1], [0, 0]]), 4)
+    with pytest.raises(InputError, match="num_beams must be a positive integer"):
+        generate(model, None, "x", num_beams=0)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_stepping_past_the_cache_is_an_error(compiled, model_path):
+    state = DecodeState(load_model(model_path), mx.array([[5, 6, 1]]), None, max_steps=2, compiled=compiled)
+    y = mx.array([0])
+    for _ in range(2):
+        y = mx.argmax(state.logits(y), axis=-1)
+    with pytest.raises(InputError, match="holds 2 steps"):
+        state.logits(y)
+
+
+def test_one_model_from_several_threads_at_once(model_path, tokenizer, monkeypatch):
+    # Long inputs take the two-stream CPU path; MLX streams belong to the thread that made them.
+    monkeypatch.setattr(attention, "PARALLEL_SCORES", 2**10)
+    model = load_model(model_path)
+    long_prompt = "summarize: " + " ".join(PROMPTS * 6)
+    jobs = [([long_prompt], True), (PROMPTS, True), ([long_prompt], False), (PROMPTS[:2], False)] * 2
+    expected = [generate(load_model(model_path), tokenizer, p, max_new_tokens=5, compiled=c) for p, c in jobs]
+    results, errors = [None] * len(jobs), []
+
+    def work(i):
+        try:
+            p, c = jobs[i]
+            results[i] = generate(model, tokenizer, p, max_new_tokens=5, compiled=c)
+        except Exception as e:  # reported below, with the thread's job
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == expected
+    assert np.all([len(r) for r in results])
