@@ -24,6 +24,19 @@ def load_tokenizer(path):
         raise CheckpointError(f"cannot load a tokenizer from {path}: {e}") from None
 
 
+def check_tokenizer(tokenizer, args: ModelArgs, where: str = "the tokenizer") -> None:
+    """A tokenizer whose ids the model cannot embed, or whose EOS/pad differ, gives silent garbage: refuse it."""
+    n = len(tokenizer)
+    if n > args.vocab_size:
+        raise CheckpointError(f"{where} has {n} tokens but the model's vocabulary has {args.vocab_size}; "
+                              "use the tokenizer of the model's checkpoint")
+    for name in ("eos_token_id", "pad_token_id"):
+        tok_id = getattr(tokenizer, name, None)
+        if tok_id is not None and tok_id != getattr(args, name):
+            raise CheckpointError(f"{where} has {name}={tok_id} but config.json says {getattr(args, name)}; "
+                                  "use the tokenizer of the model's checkpoint")
+
+
 def is_mlx_checkpoint(config: dict) -> bool:
     return "conversion" in config or "mlx_mqa_version" in config
 
@@ -89,4 +102,6 @@ def _local(path) -> Path:
 def load(path, dtype: Optional[str] = None) -> Tuple[Model, object]:
     """(model, tokenizer) from a converted directory, a Hugging Face checkpoint directory or a hub id."""
     local = _local(path)
-    return load_model(local, dtype), load_tokenizer(local)
+    model, tokenizer = load_model(local, dtype), load_tokenizer(local)
+    check_tokenizer(tokenizer, model.args, f"the tokenizer in {local}")
+    return model, tokenizer

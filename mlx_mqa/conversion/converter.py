@@ -9,8 +9,9 @@ import mlx.core as mx
 
 from .. import __version__
 from ..checkpoint.card import create_model_card
-from ..checkpoint.files import atomic_directory, atomic_write_json, copy_tokenizer, save_mlx_weights
+from ..checkpoint.files import TOKENIZER_FILES, atomic_directory, atomic_write_json, copy_tokenizer, save_mlx_weights
 from ..checkpoint.hf import check_t5_config, hf_model_args, load_hf_weights, read_config, resolve
+from ..checkpoint.load import check_tokenizer, load_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models.config import ModelArgs
 from ..models.dtypes import check_dtype, default_dtype, weight_dtype
@@ -39,6 +40,10 @@ def convert(hf_path: str, mlx_path: str, kv_heads: Optional[int] = None, pool: s
         raise ConfigError("the source is already grouped-query; convert from the multi-head checkpoint")
     kv_heads = H if kv_heads is None else int(kv_heads)
     check_options(kv_heads, H, pool, groups_in)
+    tok_src = resolve(tokenizer_path) if tokenizer_path else src
+    if not any((tok_src / name).exists() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"no tokenizer files in {tok_src}; pass --tokenizer with a directory that has them")
+    check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
     weights = load_hf_weights(src)
     config, args = hf_model_args(config, weights)
     say(f"pooling K/V heads: {H} -> {kv_heads} ({pool}, {groups_in})")
@@ -66,9 +71,7 @@ def convert(hf_path: str, mlx_path: str, kv_heads: Optional[int] = None, pool: s
             mlx_weights = quantize_weights(ModelArgs.from_dict(config), mlx_weights, q_bits, q_group_size)
         say(f"writing {mlx_path}")
         save_mlx_weights(tmp, mlx_weights)
-        tok_src = resolve(tokenizer_path) if tokenizer_path else src
-        if not copy_tokenizer(tok_src, tmp):
-            raise CheckpointError(f"no tokenizer files in {tok_src}; pass --tokenizer with a directory that has them")
+        copy_tokenizer(tok_src, tmp)
         atomic_write_json(tmp / "config.json", config)
         create_model_card(tmp, config)
     if upload_repo:

@@ -18,7 +18,7 @@ from mlx_mqa.errors import CheckpointError, ConfigError
 from mlx_mqa.checkpoint.random_init import random_t5_weights, save_random_checkpoint
 from tests.helpers import batch, t5_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args):
@@ -129,6 +129,9 @@ def test_missing_shard_and_missing_weights(tmp_path, small_cfg, tokenizer):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(small_cfg))
+    with pytest.raises(CheckpointError, match="no tokenizer files"):
+        convert(str(empty), tmp_path / "out")
+    tokenizer.save_pretrained(str(empty))
     with pytest.raises(CheckpointError, match="holds no weights"):
         convert(str(empty), tmp_path / "out")
 
@@ -163,3 +166,26 @@ def test_config_weights_mismatch(tmp_path, small_cfg, tokenizer):
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="1 decoder blocks but config.json says 1 / 3"):
         convert(str(src), tmp_path / "out")
+
+
+def test_tokenizer_that_does_not_fit_the_vocabulary_is_refused(tmp_path, small_cfg, tokenizer):
+    cfg = dict(small_cfg, vocab_size=1000)  # the test tokenizer has 4100 tokens
+    src = save_random_checkpoint(cfg, tmp_path / "src", tokenizer=tokenizer)
+    with pytest.raises(CheckpointError, match="has 4100 tokens but the model's vocabulary has 1000"):
+        convert(str(src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointError, match="4100 tokens"):
+        load(src)  # a plain HF directory with the same mismatch
+
+
+def test_every_tensor_is_checked_against_the_config(tmp_path, small_cfg, tokenizer):
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["d_ff"] = small_cfg["d_ff"] * 2  # the FFN weights disagree; attention and embeddings do not
+    (src / "config.json").write_text(json.dumps(cfg))
+    msg = r"DenseReluDense\.wi_0\.weight has shape \(1024, 512\) but config.json implies \(2048, 512\) \(6 tensor"
+    with pytest.raises(CheckpointError, match=msg):
+        convert(str(src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointError, match="config.json implies"):
+        load_model(src)
