@@ -1,29 +1,40 @@
-"""Use an optimized BLAS for MLX on Linux when one is installed.
+"""Use an optimized BLAS for MLX on Linux.
 
 MLX's Linux CPU wheel links the reference BLAS; OpenBLAS makes its float32 matmuls ~10x faster.
-A small C shim (csrc/gemv_shim.c, compiled on first use when a C compiler is available) is loaded
-globally before mlx.core and serves MLX's cblas_sgemm from an OpenBLAS opened privately, so that
-PyTorch in the same process keeps its own MKL (a globally loaded OpenBLAS would replace torch's
-sgemm_ too, and torch would run ~3x slower). The shim also routes single-row matmuls (every decode
-step) from sgemm to sgemv, 2-4x faster in OpenBLAS. Without a compiler, OpenBLAS is loaded globally.
+A small C shim (csrc/gemv_shim.c, compiled on first use into a private cache directory, see
+mlx_mqa.paths) is loaded globally before mlx.core and serves MLX's cblas_sgemm from an OpenBLAS opened
+privately, so that PyTorch in the same process keeps its own MKL (a globally loaded OpenBLAS would
+replace torch's sgemm_ too, and torch would run ~3x slower). The shim also routes single-row matmuls
+(every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS.
 
-Environment: MLX_MQA_BLAS=0 turns all of this off; MLX_MQA_BLAS=/path/libopenblas.so picks the
-library; MLX_MQA_GEMV_SHIM=0 keeps OpenBLAS (still private) but skips the sgemv routing.
+The BLAS, first found wins: the scipy-openblas32 wheel (a dependency on Linux; its symbols carry a
+scipy_ prefix, which only the shim can serve), then a system OpenBLAS (Debian's libopenblas0-pthread,
+...). Without a C compiler only a system OpenBLAS can be used, loaded globally. When no optimized BLAS
+can be used, importing this module warns once; it never raises.
+
+Environment: MLX_MQA_BLAS=0 turns all of this off (silently); MLX_MQA_BLAS=/path/libopenblas.so picks
+the library; MLX_MQA_GEMV_SHIM=0 keeps OpenBLAS (still private) but skips the sgemv routing;
+MLX_MQA_CACHE sets the cache directory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
-CANDIDATES = (
+from .paths import cache_dir, private_dir
+
+CANDIDATES = (  # system OpenBLAS builds, after the scipy-openblas32 wheel
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -34,69 +45,262 @@ SHIM_SOURCE = Path(__file__).parent / "csrc" / "gemv_shim.c"
 loaded_blas = None  # path of the BLAS MLX uses, or None for MLX's bundled one
 blas_scope = None  # "private" (behind the shim: other libraries keep their BLAS) or "global"
 gemv_shim = None  # path of the shim when it routes single-row matmuls to sgemv, else None
+blas_config = None  # openblas_get_config() and core of the loaded OpenBLAS, e.g. "OpenBLAS 0.3.34 ...; core SkylakeX"
+coretype_override = None  # the OPENBLAS_CORETYPE set while loading the library, if any
+
+COST = "float32 matmuls ~10x slower (the offline `python bench.py` took ~201 s instead of ~20 s with OpenBLAS)"
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MLX_MQA_CACHE", Path.home() / ".cache" / "mlx_mqa"))
+class SlowBlasWarning(UserWarning):
+    """MLX is left with its reference BLAS (Linux only; MLX_MQA_BLAS=0 silences it)."""
 
 
-def _build_shim() -> Path | None:
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None or not SHIM_SOURCE.exists():
-        return None
-    src = SHIM_SOURCE.read_bytes()
-    out = _cache_dir() / f"gemv_shim-{hashlib.sha1(src).hexdigest()[:12]}-{platform.machine()}.so"
-    if out.exists():
-        return out
+def scipy_openblas_library() -> str | None:
+    """The scipy-openblas32 wheel's library, found without importing the package (whose __init__ would
+    load it globally)."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        subprocess.run([cc, "-O2", "-shared", "-fPIC", str(SHIM_SOURCE), "-o", tmp, "-ldl"], check=True,
-                       capture_output=True, timeout=60)
-        os.replace(tmp, out)  # atomic: concurrent imports never see a half-written library
-        return out
-    except (OSError, subprocess.SubprocessError):
+        spec = importlib.util.find_spec("scipy_openblas32")
+    except (ImportError, ValueError):
         return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        libs = sorted(Path(folder, "lib").glob("libscipy_openblas*.so*"))
+        if libs:
+            return str(libs[0])
+    return None
 
 
-def _load_blas():
-    global loaded_blas, blas_scope, gemv_shim
-    choice = os.environ.get("MLX_MQA_BLAS", "1")
-    if platform.system() != "Linux" or choice == "0":
-        return
-    if "mlx.core" in sys.modules:
-        # Too late for symbol interposition; only an LD_PRELOAD would help now.
-        if "openblas" in os.environ.get("LD_PRELOAD", ""):
-            loaded_blas, blas_scope = "LD_PRELOAD", "global"
-        return
-    paths = [choice] if choice not in ("1", "") else list(CANDIDATES)
-    path = next((p for p in paths if os.path.exists(p)), None)
-    if path is None:
-        return
-    # OpenBLAS 0.3.21 does not recognise recent x86 CPUs and falls back to a slow generic kernel.
-    if platform.machine() == "x86_64" and "OPENBLAS_CORETYPE" not in os.environ and _has_avx512():
-        os.environ["OPENBLAS_CORETYPE"] = "SKYLAKEX"
-    route_gemv = os.environ.get("MLX_MQA_GEMV_SHIM", "1") != "0"
-    shim = _build_shim()
-    if shim is not None:
-        # Loaded first and globally so that mlx.core's cblas_sgemm resolves to it.
-        lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
-        if lib.mlx_mqa_gemv_shim_init(path.encode(), int(route_gemv)) == 0:
-            loaded_blas, blas_scope = path, "private"
-            gemv_shim = str(shim) if route_gemv else None
-            return
-    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    loaded_blas, blas_scope = path, "global"
+# ---- the shim: compiled once per source, compiler and machine into a private cache directory ----
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
 
-def _has_avx512() -> bool:
+def _compiler_key(cc: str) -> str:
+    """Changes when the compiler does (a failure marker then no longer applies)."""
+    real = os.path.realpath(cc)
+    st = os.stat(real)
+    return hashlib.sha1(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _trusted(so: Path) -> bool:
+    """A regular file of ours that nobody else can write, with the digest recorded when it was built."""
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512f" in flags and "avx512bw" in flags
+        st = os.lstat(so)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return False
+        return Path(f"{so}.sha256").read_text().strip() == _digest(so)
     except OSError:
         return False
 
 
-_load_blas()
+def _open_shim(so: Path):
+    """The shim loaded privately (promoted to global only once it has a BLAS), or None."""
+    try:
+        lib = ctypes.CDLL(str(so), mode=ctypes.RTLD_LOCAL)
+    except OSError:
+        return None
+    try:
+        lib.mlx_mqa_gemv_shim_init.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        lib.mlx_mqa_gemv_shim_error.restype = ctypes.c_char_p
+        lib.mlx_mqa_blas_info.restype = ctypes.c_char_p
+    except AttributeError:  # some other library under our name: unload it, or a rebuild would reopen it
+        import _ctypes
+
+        _ctypes.dlclose(lib._handle)
+        return None
+    lib.path = str(so)
+    return lib
+
+
+def _compile(cc: str, folder: Path, so: Path) -> str | None:
+    """Build the shim into `so` (atomically, with its digest beside it). Returns the compiler's error, or
+    None; raises OSError when `folder` cannot be written."""
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=folder)
+    try:
+        out = Path(tmp) / "shim.so"
+        try:
+            r = subprocess.run([cc, "-O2", "-shared", "-fPIC", str(SHIM_SOURCE), "-o", str(out), "-ldl"],
+                               check=False, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"{cc}: {e}"
+        if r.returncode != 0 or not out.is_file() or out.read_bytes()[:4] != b"\x7fELF":
+            lines = (r.stderr or r.stdout).strip().splitlines()
+            return f"{cc} exited with {r.returncode}" + (f": {lines[0]}" if lines else "")
+        os.chmod(out, 0o700)  # whatever the umask: a group-writable shim would not be trusted
+        Path(tmp, "shim.sha256").write_text(_digest(out) + "\n")
+        os.replace(Path(tmp, "shim.sha256"), f"{so}.sha256")
+        os.replace(out, so)  # atomic: concurrent imports never see a half-written library
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shim():
+    """(the shim, loaded privately, None) or (None, why not)."""
+    if not SHIM_SOURCE.is_file():
+        return None, f"the shim's source {SHIM_SOURCE} is missing"
+    name = f"gemv_shim-{hashlib.sha1(SHIM_SOURCE.read_bytes()).hexdigest()[:12]}-{platform.machine()}"
+    try:
+        folder = private_dir(cache_dir())
+    except (OSError, RuntimeError):  # not ours, not creatable, or no home directory
+        folder = None
+    so = folder / f"{name}.so" if folder is not None else None
+    if so is not None and _trusted(so):
+        lib = _open_shim(so)
+        if lib is not None:
+            return lib, None
+    # Missing, corrupt or not trusted: (re)build it in place, once per compiler.
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler (cc) to build the BLAS shim"
+    if so is not None:
+        marker = folder / f"{name}-cc{_compiler_key(cc)}.failed"
+        if marker.exists():
+            return None, f"building the BLAS shim failed before with this compiler (delete {marker} to retry)"
+        try:
+            error = _compile(cc, folder, so)
+        except OSError:
+            pass  # the cache directory cannot be written: build a throwaway copy below
+        else:
+            if error is None:
+                lib = _open_shim(so)
+                if lib is not None:
+                    return lib, None
+                error = f"the shim built by {cc} does not load"
+            try:
+                marker.write_text(error + "\n")
+            except OSError:
+                pass
+            return None, f"building the BLAS shim failed ({error}; {marker})"
+    # No usable cache directory: build into a throwaway one (the loaded library outlives its file).
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlx_mqa-") as tmp:
+            error = _compile(cc, Path(tmp), Path(tmp) / f"{name}.so")
+            lib = _open_shim(Path(tmp) / f"{name}.so") if error is None else None
+    except OSError as e:
+        return None, f"no writable directory to build the BLAS shim in ({e})"
+    return (lib, None) if lib is not None else (None, f"building the BLAS shim failed ({error})")
+
+
+# ---- choosing and loading the BLAS ----
+
+def _coretype(path: str) -> str | None:
+    """OpenBLAS 0.3.21 (Debian 12's) predates recent x86 CPUs and may fall back to a slow generic kernel on
+    them; the scipy-openblas32 wheel's OpenBLAS (0.3.3x) is left to detect the CPU by itself."""
+    if platform.machine() != "x86_64" or "OPENBLAS_CORETYPE" in os.environ or "scipy_openblas" in path:
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return None
+    return "SKYLAKEX" if "avx512f" in flags and "avx512bw" in flags else None
+
+
+def _with_coretype(path: str, load):
+    """Run load() (which opens `path`) with OPENBLAS_CORETYPE set only if that library needs it: the
+    variable is read when OpenBLAS initialises, and left set it would also steer numpy's OpenBLAS."""
+    global coretype_override
+    core = _coretype(path)
+    if core is None:
+        return load()
+    os.environ["OPENBLAS_CORETYPE"] = core
+    try:
+        result = load()
+    finally:
+        del os.environ["OPENBLAS_CORETYPE"]
+    if result:
+        coretype_override = core
+    return result
+
+
+def _openblas_info(lib) -> str | None:
+    for prefix in ("", "scipy_"):
+        try:
+            config, core = getattr(lib, prefix + "openblas_get_config"), getattr(lib, prefix + "openblas_get_corename")
+        except AttributeError:
+            continue
+        config.restype = core.restype = ctypes.c_char_p
+        return f"{config().decode()}; core {core().decode()}"
+    return None
+
+
+def _load_global(path: str) -> bool:
+    """Without the shim: load a BLAS with plain CBLAS names globally (a prefixed one cannot serve MLX)."""
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+        if not hasattr(lib, "cblas_sgemm"):
+            return False
+        ctypes.CDLL(path, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)  # promote the loaded library
+    except OSError:
+        return False
+    global blas_config
+    blas_config = _openblas_info(lib)
+    return True
+
+
+GENERAL_FIX = "pip install scipy-openblas32, or install a C compiler (cc)"
+
+
+def _load_blas() -> tuple[str, str] | None:
+    """Put an optimized BLAS under MLX; returns why not and the fix (for the warning), or None."""
+    global loaded_blas, blas_scope, gemv_shim, blas_config
+    choice = os.environ.get("MLX_MQA_BLAS", "1")
+    if platform.system() != "Linux" or choice == "0":
+        return None
+    if "mlx.core" in sys.modules:
+        # Too late for symbol interposition; only an LD_PRELOAD would help now.
+        if "openblas" in os.environ.get("LD_PRELOAD", ""):
+            loaded_blas, blas_scope = "LD_PRELOAD", "global"
+            return None
+        return "mlx.core was imported before mlx_mqa", "import mlx_mqa before anything imports mlx.core"
+    explicit = choice not in ("1", "")
+    if explicit:
+        fix = "point MLX_MQA_BLAS at an OpenBLAS library, or unset it"
+        if not os.path.isfile(choice):
+            return f"MLX_MQA_BLAS={choice} is not a file", fix
+        paths = [choice]
+    else:
+        fix = GENERAL_FIX
+        paths = [p for p in [scipy_openblas_library(), *CANDIDATES] if p and os.path.exists(p)]
+        if not paths:
+            return "no OpenBLAS found", "pip install scipy-openblas32" + (
+                "" if _compiler() else " and install a C compiler (cc)")
+    route_gemv = os.environ.get("MLX_MQA_GEMV_SHIM", "1") != "0"
+    shim, why = _shim()
+    if shim is not None:
+        errors = []
+        for path in paths:
+            if _with_coretype(path, lambda p=path: shim.mlx_mqa_gemv_shim_init(p.encode(), int(route_gemv)) == 0):
+                # Promote the shim to global so that mlx.core's cblas_sgemm resolves to it.
+                ctypes.CDLL(shim.path, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+                loaded_blas, blas_scope = path, "private"
+                gemv_shim = shim.path if route_gemv else None
+                blas_config = shim.mlx_mqa_blas_info().decode() or None
+                return None
+            errors.append(shim.mlx_mqa_gemv_shim_error().decode())
+        return f"no usable BLAS ({'; '.join(errors)})", fix
+    for path in paths:
+        if _with_coretype(path, lambda p=path: _load_global(p)):
+            loaded_blas, blas_scope = path, "global"
+            return None
+    # Only the shim can serve the scipy_-prefixed symbols of scipy-openblas32 (or any OpenBLAS privately).
+    return why, "install a working C compiler (cc)" + (f"; or {fix}" if explicit else "")
+
+
+def _load_and_warn() -> None:
+    try:
+        problem = _load_blas()
+    except Exception as e:  # noqa: BLE001  (the optional fast path must never break `import mlx_mqa`)
+        problem = f"loading an optimized BLAS failed ({type(e).__name__}: {e})", GENERAL_FIX
+    if problem is not None:
+        why, fix = problem
+        warnings.warn(f"mlx_mqa: {why}, so MLX keeps its reference BLAS: {COST}. Fix: {fix}. "
+                      "(MLX_MQA_BLAS=0 silences this.)", SlowBlasWarning, stacklevel=3)
+
+
+_load_and_warn()

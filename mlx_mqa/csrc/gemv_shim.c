@@ -6,6 +6,8 @@
  * 3x slower in the same process (its OpenMP threads and OpenBLAS's fight over the cores).
  * In decoding, most products are a single token times a weight matrix (M == 1), where OpenBLAS's
  * sgemm is 2-4x slower than its sgemv, hence the routing (off when route_gemv == 0).
+ * The BLAS may export plain CBLAS names (Debian's libopenblas) or prefixed ones (the scipy-openblas32
+ * wheel: scipy_cblas_sgemm, scipy_openblas_get_config, ...); both are looked up.
  */
 #define _GNU_SOURCE /* RTLD_NEXT */
 #include <dlfcn.h>
@@ -22,16 +24,53 @@ typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const fl
 static sgemm_fn real_sgemm = 0;
 static sgemv_fn real_sgemv = 0;
 static int route = 0;
+static void *blas = 0;
+static const char *prefix = "";
+static char error[512];
+static char info[512];
 
+static const char *const prefixes[] = {"", "scipy_"};
+
+static void *lookup(void *h, const char *pre, const char *name) {
+  char full[128];
+  snprintf(full, sizeof full, "%s%s", pre, name);
+  return dlsym(h, full);
+}
+
+/* 0: ready; 1: the library cannot be opened; 2: it has no cblas_sgemm/cblas_sgemv. */
 int mlx_mqa_gemv_shim_init(const char *blas_path, int route_gemv) {
   void *h = dlopen(blas_path, RTLD_NOW | RTLD_LOCAL);
-  sgemm_fn gemm = h ? (sgemm_fn)dlsym(h, "cblas_sgemm") : 0;
-  sgemv_fn gemv = h ? (sgemv_fn)dlsym(h, "cblas_sgemv") : 0;
-  if (!gemm || !gemv) return h ? 2 : 1;
-  real_sgemm = gemm;
-  real_sgemv = gemv;
-  route = route_gemv;
-  return 0;
+  if (!h) {
+    const char *e = dlerror();
+    snprintf(error, sizeof error, "%s", e ? e : "dlopen failed");
+    return 1;
+  }
+  for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+    sgemm_fn gemm = (sgemm_fn)lookup(h, prefixes[i], "cblas_sgemm");
+    sgemv_fn gemv = (sgemv_fn)lookup(h, prefixes[i], "cblas_sgemv");
+    if (gemm && gemv) {
+      blas = h;
+      prefix = prefixes[i];
+      real_sgemm = gemm;
+      real_sgemv = gemv;
+      route = route_gemv;
+      return 0;
+    }
+  }
+  snprintf(error, sizeof error, "%s: no cblas_sgemm/cblas_sgemv (plain or scipy_ prefixed)", blas_path);
+  dlclose(h);
+  return 2;
+}
+
+const char *mlx_mqa_gemv_shim_error(void) { return error; }
+
+/* "<openblas_get_config()>; core <openblas_get_corename()>", or "" for a BLAS other than OpenBLAS. */
+const char *mlx_mqa_blas_info(void) {
+  typedef char *(*str_fn)(void);
+  str_fn config = blas ? (str_fn)lookup(blas, prefix, "openblas_get_config") : 0;
+  str_fn core = blas ? (str_fn)lookup(blas, prefix, "openblas_get_corename") : 0;
+  snprintf(info, sizeof info, "%s%s%s", config ? config() : "", core ? "; core " : "", core ? core() : "");
+  return info;
 }
 
 static int is_trans(int t) { return t == Trans || t == ConjTrans; }
