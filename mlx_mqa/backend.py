@@ -71,6 +71,7 @@ def scipy_openblas_library() -> str | None:
 
 # ---- the shim: compiled once per source, compiler and machine into a private cache directory ----
 
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
@@ -123,8 +124,13 @@ def _compile(cc: str, folder: Path, so: Path) -> str | None:
     try:
         out = Path(tmp) / "shim.so"
         try:
-            r = subprocess.run([cc, "-O2", "-shared", "-fPIC", str(SHIM_SOURCE), "-o", str(out), "-ldl"],
-                               check=False, capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [cc, "-O2", "-shared", "-fPIC", str(SHIM_SOURCE), "-o", str(out), "-ldl"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         except (OSError, subprocess.SubprocessError) as e:
             return f"{cc}: {e}"
         if r.returncode != 0 or not out.is_file() or out.read_bytes()[:4] != b"\x7fELF":
@@ -187,6 +193,7 @@ def _shim():
 
 
 # ---- choosing and loading the BLAS ----
+
 
 def _coretype(path: str) -> str | None:
     """OpenBLAS 0.3.21 (Debian 12's) predates recent x86 CPUs and may fall back to a slow generic kernel on
@@ -269,7 +276,8 @@ def _load_blas() -> tuple[str, str] | None:
         paths = [p for p in [scipy_openblas_library(), *CANDIDATES] if p and os.path.exists(p)]
         if not paths:
             return "no OpenBLAS found", "pip install scipy-openblas32" + (
-                "" if _compiler() else " and install a C compiler (cc)")
+                "" if _compiler() else " and install a C compiler (cc)"
+            )
     route_gemv = os.environ.get("MLX_MQA_GEMV_SHIM", "1") != "0"
     shim, why = _shim()
     if shim is not None:
@@ -299,8 +307,11 @@ def _load_and_warn() -> None:
         problem = f"loading an optimized BLAS failed ({type(e).__name__}: {e})", GENERAL_FIX
     if problem is not None:
         why, fix = problem
-        warnings.warn(f"mlx_mqa: {why}, so MLX keeps its reference BLAS: {COST}. Fix: {fix}. "
-                      "(MLX_MQA_BLAS=0 silences this.)", SlowBlasWarning, stacklevel=3)
+        warnings.warn(
+            f"mlx_mqa: {why}, so MLX keeps its reference BLAS: {COST}. Fix: {fix}. (MLX_MQA_BLAS=0 silences this.)",
+            SlowBlasWarning,
+            stacklevel=3,
+        )
 
 
 _load_and_warn()

@@ -39,18 +39,22 @@ def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
         tokens.append(step.tokens[0])
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         if text.startswith(shown) and not text.endswith("\ufffd"):
-            click.echo(text[len(shown):], nl=False)
+            click.echo(text[len(shown) :], nl=False)
             shown = text
     text = tokenizer.decode(tokens, skip_special_tokens=True)
-    click.echo(text[len(shown):] if text.startswith(shown) else "")
+    click.echo(text[len(shown) :] if text.startswith(shown) else "")
     return text
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--model", required=True, help="Converted MLX directory, Hugging Face T5 directory or hub id.")
 @click.option("--prompt", "-p", multiple=True, help="Input text, e.g. 'summarize: ...' (repeatable: a batch).")
-@click.option("--file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Text file with one prompt per line ('-' reads stdin); generated as one padded batch.")
+@click.option(
+    "--file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Text file with one prompt per line ('-' reads stdin); generated as one padded batch.",
+)
 @click.option("--max-tokens", "-m", type=int, default=128, show_default=True, help="Most tokens to generate.")
 @click.option("--num-beams", type=int, default=1, show_default=True, help="Beam search width (1: greedy/sampling).")
 @click.option("--length-penalty", type=float, default=1.0, show_default=True, help="Beam search length penalty.")
@@ -63,10 +67,30 @@ def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
 @click.option("--max-input-tokens", type=int, default=None, help="Longer prompts are an error unless --truncate.")
 @click.option("--truncate", is_flag=True, help="Cut prompts longer than --max-input-tokens.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Cast the weights (default: as stored).")
-def main(model, prompt, file, max_tokens, num_beams, length_penalty, no_repeat_ngram_size, temp, top_p, min_p, top_k,
-         repetition_penalty, seed, max_input_tokens, truncate, dtype):
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default=None,
+    help="Cast the weights (default: as stored).",
+)
+def main(
+    model,
+    prompt,
+    file,
+    max_tokens,
+    num_beams,
+    length_penalty,
+    no_repeat_ngram_size,
+    temp,
+    top_p,
+    min_p,
+    top_k,
+    repetition_penalty,
+    seed,
+    max_input_tokens,
+    truncate,
+    dtype,
+):
     """Generate with a T5 (MHA, GQA or MQA). One prompt streams its text as it is generated;
     several prompts (or beam search) print one line each when the batch is done.
 
@@ -89,7 +113,9 @@ def main(model, prompt, file, max_tokens, num_beams, length_penalty, no_repeat_n
         m, tokenizer = load(model, dtype)
         options = dict(max_input_tokens=max_input_tokens, truncate=truncate)
         if num_beams > 1:
-            options.update(num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+            options.update(
+                num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size
+            )
         else:
             procs = make_logits_processors(None, repetition_penalty)
             if no_repeat_ngram_size:

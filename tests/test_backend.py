@@ -12,7 +12,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_mqa
 from mlx_mqa import backend, paths
 
 SHAPES = [(1, 512, 2048), (1, 64, 7), (3, 64, 1), (1, 1, 5), (8, 512, 512), (1, 512, 4100), (5, 3, 1), (1, 7, 1)]
@@ -56,14 +55,17 @@ def test_shim_loaded_with_openblas_and_switches_work():
     if backend.loaded_blas is None:
         pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")
     assert "openblas" in backend.loaded_blas
-    code = ("import ctypes, mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa import backend; "
-            "a = mx.array(np.arange(12, dtype=np.float32).reshape(1, 12)); b = mx.ones((12, 3)); "
-            "exported = any(hasattr(ctypes.CDLL(None), n) for n in ('openblas_get_config', 'scipy_openblas_get_config')); "
-            "print(backend.loaded_blas, backend.gemv_shim, backend.blas_scope, exported, (a @ b).tolist())")
+    code = (
+        "import ctypes, mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa import backend; "
+        "a = mx.array(np.arange(12, dtype=np.float32).reshape(1, 12)); b = mx.ones((12, 3)); "
+        "exported = any(hasattr(ctypes.CDLL(None), n) for n in ('openblas_get_config', 'scipy_openblas_get_config')); "
+        "print(backend.loaded_blas, backend.gemv_shim, backend.blas_scope, exported, (a @ b).tolist())"
+    )
     outs = {}
     for env in ({}, {"MLX_MQA_GEMV_SHIM": "0"}, {"MLX_MQA_BLAS": "0"}):
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, **env}, check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True
+        )
         outs[tuple(env.items())] = r.stdout.split(" ", 4)
     assert outs[()][1] != "None"  # the shim is on by default where a C compiler exists
     assert outs[(("MLX_MQA_GEMV_SHIM", "0"),)][1] == "None"
@@ -111,8 +113,15 @@ def probe(*args, **env):
     """Import mlx_mqa in a fresh process with MLX_MQA_* taken from `env` only; what it loaded and warned."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("MLX_MQA_") and k != "OPENBLAS_CORETYPE"}
     full.update({k: str(v) for k, v in env.items()})
-    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, env=full, capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -256,8 +265,10 @@ def test_broken_compiler_runs_once_and_leaves_no_files(tmp_path):
     count = tmp_path / "count"
     cc = tmp_path / "cc"
     # Leaves an empty output file behind and fails, as a compiler killed half-way would.
-    cc.write_text(f'#!/bin/sh\necho run >> "{count}"\nwhile [ $# -gt 1 ]; do [ "$1" = -o ] && : > "$2"; shift; done\n'
-                  'echo "cc: internal error" >&2\nexit 1\n')
+    cc.write_text(
+        f'#!/bin/sh\necho run >> "{count}"\nwhile [ $# -gt 1 ]; do [ "$1" = -o ] && : > "$2"; shift; done\n'
+        'echo "cc: internal error" >&2\nexit 1\n'
+    )
     cc.chmod(0o755)
     cache = tmp_path / "cache"
     # scipy-openblas32's library needs the shim (prefixed symbols): no fallback hides the failure.
@@ -282,7 +293,8 @@ def test_torch_in_the_same_process_keeps_its_blas(tmp_path):
 import ctypes, json, mlx_mqa, mlx.core as mx, torch
 from mlx_mqa import backend
 class Info(ctypes.Structure):
-    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
 glob = ctypes.CDLL(None)
 def owner(name):
     if not hasattr(glob, name):
@@ -296,8 +308,15 @@ print(json.dumps(dict(loaded=backend.loaded_blas, shim=backend.gemv_shim, sgemm_
                       mkl=torch.backends.mkl.is_available())))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_MQA_")}
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "MLX_MQA_CACHE": str(tmp_path)},
-                       capture_output=True, text=True, timeout=300, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "MLX_MQA_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["loaded"] == SCIPY_LIB and out["torch_ok"]
     assert out["cblas_sgemm"] == out["shim"]  # MLX's sgemm goes through the shim...

@@ -29,13 +29,17 @@ def test_streams_text_equal_to_generate(tmp_path, hf_checkpoint, tokenizer):
     prompts.write_text(prompt + "\n\nsummarize: Stocks fell.\n")
     r = CliRunner().invoke(cli.main, ["--model", str(path), "--file", str(prompts), "-m", "12", "--num-beams", "2"])
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines() == mlx_mqa.generate(model, tok, [prompt, "summarize: Stocks fell."],
-                                                     max_new_tokens=12, num_beams=2)
+    assert r.output.splitlines() == mlx_mqa.generate(
+        model, tok, [prompt, "summarize: Stocks fell."], max_new_tokens=12, num_beams=2
+    )
 
 
 def test_bad_input_is_one_line_with_its_exit_code(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mlx_mqa.generate", "--model", str(tmp_path / "nope"), "-p", "x"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_mqa.generate", "--model", str(tmp_path / "nope"), "-p", "x"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 3 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert r.stderr.startswith("error: ") and "does not exist" in r.stderr
     r = CliRunner().invoke(cli.main, ["--model", "x"])

@@ -55,5 +55,7 @@ def upload_to_hub(path, upload_repo: str) -> None:
         api.create_repo(repo_id=upload_repo, exist_ok=True)
         api.upload_large_folder(folder_path=str(path), repo_id=upload_repo, repo_type="model")
     except Exception as e:  # no network, no token, no rights
-        raise CheckpointError(f"upload to {upload_repo} failed ({type(e).__name__}: {e}); {path} is complete "
-                              f"locally: retry with `huggingface-cli upload {upload_repo} {path}`") from None
+        raise CheckpointError(
+            f"upload to {upload_repo} failed ({type(e).__name__}: {e}); {path} is complete "
+            f"locally: retry with `huggingface-cli upload {upload_repo} {path}`"
+        ) from None

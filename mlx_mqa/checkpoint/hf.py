@@ -29,8 +29,11 @@ def resolve(path_or_repo: str, allow_patterns=None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = Path(snapshot_download(path_or_repo, allow_patterns=allow_patterns or [
-            "*.json", "*.safetensors", "*.model", "*.txt"]))
+        local = Path(
+            snapshot_download(
+                path_or_repo, allow_patterns=allow_patterns or ["*.json", "*.safetensors", "*.model", "*.txt"]
+            )
+        )
         if allow_patterns is None and not any(local.glob("*.safetensors")):
             # Older checkpoints (e.g. some google/t5-* repos) only ship PyTorch .bin files.
             local = Path(snapshot_download(path_or_repo, allow_patterns=["*.json", "pytorch_model*.bin"]))
@@ -64,8 +67,13 @@ def weight_files(path: Path) -> list:
                 raise CheckpointError(f"{index} lists shards that are missing: {missing}")
             return [path / n for n in names]
     # Only model weights: other safetensors files (optimizer state, adapters) may sit beside them.
-    for pattern in ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin",
-                    "*.safetensors"):
+    for pattern in (
+        "model.safetensors",
+        "model-*.safetensors",
+        "pytorch_model.bin",
+        "pytorch_model-*.bin",
+        "*.safetensors",
+    ):
         files = sorted(path.glob(pattern))
         if files:
             return files
@@ -84,7 +92,9 @@ def _load_bin(file: Path) -> Dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"{file} is a PyTorch .bin checkpoint; install torch (pip install 'mlx-mqa[torch]')") from None
+        raise CheckpointError(
+            f"{file} is a PyTorch .bin checkpoint; install torch (pip install 'mlx-mqa[torch]')"
+        ) from None
     try:
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -127,15 +137,21 @@ def check_shapes(weights: Dict[str, object], args: ModelArgs, where: str = "the 
     wrong = [(k, tuple(given[k].shape), s) for k, s in expected.items() if k in given and tuple(given[k].shape) != s]
     if wrong:
         k, got, want = wrong[0]
-        raise CheckpointError(f"{where}: {k} has shape {got} but config.json implies {want} "
-                              f"({len(wrong)} tensor(s) disagree); is config.json the one of these weights?")
+        raise CheckpointError(
+            f"{where}: {k} has shape {got} but config.json implies {want} "
+            f"({len(wrong)} tensor(s) disagree); is config.json the one of these weights?"
+        )
     if missing or unknown:
         blocks = [_count_blocks(given, stack) for stack in ("encoder", "decoder")]
         if blocks != [args.num_layers, args.num_decoder_layers]:
-            raise CheckpointError(f"{where} has {blocks[0]} encoder / {blocks[1]} decoder blocks but config.json says "
-                                  f"{args.num_layers} / {args.num_decoder_layers}")
-        raise CheckpointError(f"{where} does not match config.json: missing {missing[:3]}"
-                              f"{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}{'...' if len(unknown) > 3 else ''}")
+            raise CheckpointError(
+                f"{where} has {blocks[0]} encoder / {blocks[1]} decoder blocks but config.json says "
+                f"{args.num_layers} / {args.num_decoder_layers}"
+            )
+        raise CheckpointError(
+            f"{where} does not match config.json: missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}{'...' if len(unknown) > 3 else ''}"
+        )
 
 
 def _count_blocks(weights, stack: str) -> int:

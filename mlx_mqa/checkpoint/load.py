@@ -28,13 +28,17 @@ def check_tokenizer(tokenizer, args: ModelArgs, where: str = "the tokenizer") ->
     """A tokenizer whose ids the model cannot embed, or whose EOS/pad differ, gives silent garbage: refuse it."""
     n = len(tokenizer)
     if n > args.vocab_size:
-        raise CheckpointError(f"{where} has {n} tokens but the model's vocabulary has {args.vocab_size}; "
-                              "use the tokenizer of the model's checkpoint")
+        raise CheckpointError(
+            f"{where} has {n} tokens but the model's vocabulary has {args.vocab_size}; "
+            "use the tokenizer of the model's checkpoint"
+        )
     for name in ("eos_token_id", "pad_token_id"):
         tok_id = getattr(tokenizer, name, None)
         if tok_id is not None and tok_id != getattr(args, name):
-            raise CheckpointError(f"{where} has {name}={tok_id} but config.json says {getattr(args, name)}; "
-                                  "use the tokenizer of the model's checkpoint")
+            raise CheckpointError(
+                f"{where} has {name}={tok_id} but config.json says {getattr(args, name)}; "
+                "use the tokenizer of the model's checkpoint"
+            )
 
 
 def is_mlx_checkpoint(config: dict) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -30,25 +30,25 @@ def random_t5_weights(config: dict, seed: int = 0, shared_std: float = 1.0) -> D
     buckets = config.get("relative_attention_num_buckets", 32)
 
     def normal(shape, std):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
     w = {"shared.weight": normal((V, d), shared_std)}
 
     def attention(prefix, bias):
         w[f"{prefix}.q.weight"] = normal((inner, d), (d * dkv) ** -0.5)
-        w[f"{prefix}.k.weight"] = normal((inner, d), d ** -0.5)
-        w[f"{prefix}.v.weight"] = normal((inner, d), d ** -0.5)
-        w[f"{prefix}.o.weight"] = normal((d, inner), inner ** -0.5)
+        w[f"{prefix}.k.weight"] = normal((inner, d), d**-0.5)
+        w[f"{prefix}.v.weight"] = normal((inner, d), d**-0.5)
+        w[f"{prefix}.o.weight"] = normal((d, inner), inner**-0.5)
         if bias:
-            w[f"{prefix}.relative_attention_bias.weight"] = normal((buckets, H), d ** -0.5)
+            w[f"{prefix}.relative_attention_bias.weight"] = normal((buckets, H), d**-0.5)
 
     def ffn(prefix):
         if gated:
-            w[f"{prefix}.DenseReluDense.wi_0.weight"] = normal((dff, d), d ** -0.5)
-            w[f"{prefix}.DenseReluDense.wi_1.weight"] = normal((dff, d), d ** -0.5)
+            w[f"{prefix}.DenseReluDense.wi_0.weight"] = normal((dff, d), d**-0.5)
+            w[f"{prefix}.DenseReluDense.wi_1.weight"] = normal((dff, d), d**-0.5)
         else:
-            w[f"{prefix}.DenseReluDense.wi.weight"] = normal((dff, d), d ** -0.5)
-        w[f"{prefix}.DenseReluDense.wo.weight"] = normal((d, dff), dff ** -0.5)
+            w[f"{prefix}.DenseReluDense.wi.weight"] = normal((dff, d), d**-0.5)
+        w[f"{prefix}.DenseReluDense.wo.weight"] = normal((d, dff), dff**-0.5)
         w[f"{prefix}.layer_norm.weight"] = np.ones(d, np.float32)
 
     for i in range(n_enc):
@@ -70,8 +70,15 @@ def random_t5_weights(config: dict, seed: int = 0, shared_std: float = 1.0) -> D
     return w
 
 
-def save_random_checkpoint(config: dict, out_dir, seed: int = 0, tokenizer=None,
-                           dtype: str = "float32", shards: int = 1, shared_std: float = 1.0) -> Path:
+def save_random_checkpoint(
+    config: dict,
+    out_dir,
+    seed: int = 0,
+    tokenizer=None,
+    dtype: str = "float32",
+    shards: int = 1,
+    shared_std: float = 1.0,
+) -> Path:
     """Write config.json + model.safetensors (or `shards` shards with an index) in HF layout."""
     from safetensors.numpy import save_file
 

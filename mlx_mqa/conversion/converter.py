@@ -19,11 +19,22 @@ from ..models.t5 import Model
 from .pooling import check_options, convert_weights
 
 
-def convert(hf_path: str, mlx_path: str, kv_heads: Optional[int] = None, pool: str = "mean",
-            groups_in: str = "decoder", dtype: Optional[str] = None, seed: int = 0,
-            tokenizer_path: Optional[str] = None, overwrite: bool = False,
-            quantize: bool = False, q_bits: int = 4, q_group_size: int = 64, upload_repo: Optional[str] = None,
-            progress: Optional[Callable[[str], None]] = None) -> Path:
+def convert(
+    hf_path: str,
+    mlx_path: str,
+    kv_heads: Optional[int] = None,
+    pool: str = "mean",
+    groups_in: str = "decoder",
+    dtype: Optional[str] = None,
+    seed: int = 0,
+    tokenizer_path: Optional[str] = None,
+    overwrite: bool = False,
+    quantize: bool = False,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    upload_repo: Optional[str] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Path:
     """Convert `hf_path` (hub id or directory) into an MLX model directory at `mlx_path`."""
     say = progress or (lambda msg: None)
     dtype = dtype or default_dtype()
@@ -54,9 +65,16 @@ def convert(hf_path: str, mlx_path: str, kv_heads: Optional[int] = None, pool: s
         model_type="t5",
         num_key_value_heads=kv_heads,
         encoder_num_key_value_heads=kv_heads if groups_in == "all" else H,
-        conversion={"source": str(hf_path), "num_heads": H, "kv_heads": kv_heads, "pool": pool,
-                    "groups_in": groups_in, "dtype": dtype, "seed": seed if pool == "random" else None,
-                    "mlx_mqa_version": __version__},
+        conversion={
+            "source": str(hf_path),
+            "num_heads": H,
+            "kv_heads": kv_heads,
+            "pool": pool,
+            "groups_in": groups_in,
+            "dtype": dtype,
+            "seed": seed if pool == "random" else None,
+            "mlx_mqa_version": __version__,
+        },
     )
     config.pop("torch_dtype", None)
     config.pop("dtype", None)

@@ -34,8 +34,14 @@ def check_options(kv_heads: int, num_heads: int, pool: str, groups_in: str) -> N
         raise ConfigError(f"unknown pooling {pool!r}; choose from {POOL_METHODS}")
 
 
-def pool_heads(weight: np.ndarray, num_heads: int, kv_heads: int, method: str,
-               rng: Optional[np.random.Generator] = None, init_std: float = 1.0) -> np.ndarray:
+def pool_heads(
+    weight: np.ndarray,
+    num_heads: int,
+    kv_heads: int,
+    method: str,
+    rng: Optional[np.random.Generator] = None,
+    init_std: float = 1.0,
+) -> np.ndarray:
     """[H*D, d_model] projection -> [G*D, d_model], pooling contiguous groups of H/G heads."""
     out_dim, d_model = weight.shape
     d_kv = out_dim // num_heads
@@ -51,8 +57,14 @@ def pool_heads(weight: np.ndarray, num_heads: int, kv_heads: int, method: str,
     return np.ascontiguousarray(pooled.reshape(kv_heads * d_kv, d_model))
 
 
-def convert_weights(weights: Dict[str, np.ndarray], args: ModelArgs, kv_heads: int, pool: str = "mean",
-                    groups_in: str = "decoder", seed: int = 0) -> Dict[str, np.ndarray]:
+def convert_weights(
+    weights: Dict[str, np.ndarray],
+    args: ModelArgs,
+    kv_heads: int,
+    pool: str = "mean",
+    groups_in: str = "decoder",
+    seed: int = 0,
+) -> Dict[str, np.ndarray]:
     """Pool K/V heads of the selected attention layers; other tensors pass through."""
     H = args.num_heads
     check_options(kv_heads, H, pool, groups_in)

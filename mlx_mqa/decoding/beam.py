@@ -26,11 +26,22 @@ def check_num_beams(num_beams) -> None:
         raise InputError(f"num_beams must be a positive integer, got {num_beams!r}")
 
 
-def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *, num_beams: int = 4,
-                max_new_tokens: int = 64, length_penalty: float = 1.0,
-                early_stopping: Union[bool, str] = False, no_repeat_ngram_size: int = 0,
-                eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
-                compiled: bool = True, return_scores: bool = False, **unused):
+def beam_search(
+    model,
+    input_ids: mx.array,
+    attention_mask: Optional[mx.array] = None,
+    *,
+    num_beams: int = 4,
+    max_new_tokens: int = 64,
+    length_penalty: float = 1.0,
+    early_stopping: Union[bool, str] = False,
+    no_repeat_ngram_size: int = 0,
+    eos_token_id: Optional[int] = None,
+    pad_token_id: Optional[int] = None,
+    compiled: bool = True,
+    return_scores: bool = False,
+    **unused,
+):
     """Best beam per input: list of token lists (EOS included when emitted)."""
     check_num_beams(num_beams)
     args = model.args
@@ -57,7 +68,8 @@ def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] =
         logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
         if no_repeat_ngram_size:
             logprobs = no_repeat_ngram_processor(no_repeat_ngram_size)(
-                mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len)), logprobs)
+                mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len)), logprobs
+            )
         V = logprobs.shape[-1]
         acc = (logprobs.reshape(B, nb, V) + mx.array(running_scores)[:, :, None]).reshape(B, nb * V)
         part = mx.argpartition(-acc, K - 1, axis=-1)[:, :K]
@@ -93,7 +105,7 @@ def beam_search(model, input_ids: mx.array, attention_mask: Optional[mx.array] =
         cur_len += 1
 
         best_len = (max_length if early_stopping == "never" and length_penalty > 0 else cur_len) - prompt_len
-        best_running = running_scores[:, :1] / np.float32(best_len ** length_penalty)
+        best_running = running_scores[:, :1] / np.float32(best_len**length_penalty)
         worst_finished = np.where(is_finished, beam_scores.min(axis=1, keepdims=True), np.float32(NEG))
         heuristic_open = heuristic_open & np.any(best_running > worst_finished, axis=-1, keepdims=True)
         if not (heuristic_open.any() and not (is_finished.all() and early_stopping is True) and not hits.all()):

@@ -7,9 +7,9 @@ from typing import Generator, List, Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .beam import beam_search, check_num_beams
 from .inputs import cut_after_eos, encode_prompts
 from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
-from .beam import beam_search, check_num_beams
 from .state import DecodeState
 
 
@@ -20,11 +20,19 @@ class StepOutput:
     step: int
 
 
-def generate_step(model, input_ids: mx.array, attention_mask: Optional[mx.array] = None, *,
-                  max_new_tokens: int = 64, sampler: Optional[Sampler] = None,
-                  logits_processors: Optional[Sequence[LogitsProcessor]] = None,
-                  eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
-                  ignore_eos: bool = False, compiled: bool = True) -> Generator[StepOutput, None, None]:
+def generate_step(
+    model,
+    input_ids: mx.array,
+    attention_mask: Optional[mx.array] = None,
+    *,
+    max_new_tokens: int = 64,
+    sampler: Optional[Sampler] = None,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    eos_token_id: Optional[int] = None,
+    pad_token_id: Optional[int] = None,
+    ignore_eos: bool = False,
+    compiled: bool = True,
+) -> Generator[StepOutput, None, None]:
     """Yield one token per row per step until every row has emitted EOS or `max_new_tokens`.
 
     The encoder and the cross-attention K/V run once; the self-attention cache is preallocated
@@ -37,8 +45,9 @@ def generate_step(model, input_ids: mx.array, attention_mask: Optional[mx.array]
     pad = args.pad_token_id if pad_token_id is None else pad_token_id
     B = input_ids.shape[0]
     state = DecodeState(model, input_ids, attention_mask, max_new_tokens, compiled)
-    history = mx.full((B, max_new_tokens + 1), args.decoder_start_token_id, dtype=mx.int32) \
-        if logits_processors else None
+    history = (
+        mx.full((B, max_new_tokens + 1), args.decoder_start_token_id, dtype=mx.int32) if logits_processors else None
+    )
 
     def step(y: mx.array, finished: mx.array, n: int):
         logprobs = state.logits(y).astype(mx.float32)
@@ -77,12 +86,26 @@ class GenerationResult:
     prompt_tokens: List[int] = field(default_factory=list)
 
 
-def stream_generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64,
-                    max_input_tokens: Optional[int] = None, truncate: bool = False, **kwargs):
+def stream_generate(
+    model,
+    tokenizer,
+    prompts: Union[str, Sequence[str]],
+    max_new_tokens: int = 64,
+    max_input_tokens: Optional[int] = None,
+    truncate: bool = False,
+    **kwargs,
+):
     """Yield the StepOutput of every step of a batched generation."""
     batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
-    yield from generate_step(model, batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    yield from generate_step(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    )
 
 
 def generate_tokens(model, input_ids, attention_mask=None, max_new_tokens: int = 64, **kwargs) -> List[List[int]]:
@@ -93,17 +116,26 @@ def generate_tokens(model, input_ids, attention_mask=None, max_new_tokens: int =
     return rows if kwargs.get("ignore_eos", False) else cut_after_eos(rows, eos)
 
 
-def generate(model, tokenizer, prompts: Union[str, Sequence[str]], max_new_tokens: int = 64,
-             max_input_tokens: Optional[int] = None, truncate: bool = False, num_beams: int = 1,
-             return_result: bool = False, **kwargs):
+def generate(
+    model,
+    tokenizer,
+    prompts: Union[str, Sequence[str]],
+    max_new_tokens: int = 64,
+    max_input_tokens: Optional[int] = None,
+    truncate: bool = False,
+    num_beams: int = 1,
+    return_result: bool = False,
+    **kwargs,
+):
     """Generate for a prompt or a list of prompts; returns the decoded strings (or a GenerationResult)."""
     single = isinstance(prompts, str)
     check_num_beams(num_beams)
     batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
     kw = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
     if num_beams > 1:
-        tokens = beam_search(model, batch.input_ids, batch.attention_mask, num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, **kw)
+        tokens = beam_search(
+            model, batch.input_ids, batch.attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens, **kw
+        )
     else:
         # Beam-only settings mean nothing for one beam; the n-gram ban becomes a logits processor.
         kw.pop("length_penalty", None)

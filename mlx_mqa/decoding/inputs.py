@@ -20,8 +20,9 @@ class Encoded:
     lengths: List[int]
 
 
-def encode_prompts(tokenizer, prompts: Union[str, Sequence[str]], max_input_tokens: Optional[int] = None,
-                   truncate: bool = False) -> Encoded:
+def encode_prompts(
+    tokenizer, prompts: Union[str, Sequence[str]], max_input_tokens: Optional[int] = None, truncate: bool = False
+) -> Encoded:
     """Tokenize (right padding). Empty prompts and over-long ones (unless `truncate`) are errors."""
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -35,8 +36,10 @@ def encode_prompts(tokenizer, prompts: Union[str, Sequence[str]], max_input_toke
         too_long = [(i, len(t)) for i, t in enumerate(ids) if len(t) > max_input_tokens]
         if too_long and not truncate:
             i, n = too_long[0]
-            raise InputError(f"prompt {i} has {n} tokens, more than max_input_tokens={max_input_tokens}; "
-                             f"pass truncate=True (--truncate) or raise the limit")
+            raise InputError(
+                f"prompt {i} has {n} tokens, more than max_input_tokens={max_input_tokens}; "
+                f"pass truncate=True (--truncate) or raise the limit"
+            )
         eos = tokenizer.eos_token_id
         ids = [t if len(t) <= max_input_tokens else t[: max_input_tokens - 1] + [eos] for t in ids]
     return pad_batch(ids, tokenizer.pad_token_id or 0)

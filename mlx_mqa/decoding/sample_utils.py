@@ -21,8 +21,9 @@ def greedy(logprobs: mx.array) -> mx.array:
     return mx.argmax(logprobs, axis=-1)
 
 
-def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, min_tokens_to_keep: int = 1,
-                 top_k: int = 0) -> Sampler:
+def make_sampler(
+    temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, min_tokens_to_keep: int = 1, top_k: int = 0
+) -> Sampler:
     """mlx-lm's `make_sampler`: greedy at temp 0, else temperature sampling after top-p / min-p / top-k
     filtering. Draws use MLX's global random state: `mx.random.seed(s)` makes them reproducible."""
     if temp == 0:
@@ -33,8 +34,11 @@ def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0, min_
     return mlx_lm_sampler(temp, top_p, min_p, min_tokens_to_keep, top_k)
 
 
-def make_logits_processors(logit_bias: Optional[Dict[int, float]] = None, repetition_penalty: Optional[float] = None,
-                           repetition_context_size: Optional[int] = 20) -> List[LogitsProcessor]:
+def make_logits_processors(
+    logit_bias: Optional[Dict[int, float]] = None,
+    repetition_penalty: Optional[float] = None,
+    repetition_context_size: Optional[int] = 20,
+) -> List[LogitsProcessor]:
     """mlx-lm's `make_logits_processors` (logit bias, repetition penalty) for batched histories."""
     if not logit_bias and not repetition_penalty:
         return []

@@ -34,14 +34,18 @@ def check_decode_inputs(model, input_ids: mx.array, attention_mask: Optional[mx.
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise InputError(f"max_new_tokens must be a positive integer, got {max_steps!r}")
     if input_ids.ndim != 2 or input_ids.size == 0 or not mx.issubdtype(input_ids.dtype, mx.integer):
-        raise InputError(f"input_ids must be a non-empty [batch, length] integer array, got shape {input_ids.shape} "
-                         f"{input_ids.dtype}")
+        raise InputError(
+            f"input_ids must be a non-empty [batch, length] integer array, got shape {input_ids.shape} "
+            f"{input_ids.dtype}"
+        )
     lo, hi = mx.min(input_ids).item(), mx.max(input_ids).item()
     vocab = model.args.vocab_size
     if lo < 0 or hi >= vocab:
         bad = hi if hi >= vocab else lo
-        raise InputError(f"token id {bad} is outside the model's vocabulary (vocab_size {vocab}); "
-                         "is the tokenizer the one of this model?")
+        raise InputError(
+            f"token id {bad} is outside the model's vocabulary (vocab_size {vocab}); "
+            "is the tokenizer the one of this model?"
+        )
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise InputError(f"attention_mask has shape {attention_mask.shape}, input_ids {input_ids.shape}")
@@ -57,8 +61,15 @@ class DecodeState:
     at B rows, shared by the beams of each input. At most `max_steps` steps fit its caches.
     """
 
-    def __init__(self, model, input_ids: mx.array, attention_mask: Optional[mx.array], max_steps: int,
-                 compiled: bool = True, beams: int = 1):
+    def __init__(
+        self,
+        model,
+        input_ids: mx.array,
+        attention_mask: Optional[mx.array],
+        max_steps: int,
+        compiled: bool = True,
+        beams: int = 1,
+    ):
         check_decode_inputs(model, input_ids, attention_mask, max_steps)
         self.model = model
         self.max_steps = max_steps
@@ -93,9 +104,15 @@ class DecodeState:
         step = compiled_decode_step(self.model)
         offset = self.cache[0].offset
         try:
-            logits, keys, values = step(y[:, None], offset, [c.keys for c in self.cache],
-                                        [c.values for c in self.cache], [c.keys for c in self.cross],
-                                        [c.values for c in self.cross], self.attention_mask)
+            logits, keys, values = step(
+                y[:, None],
+                offset,
+                [c.keys for c in self.cache],
+                [c.values for c in self.cache],
+                [c.keys for c in self.cross],
+                [c.values for c in self.cross],
+                self.attention_mask,
+            )
         except BaseException:
             # A trace that fails leaves placeholders in the model: put its arrays back, retrace next time.
             self.model.update(self._parameters)

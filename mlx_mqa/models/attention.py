@@ -13,11 +13,11 @@ from typing import Optional
 import mlx.core as mx
 
 # Most attention scores materialised at once on CPU (elements): 2**26 floats = 256 MiB.
-SCORES_CHUNK = 2 ** 26
+SCORES_CHUNK = 2**26
 # From this many scores on (16 MiB), CPU attention is split in two blocks that run in parallel.
-PARALLEL_SCORES = 2 ** 22
+PARALLEL_SCORES = 2**22
 # Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
-FEW_SCORES = 2 ** 16
+FEW_SCORES = 2**16
 LOG2E = math.log2(math.e)
 
 
@@ -44,9 +44,9 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -
     # each stream on its own thread, and its elementwise CPU ops (the softmax) are single-threaded.
     blocks = []
     for n, i in enumerate(range(0, L, rows)):
-        m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i:i + rows, :]
+        m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i : i + rows, :]
         with mx.stream(_cpu_streams()[n % 2]):
-            blocks.append(_grouped_attention(q[:, :, i:i + rows], k, v, m))
+            blocks.append(_grouped_attention(q[:, :, i : i + rows], k, v, m))
     return mx.concatenate(blocks, axis=2)
 
 

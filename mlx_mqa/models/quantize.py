@@ -8,9 +8,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ..errors import ConfigError
 from .config import ModelArgs
 from .t5 import Model
-from ..errors import ConfigError
 
 
 def quantizable(path: str, module: nn.Module, group_size: int) -> bool:
@@ -35,8 +35,14 @@ def _many_rows_on_cpu(x: mx.array) -> bool:
 
 
 def _dequantized(module) -> mx.array:
-    return mx.dequantize(module["weight"], module["scales"], module.get("biases"), group_size=module.group_size,
-                         bits=module.bits, mode=module.mode)
+    return mx.dequantize(
+        module["weight"],
+        module["scales"],
+        module.get("biases"),
+        group_size=module.group_size,
+        bits=module.bits,
+        mode=module.mode,
+    )
 
 
 class QuantizedLinear(nn.QuantizedLinear):
@@ -54,8 +60,9 @@ class QuantizedEmbedding(nn.QuantizedEmbedding):
         return x @ _dequantized(self).astype(x.dtype).T
 
 
-def quantize_model(model: nn.Module, bits: int, group_size: int,
-                   only: Optional[Callable[[str], bool]] = None) -> nn.Module:
+def quantize_model(
+    model: nn.Module, bits: int, group_size: int, only: Optional[Callable[[str], bool]] = None
+) -> nn.Module:
     """Quantize in place: the layers `quantizable` selects, or (loading) exactly those `only` names."""
     if bits not in (2, 3, 4, 5, 6, 8):
         raise ConfigError(f"unsupported --q-bits {bits}")

@@ -87,8 +87,9 @@ class T5Attention(nn.Module):
         v = self.v(x).reshape(B, L, self.n_kv_heads, self.d_kv).transpose(0, 2, 1, 3)
         return k, v
 
-    def __call__(self, x: mx.array, mask: Optional[mx.array], cache: Optional[KVCache] = None,
-                 cross: Optional[CrossKV] = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, mask: Optional[mx.array], cache: Optional[KVCache] = None, cross: Optional[CrossKV] = None
+    ) -> mx.array:
         B, L, _ = x.shape
         q = self.q(x).reshape(B, L, self.n_heads, self.d_kv).transpose(0, 2, 1, 3)
         if cross is not None:
@@ -145,8 +146,13 @@ def _apply_wo(wo: nn.Module, h: mx.array) -> mx.array:
 
 
 def _activation(name: str):
-    acts = {"relu": nn.relu, "gelu_new": nn.gelu_approx, "gelu": nn.gelu, "silu": nn.silu,
-            "gelu_pytorch_tanh": nn.gelu_approx}
+    acts = {
+        "relu": nn.relu,
+        "gelu_new": nn.gelu_approx,
+        "gelu": nn.gelu,
+        "silu": nn.silu,
+        "gelu_pytorch_tanh": nn.gelu_approx,
+    }
     if name not in acts:
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(acts)}")
     return acts[name]
@@ -261,9 +267,14 @@ class Model(nn.Module):
         kvs = [b.layer[1].EncDecAttention.project_kv(encoder_out) for b in self.decoder.block]
         return [CrossKV(mx.contiguous(k), mx.contiguous(v)) for k, v in kvs]
 
-    def decode(self, decoder_input_ids: mx.array, cross: Sequence[CrossKV],
-               encoder_attention_mask: Optional[mx.array] = None,
-               cache: Optional[Sequence[KVCache]] = None, return_hidden: bool = False) -> mx.array:
+    def decode(
+        self,
+        decoder_input_ids: mx.array,
+        cross: Sequence[CrossKV],
+        encoder_attention_mask: Optional[mx.array] = None,
+        cache: Optional[Sequence[KVCache]] = None,
+        return_hidden: bool = False,
+    ) -> mx.array:
         x = self.shared(decoder_input_ids)
         T = decoder_input_ids.shape[1]
         offset = cache[0].offset if cache is not None else 0
@@ -284,11 +295,12 @@ class Model(nn.Module):
 
     def lm_logits(self, hidden: mx.array) -> mx.array:
         if self.args.tie_word_embeddings:
-            return self.shared.as_linear(hidden * (self.args.d_model ** -0.5))
+            return self.shared.as_linear(hidden * (self.args.d_model**-0.5))
         return self.lm_head(hidden)
 
-    def __call__(self, input_ids: mx.array, decoder_input_ids: mx.array,
-                 attention_mask: Optional[mx.array] = None) -> mx.array:
+    def __call__(
+        self, input_ids: mx.array, decoder_input_ids: mx.array, attention_mask: Optional[mx.array] = None
+    ) -> mx.array:
         enc = self.encode(input_ids, attention_mask)
         return self.decode(decoder_input_ids, self.cross_kv(enc), attention_mask)
 

@@ -1,7 +1,6 @@
 """Conversion from every checkpoint format, and bad input refused cleanly with nothing left behind."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +12,9 @@ import pytest
 import torch
 
 from mlx_mqa import load, load_model
-from mlx_mqa.conversion import convert
-from mlx_mqa.errors import CheckpointError, ConfigError
 from mlx_mqa.checkpoint.random_init import random_t5_weights, save_random_checkpoint
+from mlx_mqa.conversion import convert
+from mlx_mqa.errors import CheckpointError
 from tests.helpers import batch, t5_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,8 +41,9 @@ def test_single_sharded_and_bin_convert_to_the_same_model(tmp_path, small_cfg, t
     assert (sharded / "model.safetensors.index.json").exists() and len(list(sharded.glob("*.safetensors"))) == 3
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    torch.save({k: torch.from_numpy(v) for k, v in random_t5_weights(small_cfg, 1).items()},
-               bin_dir / "pytorch_model.bin")
+    torch.save(
+        {k: torch.from_numpy(v) for k, v in random_t5_weights(small_cfg, 1).items()}, bin_dir / "pytorch_model.bin"
+    )
     shutil.copy(single / "config.json", bin_dir)
     tokenizer.save_pretrained(str(bin_dir))
     outs = []
@@ -109,8 +109,7 @@ def test_not_a_t5_config(tmp_path):
 def test_truncated_weights_are_refused(tmp_path, small_cfg, tokenizer, fmt):
     src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
     if fmt == "bin":
-        torch.save({k: torch.from_numpy(v) for k, v in random_t5_weights(small_cfg).items()},
-                   src / "pytorch_model.bin")
+        torch.save({k: torch.from_numpy(v) for k, v in random_t5_weights(small_cfg).items()}, src / "pytorch_model.bin")
         (src / "model.safetensors").unlink()
     f = src / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
     data = f.read_bytes()

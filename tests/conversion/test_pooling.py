@@ -33,14 +33,21 @@ def grouped_reference(path, G, pool="mean", groups_in="decoder"):
 def logits(model_or_hf, ids, mask, dec):
     if isinstance(model_or_hf, torch.nn.Module):
         with torch.no_grad():
-            return model_or_hf(input_ids=torch.tensor(ids, dtype=torch.long),
-                               attention_mask=torch.tensor(mask, dtype=torch.long),
-                               decoder_input_ids=torch.tensor(dec, dtype=torch.long), use_cache=False).logits.numpy()
+            return model_or_hf(
+                input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long),
+                decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+                use_cache=False,
+            ).logits.numpy()
     return np.array(model_or_hf(mx.array(ids), mx.array(dec), mx.array(mask)))
 
 
-CASES = [(G, "mean", "decoder") for G in (1, 2, 4)] + [(G, "mean", "all") for G in (1, 2, 4)] + \
-        [(G, "first", "decoder") for G in (1, 4)] + [(2, "first", "all")]
+CASES = (
+    [(G, "mean", "decoder") for G in (1, 2, 4)]
+    + [(G, "mean", "all") for G in (1, 2, 4)]
+    + [(G, "first", "decoder") for G in (1, 4)]
+    + [(2, "first", "all")]
+)
 
 
 @pytest.mark.parametrize("G,pool,groups_in", CASES)
@@ -92,8 +99,10 @@ def test_random_pool_reinitialises_kv_deterministically(hf_checkpoint, tmp_path)
     ka = np.array(a.decoder.block[1].layer[0].SelfAttention.k.weight)
     np.testing.assert_array_equal(ka, np.array(b.decoder.block[1].layer[0].SelfAttention.k.weight))
     assert not np.allclose(ka, np.array(m.decoder.block[1].layer[0].SelfAttention.k.weight))
-    assert abs(ka.std() - 512 ** -0.5) < 0.1 * 512 ** -0.5
+    assert abs(ka.std() - 512**-0.5) < 0.1 * 512**-0.5
     # The query projections and the encoder are untouched.
-    np.testing.assert_array_equal(np.array(a.decoder.block[1].layer[0].SelfAttention.q.weight),
-                                  np.array(m.decoder.block[1].layer[0].SelfAttention.q.weight))
+    np.testing.assert_array_equal(
+        np.array(a.decoder.block[1].layer[0].SelfAttention.q.weight),
+        np.array(m.decoder.block[1].layer[0].SelfAttention.q.weight),
+    )
     assert a.args.conversion["pool"] == "random" and a.args.conversion["seed"] == 3

@@ -1,7 +1,6 @@
 """Beam search token-identical to transformers; no-repeat n-grams."""
 
 import mlx.core as mx
-import numpy as np
 import pytest
 import torch
 
@@ -30,13 +29,17 @@ def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenize
     ids, mask = batch(tokenizer)
     with torch.no_grad():
         ref = hf_model(eos_checkpoint).generate(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=30, do_sample=False, **kw)
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=30,
+            do_sample=False,
+            **kw,
+        )
     ref = strip([[t for t in r] for r in ref[:, 1:].tolist()])
     ref = [r if 1 in r else r[:30] for r in ref]
     model = load_model(eos_checkpoint, dtype="float32")
     ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=30, compiled=compiled, **kw)
-    ref = [r[: len(o)] if 1 not in r and all(t == 0 for t in r[len(o):]) else r for r, o in zip(ref, ours)]
+    ref = [r[: len(o)] if 1 not in r and all(t == 0 for t in r[len(o) :]) else r for r, o in zip(ref, ours)]
     assert ours == ref
     assert any(1 in r for r in ours), "some beam should finish with EOS"
 
@@ -45,8 +48,11 @@ def test_greedy_rows_stop_at_their_own_eos_like_transformers(eos_checkpoint, tok
     ids, mask = batch(tokenizer)
     with torch.no_grad():
         ref = hf_model(eos_checkpoint).generate(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=40, do_sample=False)
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=40,
+            do_sample=False,
+        )
     ref = strip(ref[:, 1:].tolist())
     ours = generate_tokens(load_model(eos_checkpoint, dtype="float32"), mx.array(ids), mx.array(mask), 40)
     assert ours == ref
@@ -55,28 +61,42 @@ def test_greedy_rows_stop_at_their_own_eos_like_transformers(eos_checkpoint, tok
 
 def test_generate_with_beams_returns_text(eos_checkpoint, tokenizer):
     model = load_model(eos_checkpoint, dtype="float32")
-    texts = generate(model, tokenizer, PROMPTS, max_new_tokens=10, num_beams=4, length_penalty=2.0,
-                     no_repeat_ngram_size=3, early_stopping=True)
+    texts = generate(
+        model,
+        tokenizer,
+        PROMPTS,
+        max_new_tokens=10,
+        num_beams=4,
+        length_penalty=2.0,
+        no_repeat_ngram_size=3,
+        early_stopping=True,
+    )
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
 def test_one_beam_equals_greedy(eos_checkpoint, tokenizer):
     model = load_model(eos_checkpoint, dtype="float32")
     ids, mask = batch(tokenizer)
-    assert beam_search(model, mx.array(ids), mx.array(mask), num_beams=1, max_new_tokens=20) == \
-        generate_tokens(model, mx.array(ids), mx.array(mask), 20)
+    assert beam_search(model, mx.array(ids), mx.array(mask), num_beams=1, max_new_tokens=20) == generate_tokens(
+        model, mx.array(ids), mx.array(mask), 20
+    )
 
 
 def test_greedy_no_repeat_ngram_matches_transformers(eos_checkpoint, tokenizer):
     ids, mask = batch(tokenizer)
     with torch.no_grad():
         ref = hf_model(eos_checkpoint).generate(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=30, do_sample=False, no_repeat_ngram_size=2)
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=30,
+            do_sample=False,
+            no_repeat_ngram_size=2,
+        )
     ref = strip(ref[:, 1:].tolist())
     model = load_model(eos_checkpoint, dtype="float32")
-    res = generate(model, tokenizer, PROMPTS, max_new_tokens=30, no_repeat_ngram_size=2, length_penalty=2.0,
-                   return_result=True)
+    res = generate(
+        model, tokenizer, PROMPTS, max_new_tokens=30, no_repeat_ngram_size=2, length_penalty=2.0, return_result=True
+    )
     ref = [r if 1 in r else r[:30] for r in ref]
     ref = [r[: len(o)] if 1 not in r else r for r, o in zip(ref, res.tokens)]
     assert res.tokens == ref

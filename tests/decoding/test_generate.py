@@ -1,22 +1,25 @@
 """Greedy decoding against transformers' generate, and the streaming API."""
 
 import mlx.core as mx
-import numpy as np
 import pytest
 import torch
 
-import mlx_mqa
 from mlx_mqa import generate, generate_step, load_model, stream_generate
-from mlx_mqa.errors import InputError
 from mlx_mqa.decoding.generate import generate_tokens
+from mlx_mqa.errors import InputError
 from tests.helpers import PROMPTS, batch, hf_model
 
 
 def hf_greedy(hf, ids, mask, n):
     with torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
-                          attention_mask=torch.tensor(mask, dtype=torch.long), max_new_tokens=n, num_beams=1,
-                          do_sample=False, min_new_tokens=0)
+        out = hf.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=n,
+            num_beams=1,
+            do_sample=False,
+            min_new_tokens=0,
+        )
     rows = []
     for r in out[:, 1:].tolist():  # drop decoder_start
         rows.append(r[: r.index(1) + 1] if 1 in r else r)
@@ -62,7 +65,7 @@ def test_per_row_eos_stop_and_padding(hf_checkpoint, tokenizer):
     steps = list(generate_step(model, mx.array(ids), mx.array(mask), max_new_tokens=10, eos_token_id=fake_eos))
     row0 = [s.tokens[0] for s in steps]
     assert row0[: row0.index(fake_eos) + 1] == free[0][: free[0].index(fake_eos) + 1]
-    assert all(t == 0 for t in row0[row0.index(fake_eos) + 1:])
+    assert all(t == 0 for t in row0[row0.index(fake_eos) + 1 :])
     assert steps[-1].finished[0]
     assert eos != fake_eos
 
@@ -80,6 +83,5 @@ def test_empty_and_overlong_prompts_are_refused(hf_checkpoint, tokenizer):
         generate(model, tokenizer, ["summarize: a", "   "])
     with pytest.raises(InputError, match="max_input_tokens=8"):
         generate(model, tokenizer, PROMPTS, max_input_tokens=8)
-    out = generate(model, tokenizer, PROMPTS, max_input_tokens=8, truncate=True, max_new_tokens=3,
-                   return_result=True)
+    out = generate(model, tokenizer, PROMPTS, max_input_tokens=8, truncate=True, max_new_tokens=3, return_result=True)
     assert max(out.prompt_tokens) == 8

@@ -11,8 +11,9 @@ def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
     from mlx_mqa.models.attention import attention
 
     rng = np.random.default_rng(B * H + G + L)
-    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
-               [(B, H, L, 16), (B, G, S, 16), (B, G, S, 16)])
+    q, k, v = (
+        mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(B, H, L, 16), (B, G, S, 16), (B, G, S, 16)]
+    )
     for mask in [None, (1, H, L, S), (B, 1, 1, S), (B, H, L, S)]:
         m = None if mask is None else mx.array(rng.standard_normal(mask).astype(np.float32))
         ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=m)
@@ -23,15 +24,18 @@ def test_attention_in_query_chunks_is_exact(monkeypatch):
     import mlx_mqa.models.attention as m
 
     rng = np.random.default_rng(5)
-    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
-               [(2, 8, 37, 16), (2, 2, 37, 16), (2, 2, 37, 16)])
-    masks = [mx.array(rng.standard_normal((1, 8, 37, 37)).astype(np.float32)),
-             mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32))]
+    q, k, v = (
+        mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(2, 8, 37, 16), (2, 2, 37, 16), (2, 2, 37, 16)]
+    )
+    masks = [
+        mx.array(rng.standard_normal((1, 8, 37, 37)).astype(np.float32)),
+        mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32)),
+    ]
     whole = [np.array(m.attention(q, k, v, mask)) for mask in masks]
     monkeypatch.setattr(m, "SCORES_CHUNK", 2 * 8 * 37 * 5)  # 5 query rows per chunk
     for mask, ref in zip(masks, whole):
         np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
-    monkeypatch.setattr(m, "SCORES_CHUNK", 2 ** 26)
+    monkeypatch.setattr(m, "SCORES_CHUNK", 2**26)
     monkeypatch.setattr(m, "PARALLEL_SCORES", 1)  # two row blocks on two CPU streams
     for mask, ref in zip(masks, whole):
         np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
@@ -63,8 +67,9 @@ def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
     import mlx_mqa.models.attention as m
 
     rng = np.random.default_rng(11)
-    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in
-               [(2, 4, 12, 8), (2, 2, 12, 8), (2, 2, 12, 8)])
+    q, k, v = (
+        mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(2, 4, 12, 8), (2, 2, 12, 8), (2, 2, 12, 8)]
+    )
     bias = mx.array(rng.standard_normal((1, 4, 12, 12)).astype(np.float32))
 
     def loss(q, k, v):
@@ -77,7 +82,7 @@ def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
     grad = mx.grad(loss, argnums=(0, 1, 2))
     ref = [np.array(g) for g in mx.grad(ref_loss, argnums=(0, 1, 2))(q, k, v)]
     monkeypatch.setattr(m, "FEW_SCORES", 1)
-    for parallel in (2 ** 22, 1):
+    for parallel in (2**22, 1):
         monkeypatch.setattr(m, "PARALLEL_SCORES", parallel)
         for g, r in zip(grad(q, k, v), ref):
             np.testing.assert_allclose(np.array(g), r, rtol=0, atol=1e-4 * np.abs(r).max())

@@ -1,10 +1,8 @@
-import json
-
 import pytest
 
-from mlx_mqa.models.config import ModelArgs
 from mlx_mqa.checkpoint.hf import fix_feed_forward
 from mlx_mqa.errors import CheckpointError, ConfigError
+from mlx_mqa.models.config import ModelArgs
 from tests.helpers import t5_config
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mlx_mqa import load_model
+from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 from mlx_mqa.conversion import convert
 from mlx_mqa.decoding.generate import generate_tokens
-from mlx_mqa.checkpoint.random_init import save_random_checkpoint
 from tests.helpers import batch, t5_config
 
 
@@ -41,8 +41,9 @@ def test_float16_ffn_overflow_is_contained(tmp_path, tokenizer):
 
     hf = T5ForConditionalGeneration.from_pretrained(str(src), dtype=torch.float16).eval()
     with torch.no_grad():
-        enc = hf.encoder(input_ids=torch.tensor(ids, dtype=torch.long),
-                         attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+        enc = hf.encoder(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)
+        ).last_hidden_state
     assert torch.isfinite(enc).all()  # transformers stays finite here...
     # In float32 the first FFN's output really exceeds float16's range.
     m32 = load_model(src, dtype="float32")
@@ -50,8 +51,9 @@ def test_float16_ffn_overflow_is_contained(tmp_path, tokenizer):
     from mlx_mqa.models.attention import padding_mask
 
     x = m32.shared(mx.array(ids))
-    bias = enc_block.layer[0].SelfAttention.position_bias(ids.shape[1], ids.shape[1]) + \
-        padding_mask(mx.array(mask), mx.float32)
+    bias = enc_block.layer[0].SelfAttention.position_bias(ids.shape[1], ids.shape[1]) + padding_mask(
+        mx.array(mask), mx.float32
+    )
     h = enc_block.layer[0](x, bias)
     ffn_out = enc_block.layer[1].DenseReluDense(enc_block.layer[1].layer_norm(h))
     assert float(mx.abs(ffn_out).max()) > 65504

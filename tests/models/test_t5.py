@@ -12,8 +12,12 @@ from tests.helpers import PROMPTS, VARIANTS, batch, hf_model
 
 def reference_logits(hf, ids, mask, dec):
     with torch.no_grad():
-        return hf(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                  decoder_input_ids=torch.tensor(dec, dtype=torch.long), use_cache=False).logits.numpy()
+        return hf(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+            use_cache=False,
+        ).logits.numpy()
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -39,7 +43,7 @@ def test_padded_rows_equal_each_input_alone(hf_checkpoint, tokenizer):
     together = np.array(model(mx.array(ids), dec, mx.array(mask)))
     for i in range(len(PROMPTS)):
         n = int(mask[i].sum())
-        alone = np.array(model(mx.array(ids[i:i + 1, :n]), dec[i:i + 1]))
+        alone = np.array(model(mx.array(ids[i : i + 1, :n]), dec[i : i + 1]))
         np.testing.assert_allclose(together[i], alone[0], atol=1e-4 * np.abs(alone).max(), rtol=0)
 
 
