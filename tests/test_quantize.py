@@ -54,7 +54,7 @@ def test_quantized_loads_with_tokenizer_and_generates(source, tmp_path):
 
 
 def test_logits_agreement_measure(source, tokenizer, tmp_path):
-    from mlx_mqa.agreement import logits_agreement
+    from mlx_mqa.bench.agreement import logits_agreement
 
     docs = ["summarize: " + p for p in PROMPTS]
     sums = ["The cat watched the dog.", "Stocks fell.", "Palestine joined the court."]

@@ -7,7 +7,7 @@ from typing import Dict, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .generate import pad_batch
+from ..decoding.inputs import pad_batch
 
 
 def logits_agreement(model, reference, tokenizer, documents: Sequence[str], summaries: Sequence[str],

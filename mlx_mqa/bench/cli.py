@@ -1,37 +1,41 @@
-#!/usr/bin/env python
-"""Speed, memory and ROUGE of MHA vs GQA vs MQA T5 in MLX, side by side with the PyTorch reference."""
+"""`python -m mlx_mqa.bench` (and `python bench.py`): speed, memory and ROUGE of MHA vs GQA vs MQA T5 in MLX,
+side by side with the PyTorch reference."""
+
+from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import click
 
-import mlx_mqa  # noqa: F401  (loads the optimized BLAS before anything imports mlx.core)
-from mlx_mqa.errors import MlxMqaError
+from ..cli import CONTEXT, fail
+from ..errors import MlxMqaError
+from . import report
+from .config import BenchConfig
+from .runner import run
+from .speed import parse_ints, parse_lengths
 
 PRESETS = {
     # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
-    "quick": dict(batch_sizes="1,4", lengths="256x32", datasets="bundled:cnn_dailymail", limit=6,
-                  quality_lengths="512x32"),
+    "quick": {"batch_sizes": "1,4", "lengths": "256x32", "datasets": "bundled:cnn_dailymail", "limit": 6,
+              "quality_lengths": "512x32"},
     # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
-    "paper": dict(batch_sizes="1", lengths="512x256,2048x512", datasets="cnn_dailymail,arxiv,pubmed", limit=None,
-                  quality_lengths=None),
+    "paper": {"batch_sizes": "1", "lengths": "512x256,2048x512", "datasets": "cnn_dailymail,arxiv,pubmed",
+              "limit": None, "quality_lengths": None},
 }
+QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 
 
-def _fail(e):
-    click.echo(f"error: {e}", err=True)
-    raise SystemExit(getattr(e, "exit_code", 2))
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(context_settings=CONTEXT)
 @click.option("--model", default="random:t5-small", show_default=True,
               help="Multi-head T5 checkpoint: hub id (google/t5-base), local Hugging Face directory, or "
                    "random:<shape> for deterministic random weights of a real shape "
                    "(t5-small, t5-base, t5-large, flan-t5-*, t5-v1_1-large, t5-large-lm-adapt).")
 @click.option("--layers", type=int, default=None,
-              help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo run without --model).")
+              help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo "
+                   "run without --model).")
 @click.option("--kv-heads", default=None,
               help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
                    "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.")
@@ -42,9 +46,9 @@ def _fail(e):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Weights and activations, MLX and PyTorch alike. Default: float32 on CPU, bfloat16 on a GPU.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="quick", show_default=True,
-              help="quick: speed at 256->32, batch 1 and 4, and 6 bundled CNN/DailyMail examples at 512->32. paper: speed "
-                   "at 512->256 and 2048->512, "
-                   "quality on cnn_dailymail (512->256), arxiv and pubmed (2048->512) from the hub, greedy. "
+              help="quick: speed at 256->32, batch 1 and 4, and 6 bundled CNN/DailyMail examples at 512->32. "
+                   "paper: speed at 512->256 and 2048->512, quality on cnn_dailymail (512->256), arxiv and "
+                   "pubmed (2048->512) from the hub, greedy. "
                    "Options given explicitly override the preset.")
 @click.option("--batch-sizes", default=None, help="Comma list of batch sizes for the speed sweep [preset].")
 @click.option("--lengths", default=None, help="Speed sweep INPUTxOUTPUT token lengths, comma list, e.g. "
@@ -53,7 +57,8 @@ def _fail(e):
 @click.option("--repeats", type=int, default=3, show_default=True,
               help="Timed runs per variant and setting, interleaved across variants; medians with min-max.")
 @click.option("--speed/--no-speed", default=True, show_default=True, help="Run the speed sweep.")
-@click.option("--quality/--no-quality", default=True, show_default=True, help="Run generation + ROUGE.")
+@click.option("--quality/--no-quality", default=True, show_default=True,
+              help="Run generation + ROUGE (needs rouge-score and nltk: pip install 'mlx-mqa[bench]').")
 @click.option("--dataset", default=None,
               help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (streamed from the hub), or bundled:<name> for "
                    "the few real examples shipped with mlx_mqa (offline) [preset].")
@@ -72,24 +77,25 @@ def _fail(e):
               help="Beam width(s) for the quality runs, comma list: e.g. 1,4 runs greedy and 4-beam search on the "
                    "same examples (time per sample and ROUGE of each); speed runs are always greedy.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% intervals.")
-@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True, help="Run the PyTorch reference.")
+@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
+              help="Run the PyTorch reference (needs torch: pip install 'mlx-mqa[torch]').")
 @click.option("--torch-device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="auto: mps > cuda > cpu.")
 @click.option("--torch-quality", type=click.Choice(["all", "mha", "none"]), default="all", show_default=True,
               help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated), only MHA, none.")
 @click.option("--decode", "decode_path", type=click.Choice(["auto", "eager", "compiled"]), default="auto",
-              show_default=True, help="MLX decode loop for speed runs: compiled (mlx_mqa's compiled step, when "
-              "available) or eager (model.decode + KVCache).")
+              show_default=True, help="MLX decode loop for speed runs: compiled (the library's compiled step with a "
+              "fixed-capacity cache; auto) or eager (model.decode + KVCache).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory [results/bench-YYYYmmdd-HHMMSS].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Random checkpoints and conversions are cached here [$MLX_MQA_CACHE or ~/.cache/mlx_mqa].")
-@click.option("--plots/--no-plots", default=True, show_default=True)
+              help="Random checkpoints and conversions are cached here [$MLX_MQA_CACHE, else "
+                   "$XDG_CACHE_HOME/mlx_mqa, else ~/.cache/mlx_mqa].")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="Figures (matplotlib; without it they are skipped with a note).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
-def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_sizes, lengths, warmup, repeats, speed,
-         quality, dataset, data_files, split, limit, prefix, quality_lengths, quality_batch_size, num_beams, bootstrap,
-         use_torch, torch_device, torch_quality, decode_path, seed, out, cache_dir, plots, progress):
+def main(**opts):
     """Benchmark T5 with multi-head, grouped-query and multi-query attention (Ainslie et al. 2023).
 
     One multi-head checkpoint is converted (mean-pooled K/V, cached) to every --kv-heads value and
@@ -105,88 +111,73 @@ def main(model, layers, kv_heads, quantize, q_group_size, dtype, preset, batch_s
 
     \b
     Examples:
-      python bench.py
+      python bench.py                      # or: python -m mlx_mqa.bench
       python bench.py --model random:t5-base --kv-heads 12,4,1 --batch-sizes 1,8,16 --lengths 2048x64 \\
           --repeats 1 --no-quality
       python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --quantize 8,4
       python bench.py --model ./t5-dir --data articles.jsonl --quality-lengths 1024x128 --no-speed
     """
-    from mlx_mqa import report
-    from mlx_mqa.benchmark import parse_ints, parse_lengths
-    from mlx_mqa.suite import BenchConfig, run
-
-    p = PRESETS[preset]
     cfg = None
     try:
-        # The offline demo shrinks its default model; a --model given explicitly keeps its real depth.
-        model_given = click.get_current_context().get_parameter_source("model") == click.core.ParameterSource.COMMANDLINE
-        if layers is None and preset == "quick" and model == "random:t5-small" and not model_given:
-            layers = 2
-        if dataset is None:
-            datasets = [] if data_files else [d for d in (p["datasets"] or "").split(",") if d]
-        else:
-            datasets = [d.strip() for d in dataset.split(",") if d.strip()]
-        # The quick preset's short generation is for its bundled demo; named datasets get their own lengths.
-        ql = quality_lengths if quality_lengths is not None else p["quality_lengths"] if dataset is None else None
-        cfg = BenchConfig(
-            model=model, layers=layers, seed=seed, kv_heads=kv_heads,
-            quantize=parse_ints(quantize, "--quantize") if quantize else (), q_group_size=int(q_group_size),
-            dtype=dtype, torch=use_torch, torch_device=torch_device, torch_quality=torch_quality,
-            batch_sizes=parse_ints(batch_sizes or p["batch_sizes"], "--batch-sizes"),
-            lengths=parse_lengths(lengths or p["lengths"]), warmup=warmup, repeats=repeats, speed=speed,
-            quality=quality, datasets=datasets, data_files=list(data_files), split=split,
-            limit=limit if limit is not None else p["limit"], prefix=prefix,
-            quality_lengths=parse_lengths(ql)[0] if ql else None, quality_batch_size=quality_batch_size,
-            num_beams=parse_ints(num_beams, "--num-beams"), bootstrap=bootstrap, decode_path=decode_path,
-            out=out or time.strftime("results/bench-%Y%m%d-%H%M%S"), cache_dir=cache_dir, plots=plots,
-            progress=progress, command="python bench.py " + " ".join(sys.argv[1:]))
-        if cfg.quantize and any(b not in (2, 3, 4, 5, 6, 8) for b in cfg.quantize):
-            raise click.BadParameter("bit widths must be among 2, 3, 4, 5, 6, 8", param_hint="--quantize")
+        cfg = build_config(click.get_current_context(), opts)
         started = time.perf_counter()
         res = run(cfg, log=lambda m: click.echo(f"[bench] {m}", err=True))
-    except ValueError as e:
-        _fail(e)
-    except MlxMqaError as e:
-        _fail(e)
+    except (ValueError, MlxMqaError) as e:
+        fail(e)
     except KeyboardInterrupt:
-        saved = Path(cfg.out) / "results.json" if cfg is not None else None
-        click.echo("interrupted" + (f"; the settings finished so far are in {saved} (\"complete\": false)"
-                                    if saved is not None and saved.exists() else ""), err=True)
-        raise SystemExit(130)
-
-    env = res["environment"]
-    prov = res["model"]["provenance"]
-    random_weights = prov["kind"] == "random"
-    click.echo(f"\nmodel {res['model']['spec']} ({'RANDOM weights, seed ' + str(prov['random_weights_seed']) if random_weights else 'real checkpoint'}), "
-               f"dtype {res['model']['dtype']}, MLX {env['packages'].get('mlx')} on {env['mlx_device']}"
-               + (f", PyTorch {env['packages'].get('torch')} on {env['torch_device']}" if env["torch_device"] else "")
-               + f", BLAS {env['blas'] or 'bundled'}, {env['cpu']} ({env['cpu_count']} cores)")
-    if res["speed"]:
-        click.echo("\nSpeed (medians; decode step [min-max]; speedups vs MHA of the same backend):")
-        click.echo(report.speed_table(res["speed"]))
-        click.echo("\nMemory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
-                   "predicted speedup = traffic(MHA) / traffic(G):")
-        click.echo(report.traffic_table(res["speed"]))
-        if res["mlx_vs_torch"]:
-            click.echo("\nMLX vs PyTorch, multi-head, time per sample:")
-            click.echo(report.mlx_vs_torch_lines(res["mlx_vs_torch"]))
-    if res["quality"]:
-        click.echo("\nQuality (ROUGE F1 %, bootstrap 95% CI):")
-        if random_weights:
-            click.echo("!! " + report.RANDOM_ROUGE_WARNING)
-        click.echo(report.quality_table(res["quality"]))
-        parity = report.mha_parity_lines(res["quality"])
-        if parity:
-            click.echo(parity)
-        if random_weights:
-            click.echo("!! " + report.RANDOM_ROUGE_WARNING)
-    if res.get("quantization_agreement"):
-        click.echo("\nQuantized vs float logits (teacher-forced on the reference summaries):")
-        click.echo(report.agreement_table(res["quantization_agreement"]))
-    click.echo(f"\nwrote {cfg.out}/: " + ", ".join(v for k, v in res["files"].items() if isinstance(v, str)))
+        interrupted(cfg)
+    click.echo(report.summary(res))
+    click.echo(f"\nwrote {cfg.out}/: " + ", ".join(v for v in res["files"].values() if isinstance(v, str)))
     click.echo(f"total {time.perf_counter() - started:.0f} s")
-    if random_weights:
+    if res["model"]["provenance"]["kind"] == "random":
         click.echo("\n" + report.REAL_CHECKPOINT_HINT)
+
+
+def command_line(ctx: click.Context) -> str:
+    """How this run was started, for results.json: `python bench.py ...` or `python -m mlx_mqa.bench ...`."""
+    prog = ctx.info_name or "bench.py"
+    return " ".join([prog if prog.startswith("python") else f"python {prog}", *sys.argv[1:]])
+
+
+def build_config(ctx: click.Context, o: dict) -> BenchConfig:
+    """The run's settings: the preset's values where no option was given explicitly."""
+    p = PRESETS[o["preset"]]
+    layers = o["layers"]
+    # The offline demo shrinks its default model; a --model given explicitly keeps its real depth.
+    model_given = ctx.get_parameter_source("model") == click.core.ParameterSource.COMMANDLINE
+    if layers is None and o["preset"] == "quick" and o["model"] == "random:t5-small" and not model_given:
+        layers = 2
+    dataset = o["dataset"]
+    if dataset is None:
+        datasets = [] if o["data_files"] else [d for d in (p["datasets"] or "").split(",") if d]
+    else:
+        datasets = [d.strip() for d in dataset.split(",") if d.strip()]
+    # The quick preset's short generation is for its bundled demo; named datasets get their own lengths.
+    ql = o["quality_lengths"] if o["quality_lengths"] is not None else \
+        p["quality_lengths"] if dataset is None else None
+    quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
+    if any(b not in QUANTIZE_BITS for b in quantize):
+        raise click.BadParameter(f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}",
+                                 param_hint="--quantize")
+    return BenchConfig(
+        model=o["model"], layers=layers, seed=o["seed"], kv_heads=o["kv_heads"], quantize=quantize,
+        q_group_size=int(o["q_group_size"]), dtype=o["dtype"], torch=o["use_torch"], torch_device=o["torch_device"],
+        torch_quality=o["torch_quality"], batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),
+        lengths=parse_lengths(o["lengths"] or p["lengths"]), warmup=o["warmup"], repeats=o["repeats"],
+        speed=o["speed"], quality=o["quality"], datasets=datasets, data_files=list(o["data_files"]), split=o["split"],
+        limit=o["limit"] if o["limit"] is not None else p["limit"], prefix=o["prefix"],
+        quality_lengths=parse_lengths(ql)[0] if ql else None, quality_batch_size=o["quality_batch_size"],
+        num_beams=parse_ints(o["num_beams"], "--num-beams"), bootstrap=o["bootstrap"], decode_path=o["decode_path"],
+        out=o["out"] or time.strftime("results/bench-%Y%m%d-%H%M%S"), cache_dir=o["cache_dir"], plots=o["plots"],
+        progress=o["progress"], command=command_line(ctx))
+
+
+def interrupted(cfg: Optional[BenchConfig]):
+    """Ctrl-C: say where the settings finished so far are (results.json is written after each one)."""
+    saved = Path(cfg.out) / "results.json" if cfg is not None else None
+    click.echo("interrupted" + (f"; the settings finished so far are in {saved} (\"complete\": false)"
+                                if saved is not None and saved.exists() else ""), err=True)
+    raise SystemExit(130)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Offline, an unknown or unreachable dataset raises `DataError` with a message tha
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -15,9 +14,10 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
 
-from .errors import InputError
+from ..errors import InputError
+from ..jsonl import read_jsonl
 
-DATA_DIR = Path(__file__).parent / "assets" / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
 BUNDLED_PREFIX = "bundled:"
 JSONL_FIELDS = ("id", "document", "summary")
 
@@ -88,7 +88,7 @@ def load_jsonl(path, limit: Optional[int] = None) -> List[Example]:
     if not path.is_file():
         raise DataError(f"--data {path}: no such file; expected JSON Lines with fields {', '.join(JSONL_FIELDS)}")
     out: List[Example] = []
-    for lineno, rec in read_jsonl(path):
+    for lineno, rec in _records(path):
         if limit is not None and len(out) >= limit:
             break
         if not isinstance(rec, dict):
@@ -109,16 +109,12 @@ def load_jsonl(path, limit: Optional[int] = None) -> List[Example]:
     return out
 
 
-def read_jsonl(path: Path) -> Iterator[Tuple[int, object]]:
-    """(1-based line number, record) for every non-empty line; bad JSON names its line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+def _records(path: Path) -> Iterator[Tuple[int, object]]:
+    """`mlx_mqa.jsonl.read_jsonl`, its errors raised as DataError (bad data for the benchmark)."""
+    try:
+        yield from read_jsonl(path)
+    except InputError as e:
+        raise DataError(str(e)) from None
 
 
 def load_bundled(name: str, limit: Optional[int] = None) -> List[Example]:

@@ -86,8 +86,8 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
         torch_ref = q["backend"] == "torch"
         ax.scatter([q["time_per_sample_s"]], [q["mean_rouge"]], marker="s" if torch_ref else "o",
                    color="tab:orange" if torch_ref else "tab:blue")
-        label = ("torch " if torch_ref else "") + q["variant"] + (f" {q['num_beams']}b" if q.get("num_beams", 1) > 1 else "") \
-            + (f" ({q['dataset']})" if several else "")
+        beams = f" {q['num_beams']}b" if q.get("num_beams", 1) > 1 else ""
+        label = ("torch " if torch_ref else "") + q["variant"] + beams + (f" ({q['dataset']})" if several else "")
         # Stagger the labels: variants of equal ROUGE and similar time would print on top of each other.
         ax.annotate(label, (q["time_per_sample_s"], q["mean_rouge"]), fontsize=7, xytext=(5, -10 + 9 * (i % 4)),
                     textcoords="offset points")

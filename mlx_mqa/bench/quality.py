@@ -1,34 +1,22 @@
 """Summarization quality of each variant: generate on real examples, score ROUGE, compare tokens.
 
-MLX variants generate through `mlx_mqa.generate`; the PyTorch reference through transformers'
-`generate`, on the very same token ids (both tokenized by `mlx_mqa.generate.encode_prompts`, so
-truncation to the input length is identical). Greedy by default; `num_beams` > 1 needs `mlx_mqa.beam`.
+MLX variants generate through `mlx_mqa.decoding.generate`; the PyTorch reference through transformers'
+`generate`, on the very same token ids (both tokenized by `mlx_mqa.decoding.inputs.encode_prompts`, so
+truncation to the input length is identical). Greedy by default; `num_beams` > 1 is beam search on both.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..decoding.generate import generate
+from ..decoding.inputs import encode_prompts
 from .data import Example
-from .errors import ConfigError
-from .rouge import METRICS, MetricSummary, score, sentence_splitter
-
-
-def beam_search_available() -> bool:
-    return importlib.util.find_spec("mlx_mqa.beam") is not None
-
-
-def check_num_beams(num_beams: int) -> None:
-    if num_beams < 1:
-        raise ConfigError("--num-beams must be at least 1")
-    if num_beams > 1 and not beam_search_available():
-        raise ConfigError("--num-beams > 1 needs beam search in MLX (mlx_mqa.beam), which this version of "
-                          "mlx_mqa does not have yet; use --num-beams 1 (greedy, the paper's setting)")
+from .rouge import METRICS, score, sentence_splitter
 
 
 @dataclass
@@ -45,16 +33,12 @@ def batches(n: int, batch_size: int) -> List[range]:
 
 
 def _encode(tokenizer, prompts: Sequence[str], max_input_tokens: int):
-    from .generate import encode_prompts
-
     return encode_prompts(tokenizer, list(prompts), max_input_tokens=max_input_tokens, truncate=True)
 
 
 def generate_mlx(model, tokenizer, prompts: Sequence[str], max_input_tokens: int, max_new_tokens: int,
                  batch_size: int = 8, num_beams: int = 1, warmup: bool = True,
                  progress: Optional[Callable[[int], None]] = None) -> Generation:
-    from .generate import generate
-
     kw = {"num_beams": num_beams} if num_beams > 1 else {}
     if warmup:
         generate(model, tokenizer, list(prompts[:batch_size]), max_new_tokens=2, max_input_tokens=max_input_tokens,
@@ -75,14 +59,16 @@ def generate_mlx(model, tokenizer, prompts: Sequence[str], max_input_tokens: int
 def generate_torch(model, tokenizer, prompts: Sequence[str], max_input_tokens: int, max_new_tokens: int,
                    batch_size: int = 8, num_beams: int = 1, device: str = "cpu", warmup: bool = True,
                    progress: Optional[Callable[[int], None]] = None) -> Generation:
-    from .torch_reference import generate, synchronize
+    from .torch_reference import generate as torch_generate
+    from .torch_reference import synchronize
 
     eos = tokenizer.eos_token_id
 
     def run(rows, n):
         enc = _encode(tokenizer, [prompts[i] for i in rows], max_input_tokens)
         mask = None if enc.attention_mask is None else np.array(enc.attention_mask)
-        return generate(model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams, eos_token_id=eos)
+        return torch_generate(model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams,
+                              eos_token_id=eos)
 
     if warmup:
         run(range(min(batch_size, len(prompts))), 2)
@@ -159,6 +145,3 @@ def evaluate(variant: str, backend: str, kv_heads: int, num_heads: int, quantize
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
         sentence_splitter=sentence_splitter(), rouge_meaningful=rouge_meaningful, predictions=preds)
 
-
-def summary_from_dict(rouge: Dict[str, Dict[str, float]]) -> Dict[str, MetricSummary]:
-    return {m: MetricSummary(**v) for m, v in rouge.items()}

@@ -45,7 +45,8 @@ def speed_table(speed: Sequence[dict]) -> str:
     rows = []
     for r in speed:
         d = r["decode_step_s"]
-        rows.append([("torch " if r["backend"] == "torch" and not r["variant"].startswith("torch") else "") + r["variant"],
+        torch_prefix = r["backend"] == "torch" and not r["variant"].startswith("torch")
+        rows.append([("torch " if torch_prefix else "") + r["variant"],
                      r["batch_size"], f"{r['input_len']}->{r['output_len']}", _ms(r["encoder_s"]["median"]),
                      f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]", _ms(r["time_per_sample_s"]["median"]),
                      f"{r['tokens_per_s']['median']:.0f}", _mb(r["peak_memory_bytes"]), _mb(r["kv_cache_bytes"]),
@@ -75,22 +76,24 @@ def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
         ratio = r["torch_over_mlx"]
         verdict = f"MLX {ratio:.2f}x faster" if ratio >= 1 else f"PyTorch {1 / ratio:.2f}x faster"
         out.append(f"B={r['batch_size']} {r['input_len']}->{r['output_len']}: MLX {r['mlx_variant']} "
-                   f"{r['mlx_time_per_sample_s']:.3f} s/sample, PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
+                   f"{r['mlx_time_per_sample_s']:.3f} s/sample, "
+                   f"PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
                    f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
                    f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)")
     return "\n".join(out)
 
 
 def quality_table(quality: Sequence[dict]) -> str:
-    headers = ["dataset", "variant", "beams", "n", "in->out"] + \
-              [{"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}[m] + " [95% CI]" for m in METRICS] + \
+    short = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
+    headers = ["dataset", "variant", "beams", "n", "in->out"] + [short[m] + " [95% CI]" for m in METRICS] + \
               ["s/sample", "tokens = torch"]
     rows = []
     for q in quality:
         name = ("torch " if q["backend"] == "torch" else "") + q["variant"]
         match = q.get("tokens_match_reference")
         m = "-" if not match else f"{match['identical']}/{match['total']}"
-        rouge = [f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]" for k in METRICS]
+        rouge = [f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]"
+                 for k in METRICS]
         rows.append([q["dataset"], name, q["num_beams"], q["n"], f"{q['input_len']}->{q['output_len']}", *rouge,
                      f"{q['time_per_sample_s']:.3f}", m])
     return _table(headers, rows, "ll" + "r" * (len(headers) - 2))
@@ -108,8 +111,8 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
             continue
         match = q.get("tokens_match_reference") or {}
         same = all(abs(q["rouge"][m]["mean"] - ref["rouge"][m]["mean"]) < 1e-9 for m in METRICS)
-        out.append(f"{q['dataset']} ({q['num_beams']} beam(s)): MLX MHA vs PyTorch MHA: tokens identical on {match.get('identical')}/"
-                   f"{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
+        out.append(f"{q['dataset']} ({q['num_beams']} beam(s)): MLX MHA vs PyTorch MHA: tokens identical on "
+                   f"{match.get('identical')}/{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
                    f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})")
     return "\n".join(out)
 
@@ -119,3 +122,35 @@ def agreement_table(rows: Sequence[dict]) -> str:
     return _table(headers, [[r["variant"], r["reference"], r["dataset"], r["positions"],
                              f"{100 * r['top1_agreement']:.1f}%", f"{r['max_abs_diff']:.3g}",
                              f"{r['reference_logit_scale']:.3g}"] for r in rows], "lll" + "r" * 4)
+
+
+def environment_line(res: dict) -> str:
+    """Which weights, dtype, frameworks, devices, BLAS and CPU the figures were measured with."""
+    env, prov = res["environment"], res["model"]["provenance"]
+    weights = f"RANDOM weights, seed {prov['random_weights_seed']}" if prov["kind"] == "random" else "real checkpoint"
+    torch = f", PyTorch {env['packages'].get('torch')} on {env['torch_device']}" if env["torch_device"] else ""
+    return (f"model {res['model']['spec']} ({weights}), dtype {res['model']['dtype']}, "
+            f"MLX {env['packages'].get('mlx')} on {env['mlx_device']}{torch}, BLAS {env['blas'] or 'bundled'}, "
+            f"{env['cpu']} ({env['cpu_count']} cores)")
+
+
+def summary(res: dict) -> str:
+    """Everything the CLI prints after a run, before the list of files: environment and every table."""
+    random_weights = res["model"]["provenance"]["kind"] == "random"
+    out = ["", environment_line(res)]
+    if res["speed"]:
+        out += ["", "Speed (medians; decode step [min-max]; speedups vs MHA of the same backend):",
+                speed_table(res["speed"]), "",
+                "Memory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
+                "predicted speedup = traffic(MHA) / traffic(G):", traffic_table(res["speed"])]
+        if res["mlx_vs_torch"]:
+            out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
+    if res["quality"]:
+        warning = ["!! " + RANDOM_ROUGE_WARNING] if random_weights else []
+        parity = mha_parity_lines(res["quality"])
+        out += ["", "Quality (ROUGE F1 %, bootstrap 95% CI):", *warning, quality_table(res["quality"]),
+                *([parity] if parity else []), *warning]
+    if res.get("quantization_agreement"):
+        out += ["", "Quantized vs float logits (teacher-forced on the reference summaries):",
+                agreement_table(res["quantization_agreement"])]
+    return "\n".join(out)

@@ -73,7 +73,7 @@ def cpu_name() -> str:
 
 
 def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
@@ -95,7 +95,7 @@ def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
 def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
     import mlx.core as mx
 
-    from . import backend
+    from .. import backend
 
     env = {
         "packages": package_versions(),

@@ -1,73 +1,47 @@
-"""The whole benchmark behind `bench.py`: variants, speed sweep, quality runs, results and plots.
+"""The whole benchmark behind `python -m mlx_mqa.bench`: variants, speed sweep, quality runs, results, plots.
 
-`run(BenchConfig)` returns the results dict (see `mlx_mqa.results`) and writes it to `config.out`.
-Progress goes to tqdm bars on stderr and to an optional `log` callback; nothing is printed here.
+`run(BenchConfig)` returns the results dict (see `mlx_mqa.bench.results`) and writes it to `config.out`, in
+steps: `prepare` (optional dependencies, settings, data, converted variants, the PyTorch device), `run_speed`,
+`run_quality`, `run_agreement` (quantized vs float logits) and `write`. Progress goes to tqdm bars on stderr
+and to an optional `log` callback; nothing is printed here.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import benchmark as bm
+from .. import paths
+from ..checkpoint.load import load_model, load_tokenizer
+from ..decoding.beam import check_num_beams
+from ..errors import ConfigError
+from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
+from . import speed as sp
+from .config import BenchConfig
 from .data import Example, dataset_lengths, load_examples, with_prefix
-from .errors import ConfigError
-from .results import (environment, new_results, validate_results, weights_provenance, write_predictions,
-                      write_results)
-from .variants import (VariantSpec, converted_path, default_cache_dir, ensure_converted, parse_kv_heads,
-                       prepare_source, variant_specs)
+from .deps import check_dependencies, plots_available
+from .memory import mlx_weight_bytes
+from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
+from .variants import (
+    ModelSource,
+    VariantSpec,
+    converted_path,
+    ensure_converted,
+    parse_kv_heads,
+    prepare_source,
+    variant_specs,
+)
 
 DEFAULT_QUALITY_LENGTHS = (512, 128)
-
-
-@dataclass
-class BenchConfig:
-    model: str = "random:t5-small"
-    layers: Optional[int] = None
-    seed: int = 0
-    kv_heads: Optional[str] = None
-    quantize: Sequence[int] = ()
-    q_group_size: int = 64
-    dtype: Optional[str] = None
-    torch: bool = True
-    torch_device: str = "auto"
-    torch_quality: str = "all"  # all: a reference per kv-heads value; mha: only the multi-head one; none
-    batch_sizes: Sequence[int] = (1, 4)
-    lengths: Sequence[Tuple[int, int]] = ((512, 64),)
-    warmup: int = 1
-    repeats: int = 3
-    speed: bool = True
-    quality: bool = True
-    datasets: Sequence[str] = ("bundled:cnn_dailymail",)
-    data_files: Sequence[str] = ()
-    split: str = "test"
-    limit: Optional[int] = 6
-    prefix: str = "summarize: "
-    quality_lengths: Optional[Tuple[int, int]] = None  # None: each dataset's paper setting
-    quality_batch_size: int = 8
-    num_beams: Sequence[int] = (1,)  # quality runs once per beam width (1 = greedy)
-    bootstrap: int = 1000
-    decode_path: str = "auto"  # auto: compiled when the library has it, else eager
-    out: str = "results/bench"
-    cache_dir: Optional[str] = None
-    plots: bool = True
-    progress: bool = True
-    command: str = ""
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lengths"] = [f"{i}x{o}" for i, o in self.lengths]
-        d["quality_lengths"] = f"{self.quality_lengths[0]}x{self.quality_lengths[1]}" if self.quality_lengths else None
-        d["batch_sizes"] = list(self.batch_sizes)
-        d["quantize"] = list(self.quantize)
-        d["num_beams"] = list(self.num_beams)
-        d["datasets"] = list(self.datasets)
-        d["data_files"] = list(self.data_files)
-        return d
+MODEL_CONFIG_KEYS = ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "vocab_size",
+                     "feed_forward_proj", "tie_word_embeddings")
+MLX_MEMORY = "mlx: this variant's weights + (mx.get_peak_memory() - active memory before the run)"
+TORCH_MEMORY = {"cuda": "torch.cuda.max_memory_allocated()", "mps": "torch.mps.driver_allocated_memory() after the run"}
+TORCH_CPU_MEMORY = "process RSS: torch weights + (peak RSS - RSS before the run)"
 
 
 @dataclass
@@ -86,6 +60,37 @@ class MlxVariant:
     weights: Dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Bench:
+    """One run's state, shared by its steps."""
+
+    cfg: BenchConfig
+    say: Callable[[str], None]
+    dtype: str
+    decode_path: str
+    jobs: List[QualityJob]
+    source: ModelSource
+    kv: List[int]
+    tokenizer: object
+    variants: List[MlxVariant] = field(default_factory=list)
+    device: Optional[str] = None  # the PyTorch reference's device; None without it
+    results: dict = field(default_factory=dict)
+    torch_models: Dict[int, object] = field(default_factory=dict)
+
+    @property
+    def num_heads(self) -> int:
+        return self.source.num_heads
+
+    def torch_model(self, kv_heads: int):
+        """The PyTorch reference for `kv_heads` (group-mean K/V), loaded on first use."""
+        from .torch_reference import load_reference
+
+        if kv_heads not in self.torch_models:
+            self.torch_models[kv_heads] = load_reference(self.source.path, kv_heads=kv_heads, dtype=self.dtype,
+                                                         device=self.device)
+        return self.torch_models[kv_heads]
+
+
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -93,12 +98,19 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def resolve_decode_path(choice: str) -> str:
-    paths = bm.mlx_decode_paths()
+    """'auto' is the compiled step (the library's default); 'compiled' and 'eager' as asked."""
     if choice == "auto":
-        return "compiled" if "compiled" in paths else "eager"
-    if choice not in paths:
-        raise ConfigError(f"--decode {choice!r} is not available in this mlx_mqa; choose from {['auto'] + paths}")
+        return "compiled"
+    if choice not in sp.DECODE_PATHS:
+        raise ConfigError(f"unknown --decode {choice!r}; choose from {['auto', *sp.DECODE_PATHS]}")
     return choice
+
+
+def check_settings(cfg: BenchConfig) -> None:
+    for nb in cfg.num_beams:
+        check_num_beams(nb)
+    if cfg.repeats < 1 or cfg.warmup < 0:
+        raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
 
 
 def load_quality_jobs(cfg: BenchConfig) -> List[QualityJob]:
@@ -112,195 +124,257 @@ def load_quality_jobs(cfg: BenchConfig) -> List[QualityJob]:
     return jobs
 
 
-def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
-    say = log or (lambda m: None)
-    from .convert import default_dtype
-    from .utils import load_model, load_tokenizer
+# ----------------------------------------------------------------------------------------------- prepare
 
-    for nb in cfg.num_beams:
-        ql.check_num_beams(nb)
-    if cfg.repeats < 1 or cfg.warmup < 0:
-        raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
+
+def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
+    bench = prepare(cfg, log or (lambda m: None))
+    if cfg.speed:
+        run_speed(bench)
+    quality = run_quality(bench)
+    run_agreement(bench)
+    return write(bench, quality)
+
+
+def prepare(cfg: BenchConfig, say: Callable[[str], None]) -> Bench:
+    """Everything before the first timed run; what a user got wrong fails here, before any slow work."""
+    notes = check_dependencies(cfg)
+    for note in notes:
+        say("note: " + note)
+    check_settings(cfg)
     dtype = cfg.dtype or default_dtype()
     decode_path = resolve_decode_path(cfg.decode_path)
     jobs = load_quality_jobs(cfg) if cfg.quality else []
 
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else paths.cache_dir()
     say(f"model {cfg.model} (cache {cache_dir})")
     source = prepare_source(cfg.model, cache_dir, layers=cfg.layers, seed=cfg.seed)
-    H = source.num_heads
-    kv = parse_kv_heads(cfg.kv_heads, H)
-    specs = variant_specs(kv, H, cfg.quantize, cfg.q_group_size)
-    tokenizer = load_tokenizer(source.path)
+    kv = parse_kv_heads(cfg.kv_heads, source.num_heads)
+    bench = Bench(cfg, say, dtype, decode_path, jobs, source, kv, load_tokenizer(source.path))
+    bench.variants = load_variants(bench, cache_dir)
+    bench.device, blas_note = torch_device(cfg, say)
+    bench.results = start_results(bench, ([blas_note] if blas_note else []), notes)
+    return bench
 
-    variants: List[MlxVariant] = []
-    for spec in specs:
-        if not (converted_path(source, spec, dtype, cache_dir) / "model.safetensors").exists():
-            say(f"converting to {spec.name} (first use; cached afterwards)")
-        path = ensure_converted(source, spec, dtype, cache_dir)
-        say(f"{spec.name}: {path}")
+
+def load_variants(bench: Bench, cache_dir: Path) -> List[MlxVariant]:
+    """Every --kv-heads (and --quantize) variant, converted on first use and loaded."""
+    out = []
+    for spec in variant_specs(bench.kv, bench.num_heads, bench.cfg.quantize, bench.cfg.q_group_size):
+        if not (converted_path(bench.source, spec, bench.dtype, cache_dir) / "model.safetensors").exists():
+            bench.say(f"converting to {spec.name} (first use; cached afterwards)")
+        path = ensure_converted(bench.source, spec, bench.dtype, cache_dir)
+        bench.say(f"{spec.name}: {path}")
         model = load_model(path)
-        variants.append(MlxVariant(spec, path, model, bm.mlx_weight_bytes(model)))
+        out.append(MlxVariant(spec, path, model, mlx_weight_bytes(model)))
+    return out
 
-    device = None
-    torch_blas_note = None
-    if cfg.torch:
-        from .torch_reference import pick_device, torch_available
 
-        if not torch_available():
-            raise ConfigError("the PyTorch reference needs torch and transformers (pip install 'mlx-mqa[torch]'); "
-                              "or pass --no-torch")
-        device = pick_device(cfg.torch_device)
-        from . import backend
+def torch_device(cfg: BenchConfig, say: Callable[[str], None]) -> Tuple[Optional[str], Optional[str]]:
+    """The PyTorch reference's device (None without it), and a note when its CPU timings are pessimistic."""
+    if not cfg.torch:
+        return None, None
+    from .. import backend
+    from .torch_reference import pick_device
 
-        if device == "cpu" and backend.blas_scope == "global":
-            msg = ("OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
-                   "matmuls run through it too and its timings are pessimistic; install a C compiler")
-            say("warning: " + msg)
-            torch_blas_note = msg
+    device = pick_device(cfg.torch_device)
+    if device == "cpu" and backend.blas_scope == "global":
+        msg = ("OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
+               "matmuls run through it too and its timings are pessimistic; install a C compiler")
+        say("warning: " + msg)
+        return device, msg
+    return device, None
 
-    args = variants[0].model.args
-    results = new_results(cfg.command, environment(dtype, device), {
-        "spec": cfg.model, "path": str(source.path), "provenance": source.provenance(), "num_heads": H,
-        "config": {k: source.config.get(k) for k in ("d_model", "d_kv", "d_ff", "num_heads", "num_layers",
-                                                       "num_decoder_layers", "vocab_size", "feed_forward_proj",
-                                                       "tie_word_embeddings")},
-        "dtype": dtype}, cfg.to_dict())
-    results["settings"]["decode_path_resolved"] = decode_path
+
+def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence[str]) -> dict:
+    """The results dict before any measurement: command, environment, model, settings, variants, notes."""
+    cfg, source = bench.cfg, bench.source
+    results = new_results(cfg.command, environment(bench.dtype, bench.device), {
+        "spec": cfg.model, "path": str(source.path), "provenance": source.provenance(), "num_heads": bench.num_heads,
+        "config": {k: source.config.get(k) for k in MODEL_CONFIG_KEYS}, "dtype": bench.dtype}, cfg.to_dict())
+    results["settings"]["decode_path_resolved"] = bench.decode_path
     results["variants"] = [{"name": v.spec.name, "backend": "mlx", "kv_heads": v.spec.kv_heads,
-                            "quantize_bits": v.spec.quantize_bits, "path": str(v.path), "weight_bytes": v.weights["total"],
-                            "weights": weights_provenance(v.path)}
-                           for v in variants]
-    results["complete"] = False  # until every stage has run; partial results are written as they come
-    if torch_blas_note:
-        results["notes"].append(torch_blas_note)
+                            "quantize_bits": v.spec.quantize_bits, "path": str(v.path),
+                            "weight_bytes": v.weights["total"], "weights": weights_provenance(v.path)}
+                           for v in bench.variants]
+    results["complete"] = False  # until every step has run; partial results are written as they come
+    results["notes"].extend(first_notes)
     if source.is_random:
         results["notes"].append("Random weights: speed and memory are meaningful, ROUGE is meaningless.")
+    results["notes"].extend(last_notes)
+    return results
 
-    torch_models: Dict[int, object] = {}
 
-    def torch_model(g: int):
-        from .torch_reference import load_reference
+# ----------------------------------------------------------------------------------------------- speed
 
-        if g not in torch_models:
-            torch_models[g] = load_reference(source.path, kv_heads=g, dtype=dtype, device=device)
-        return torch_models[g]
 
-    # ------------------------------------------------------------------ speed
-    if cfg.speed:
-        from .torch_reference import weight_bytes as torch_weight_bytes
+def speed_variants(bench: Bench) -> List[sp.SpeedVariant]:
+    """What the sweep times: every MLX variant, then the PyTorch multi-head reference."""
+    args, H = bench.variants[0].model.args, bench.num_heads
+    common = dict(num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv,
+                  itemsize=DTYPES[bench.dtype].size)
+    path = bench.decode_path
+    out = [sp.SpeedVariant(
+        name=v.spec.name, backend="mlx", kv_heads=v.spec.kv_heads, weight_bytes=v.weights["total"],
+        decoder_step_bytes=v.weights["decoder_step"],
+        run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, path)),
+        quantize_bits=v.spec.quantize_bits, self_kv="full" if path == "compiled" else "mean", decode_path=path,
+        device=bench.results["environment"]["mlx_device"], memory_method=MLX_MEMORY, **common)
+        for v in bench.variants]
+    if bench.cfg.torch:
+        from .torch_reference import weight_bytes
 
-        itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-        sv: List[bm.SpeedVariant] = []
-        for v in variants:
-            sv.append(bm.SpeedVariant(
-                name=v.spec.name, backend="mlx", kv_heads=v.spec.kv_heads, num_heads=H,
-                num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv, itemsize=itemsize,
-                weight_bytes=v.weights["total"], decoder_step_bytes=v.weights["decoder_step"],
-                run=(lambda ids, n, m=v.model, w=v.weights["total"]: bm.mlx_run(m, ids, n, w, decode_path)),
-                quantize_bits=v.spec.quantize_bits, self_kv="full" if decode_path == "compiled" else "mean",
-                decode_path=decode_path, device=results["environment"]["mlx_device"],
-                memory_method="mlx: this variant's weights + (mx.get_peak_memory() - active memory before the run)"))
-        if cfg.torch:
-            tm = torch_model(H)
-            tw = torch_weight_bytes(tm)
-            mem = {"cuda": "torch.cuda.max_memory_allocated()", "mps": "torch.mps.driver_allocated_memory() after the run"}
-            sv.append(bm.SpeedVariant(
-                name="torch MHA", backend="torch", kv_heads=H, num_heads=H, num_decoder_layers=args.num_decoder_layers,
-                d_kv=args.d_kv, itemsize=itemsize, weight_bytes=tw["total"], decoder_step_bytes=tw["decoder_step"],
-                run=(lambda ids, n, m=tm, w=tw["total"]: bm.torch_run(m, ids, n, device, w)),
-                decode_path="transformers DynamicCache", device=device,
-                memory_method=mem.get(device, "process RSS: torch weights + (peak RSS - RSS before the run)")))
-        settings = bm.settings_grid(cfg.batch_sizes, cfg.lengths)
-        total = len(settings) * (cfg.warmup + cfg.repeats) * len(sv)
-        say(f"speed: {len(sv)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + {cfg.repeats} repeats)")
+        tm, device = bench.torch_model(H), bench.device
+        tw = weight_bytes(tm)
+        out.append(sp.SpeedVariant(
+            name="torch MHA", backend="torch", kv_heads=H, weight_bytes=tw["total"],
+            decoder_step_bytes=tw["decoder_step"],
+            run=(lambda ids, n, m=tm, w=tw["total"]: sp.torch_run(m, ids, n, device, w)),
+            decode_path="transformers DynamicCache", device=device,
+            memory_method=TORCH_MEMORY.get(device, TORCH_CPU_MEMORY), **common))
+    return out
 
-        def save_partial(done: List[bm.SpeedResult]) -> None:
-            # A sweep can run for hours: every finished setting is on disk before the next starts.
-            results["speed"] = [r.to_dict() for r in done]
-            results["mlx_vs_torch"] = bm.mlx_vs_torch(done)
-            write_results(results, cfg.out)
 
-        with _bar(total, "speed", cfg.progress) as bar:
-            speed = bm.sweep(sv, settings, vocab=min(args.vocab_size, len(tokenizer)), warmup=cfg.warmup,
-                             repeats=cfg.repeats, seed=cfg.seed, eos_token_id=args.eos_token_id,
-                             progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
-                             on_setting=save_partial)
-        results["speed"] = [r.to_dict() for r in speed]
-        results["mlx_vs_torch"] = bm.mlx_vs_torch(speed)
+def run_speed(bench: Bench) -> None:
+    """The sweep; results.json is rewritten after every finished setting (a long sweep keeps what it has)."""
+    cfg, results = bench.cfg, bench.results
+    variants = speed_variants(bench)
+    settings = sp.settings_grid(cfg.batch_sizes, cfg.lengths)
+    total = len(settings) * (cfg.warmup + cfg.repeats) * len(variants)
+    bench.say(f"speed: {len(variants)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + "
+              f"{cfg.repeats} repeats)")
 
-    # ------------------------------------------------------------------ quality
-    quality_results = []
-    for job, nb in [(j, b) for j in jobs for b in cfg.num_beams]:
-        prompts = with_prefix(job.examples, cfg.prefix)
-        say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, {nb} beam(s)")
-        mlx_tokens: Dict[tuple, List[List[int]]] = {}
-        n_runs = len(variants) + (0 if not cfg.torch or cfg.torch_quality == "none" else
-                                  1 if cfg.torch_quality == "mha" else len(kv))
-        with _bar(n_runs * len(prompts), f"quality {job.label}", cfg.progress) as bar:
-            for v in variants:
-                bar.set_postfix_str(v.spec.name, refresh=False)
-                gen = ql.generate_mlx(v.model, tokenizer, prompts, job.input_len, job.output_len,
-                                      cfg.quality_batch_size, nb, progress=bar.update)
-                mlx_tokens[(v.spec.kv_heads, v.spec.quantize_bits)] = gen.tokens
-                quality_results.append(ql.evaluate(
-                    v.spec.name, "mlx", v.spec.kv_heads, H, v.spec.quantize_bits, job.label, job.examples, gen,
-                    tokenizer, job.input_len, job.output_len, nb, cfg.quality_batch_size, cfg.bootstrap,
-                    cfg.seed, rouge_meaningful=not source.is_random))
-            if cfg.torch and cfg.torch_quality != "none":
-                for g in (kv if cfg.torch_quality == "all" else [H]):
-                    name = "torch " + VariantSpec(g, H).name
-                    bar.set_postfix_str(name, refresh=False)
-                    gen = ql.generate_torch(torch_model(g), tokenizer, prompts, job.input_len, job.output_len,
-                                            cfg.quality_batch_size, nb, device, progress=bar.update)
-                    ref = ql.evaluate(VariantSpec(g, H).name, "torch", g, H, None, job.label, job.examples, gen,
-                                      tokenizer, job.input_len, job.output_len, nb,
-                                      cfg.quality_batch_size, cfg.bootstrap, cfg.seed,
-                                      rouge_meaningful=not source.is_random)
-                    quality_results.append(ref)
-                    for q in quality_results:
-                        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb:
-                            q.reference_variant = name
-                            q.tokens_match_reference = ql.compare_tokens(mlx_tokens[(g, q.quantize_bits)],
-                                                                         gen.tokens)
-                    if g != H:  # keep only the multi-head reference in memory
-                        torch_models.pop(g, None)
-                        gc.collect()
-    results["quality"] = [q.to_dict() for q in quality_results]
+    def save(done: List[sp.SpeedResult]) -> None:
+        results["speed"] = [r.to_dict() for r in done]
+        results["mlx_vs_torch"] = sp.mlx_vs_torch(done)
 
-    # ------------------------------------------------------------------ quantized vs float logits
+    def save_partial(done: List[sp.SpeedResult]) -> None:
+        save(done)
+        write_results(results, cfg.out)
+
+    args = bench.variants[0].model.args
+    with _bar(total, "speed", cfg.progress) as bar:
+        speed = sp.sweep(variants, settings, vocab=min(args.vocab_size, len(bench.tokenizer)), warmup=cfg.warmup,
+                         repeats=cfg.repeats, seed=cfg.seed, eos_token_id=args.eos_token_id,
+                         progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
+                         on_setting=save_partial)
+    save(speed)
+
+
+# ----------------------------------------------------------------------------------------------- quality
+
+
+def torch_quality_heads(bench: Bench) -> List[int]:
+    """K/V head counts that get a PyTorch quality reference (--torch-quality)."""
+    if not bench.cfg.torch or bench.cfg.torch_quality == "none":
+        return []
+    return list(bench.kv) if bench.cfg.torch_quality == "all" else [bench.num_heads]
+
+
+def _evaluate(bench: Bench, name: str, backend: str, kv_heads: int, bits: Optional[int], job: QualityJob,
+              num_beams: int, gen: ql.Generation) -> ql.QualityResult:
+    cfg = bench.cfg
+    return ql.evaluate(name, backend, kv_heads, bench.num_heads, bits, job.label, job.examples, gen, bench.tokenizer,
+                       job.input_len, job.output_len, num_beams, cfg.quality_batch_size, cfg.bootstrap, cfg.seed,
+                       rouge_meaningful=not bench.source.is_random)
+
+
+def run_quality(bench: Bench) -> List[ql.QualityResult]:
+    """Generation + ROUGE of every variant (and PyTorch reference) on every dataset, per beam width."""
+    out: List[ql.QualityResult] = []
+    refs = torch_quality_heads(bench)
+    for job, nb in [(j, b) for j in bench.jobs for b in bench.cfg.num_beams]:
+        prompts = with_prefix(job.examples, bench.cfg.prefix)
+        bench.say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, "
+                  f"{nb} beam(s)")
+        total = (len(bench.variants) + len(refs)) * len(prompts)
+        with _bar(total, f"quality {job.label}", bench.cfg.progress) as bar:
+            mlx_tokens = quality_mlx(bench, job, nb, prompts, bar, out)
+            for g in refs:
+                quality_torch(bench, job, nb, prompts, g, bar, out, mlx_tokens)
+    bench.results["quality"] = [q.to_dict() for q in out]
+    return out
+
+
+def quality_mlx(bench: Bench, job: QualityJob, nb: int, prompts: List[str], bar,
+                out: List[ql.QualityResult]) -> Dict[tuple, List[List[int]]]:
+    """Every MLX variant on one job; returns the generated ids by (kv_heads, quantize_bits)."""
+    tokens: Dict[tuple, List[List[int]]] = {}
+    for v in bench.variants:
+        bar.set_postfix_str(v.spec.name, refresh=False)
+        gen = ql.generate_mlx(v.model, bench.tokenizer, prompts, job.input_len, job.output_len,
+                              bench.cfg.quality_batch_size, nb, progress=bar.update)
+        tokens[(v.spec.kv_heads, v.spec.quantize_bits)] = gen.tokens
+        out.append(_evaluate(bench, v.spec.name, "mlx", v.spec.kv_heads, v.spec.quantize_bits, job, nb, gen))
+    return tokens
+
+
+def quality_torch(bench: Bench, job: QualityJob, nb: int, prompts: List[str], g: int, bar,
+                  out: List[ql.QualityResult], mlx_tokens: Dict[tuple, List[List[int]]]) -> None:
+    """The PyTorch reference with G K/V groups on one job; the MLX variants of G are compared with it."""
+    H = bench.num_heads
+    name = "torch " + VariantSpec(g, H).name
+    bar.set_postfix_str(name, refresh=False)
+    gen = ql.generate_torch(bench.torch_model(g), bench.tokenizer, prompts, job.input_len, job.output_len,
+                            bench.cfg.quality_batch_size, nb, bench.device, progress=bar.update)
+    out.append(_evaluate(bench, VariantSpec(g, H).name, "torch", g, None, job, nb, gen))
+    for q in out:
+        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb:
+            q.reference_variant = name
+            q.tokens_match_reference = ql.compare_tokens(mlx_tokens[(g, q.quantize_bits)], gen.tokens)
+    if g != H:  # keep only the multi-head reference in memory
+        bench.torch_models.pop(g, None)
+        gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------- agreement, files
+
+
+def run_agreement(bench: Bench) -> None:
+    """Teacher-forced logits of every quantized variant vs its float variant, on the first dataset."""
+    results = bench.results
     results["quantization_agreement"] = []
-    if jobs and any(v.spec.quantize_bits for v in variants):
-        from .agreement import logits_agreement
+    if not bench.jobs or not any(v.spec.quantize_bits for v in bench.variants):
+        return
+    from .agreement import logits_agreement
 
-        job = jobs[0]
-        floats = {v.spec.kv_heads: v for v in variants if not v.spec.quantize_bits}
-        for v in variants:
-            ref = floats.get(v.spec.kv_heads)
-            if v.spec.quantize_bits and ref is not None:
-                say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
-                a = logits_agreement(v.model, ref.model, tokenizer, with_prefix(job.examples, cfg.prefix),
-                                     [e.summary for e in job.examples], job.input_len, job.output_len)
-                results["quantization_agreement"].append(
-                    {"variant": v.spec.name, "reference": ref.spec.name, "dataset": job.label, **a})
+    job = bench.jobs[0]
+    floats = {v.spec.kv_heads: v for v in bench.variants if not v.spec.quantize_bits}
+    for v in bench.variants:
+        ref = floats.get(v.spec.kv_heads)
+        if v.spec.quantize_bits and ref is not None:
+            bench.say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
+            a = logits_agreement(v.model, ref.model, bench.tokenizer, with_prefix(job.examples, bench.cfg.prefix),
+                                 [e.summary for e in job.examples], job.input_len, job.output_len)
+            results["quantization_agreement"].append(
+                {"variant": v.spec.name, "reference": ref.spec.name, "dataset": job.label, **a})
 
-    # ------------------------------------------------------------------ files
+
+def write(bench: Bench, quality: List[ql.QualityResult]) -> dict:
+    """Predictions, figures (when matplotlib is installed), results.json and the CSVs; the schema checked."""
+    cfg, results = bench.cfg, bench.results
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results["files"]["predictions"] = write_predictions(out, quality_results)
-    if cfg.plots:
-        from .plots import plot_rouge_vs_time, plot_time_vs_groups
-
-        title = f"{cfg.model} ({dtype}, {results['environment']['mlx_device']})"
-        p = plot_time_vs_groups(results["speed"], out / "time_vs_groups.png", title=f"Time per sample vs K/V groups\n{title}")
-        if p:
-            results["files"]["plot_time_vs_groups"] = p.name
-        p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=source.is_random)
-        if p:
-            results["files"]["plot_rouge_vs_time"] = p.name
+    results["files"]["predictions"] = write_predictions(out, quality)
+    if plots_available(cfg):
+        write_plots(bench, out)
     results["complete"] = True
     write_results(results, out)
     problems = validate_results(results)
     if problems:  # a bug here, not a user error
         raise RuntimeError("results do not follow the schema: " + "; ".join(problems))
     return results
+
+
+def write_plots(bench: Bench, out: Path) -> None:
+    from .plots import plot_rouge_vs_time, plot_time_vs_groups
+
+    results = bench.results
+    title = f"{bench.cfg.model} ({bench.dtype}, {results['environment']['mlx_device']})"
+    p = plot_time_vs_groups(results["speed"], out / "time_vs_groups.png",
+                            title=f"Time per sample vs K/V groups\n{title}")
+    if p:
+        results["files"]["plot_time_vs_groups"] = p.name
+    p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=bench.source.is_random)
+    if p:
+        results["files"]["plot_rouge_vs_time"] = p.name

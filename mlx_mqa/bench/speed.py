@@ -4,27 +4,26 @@ One run = encode a batch of random token ids (the encoder plus the cross-attenti
 evaluated), then decode exactly `output_len` greedy steps (EOS ignored, as `mlx_lm.benchmark` does),
 reading every token back to the host as a real generation loop does. A sweep runs a warm-up and then
 `repeats` rounds over all variants, interleaved (the order rotates every round), so drift of a shared
-machine hits every variant alike; medians are reported with min and max.
-
-The memory-traffic model predicts the decode speedup of G heads over multi-head: at small batch a
-decoder step is bound by the bytes it reads, i.e. the decoder weights (blocks, final norm and the
-output head) plus the K/V cache (self-attention at its mean length over the decode, or its whole
-buffer for a fixed-capacity cache, and the cross-attention K/V of the whole input).
+machine hits every variant alike; medians are reported with min and max. Memory, K/V bytes and the
+memory-traffic model that predicts the speedups: `mlx_mqa.bench.memory`.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
+import mlx.core as mx
 import numpy as np
 
-import mlx.core as mx
+from ..decoding.sample_utils import greedy
+from ..decoding.state import DecodeState
+from .memory import current_rss, kv_cache_bytes, peak_rss, reset_peak_rss, traffic_per_step
+
+# The MLX decode loops a speed run can time: the library's DecodeState, compiled or eager.
+DECODE_PATHS = ("compiled", "eager")
 
 # ----------------------------------------------------------------------------------------------- settings
 
@@ -82,80 +81,6 @@ def random_inputs(setting: Setting, vocab: int, seed: int = 0, eos_token_id: int
     return ids
 
 
-# ----------------------------------------------------------------------------------------------- memory
-
-
-def _proc_status(key: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    hwm = _proc_status("VmHWM")
-    if hwm is not None:
-        return hwm
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if platform.system() == "Darwin" else r * 1024)
-
-
-def current_rss() -> int:
-    rss = _proc_status("VmRSS")
-    return rss if rss is not None else peak_rss()
-
-
-# ----------------------------------------------------------------------------------------------- KV bytes / traffic
-
-
-def kv_cache_bytes(num_layers: int, kv_heads: int, d_kv: int, batch_size: int, input_len: int,
-                   output_len: int, itemsize: int) -> Dict[str, int]:
-    """Analytic K/V bytes after decoding `output_len` tokens: self-attention cache and cross-attention K/V."""
-    per_token = 2 * num_layers * batch_size * kv_heads * d_kv * itemsize  # keys + values
-    return {"self": per_token * output_len, "cross": per_token * input_len,
-            "total": per_token * (output_len + input_len)}
-
-
-def traffic_per_step(decoder_weight_bytes: int, num_layers: int, kv_heads: int, d_kv: int, batch_size: int,
-                     input_len: int, output_len: int, itemsize: int, self_kv: str = "mean") -> Dict[str, float]:
-    """Bytes one decoder step reads: decoder weights + self K/V + cross K/V (averaged over the decode).
-
-    self_kv='mean': the self cache is read up to the current position (mean (output_len+1)/2 tokens);
-    'full': a fixed-capacity cache is read whole every step.
-    """
-    per_token = 2 * num_layers * batch_size * kv_heads * d_kv * itemsize
-    self_len = (output_len + 1) / 2.0 if self_kv == "mean" else float(output_len)
-    kv_self = per_token * self_len
-    kv_cross = per_token * input_len
-    return {"weights": float(decoder_weight_bytes), "kv_self": kv_self, "kv_cross": float(kv_cross),
-            "total": float(decoder_weight_bytes) + kv_self + kv_cross}
-
-
-def mlx_weight_bytes(model) -> Dict[str, int]:
-    """Bytes of all parameters, and of what a decoder step reads (decoder stack + output head)."""
-    from mlx.utils import tree_flatten
-
-    total = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    dec = sum(v.nbytes for _, v in tree_flatten(model.decoder.parameters()))
-    head_module = model.shared if model.args.tie_word_embeddings else model.lm_head
-    head = sum(v.nbytes for _, v in tree_flatten(head_module.parameters()))
-    return {"total": int(total), "decoder_step": int(dec + head)}
-
-
 # ----------------------------------------------------------------------------------------------- one run
 
 
@@ -176,56 +101,40 @@ class RunSample:
         return self.encoder_s + self.decode_s
 
 
-def has_decode_state() -> bool:
-    # `mlx_mqa.generate` is the function (re-exported by the package); look in the module itself.
-    import importlib
-
-    return hasattr(importlib.import_module("mlx_mqa.generate"), "DecodeState")
-
-
-def mlx_decode_paths() -> List[str]:
-    return ["eager"] + (["compiled"] if has_decode_state() else [])
+def _prefilled_arrays(state: DecodeState) -> list:
+    """What exists once the encoder has run: cross-attention K/V, preallocated self caches, the mask."""
+    arrays = [a for c in state.cross for a in (c.keys, c.values)]
+    arrays += [a for c in state.cache for a in (c.keys, c.values) if a is not None]  # eager caches fill lazily
+    return arrays + ([state.attention_mask] if state.attention_mask is not None else [])
 
 
 def mlx_run(model, input_ids: np.ndarray, output_len: int, weight_bytes: int = 0, path: str = "eager",
             keep_tokens: bool = False) -> RunSample:
     """Encode + `output_len` greedy steps of one MLX model; tokens read back every step.
 
-    path='eager': model.decode with a preallocated KVCache (the loop of `generate_step`);
-    'compiled': the library's DecodeState (compiled step with a fixed-capacity cache), where available.
+    The step is the library's `DecodeState.logits` ('compiled': fixed-capacity cache and compiled step;
+    'eager': model.decode with a preallocated KVCache). The loop is `generate_step`'s with EOS ignored,
+    written out here so the encoder is evaluated (and timed) apart from the first decode step.
     """
+    if path not in DECODE_PATHS:
+        raise ValueError(f"unknown MLX decode path {path!r}; choose from {list(DECODE_PATHS)}")
     B = input_ids.shape[0]
-    start = model.args.decoder_start_token_id
     ids = mx.array(input_ids)
     mx.eval(ids)
     base = mx.get_active_memory()
     mx.reset_peak_memory()
 
     t0 = time.perf_counter()
-    if path == "compiled":
-        from .generate import DecodeState
-
-        state = DecodeState(model, ids, None, output_len, compiled=True)
-        cross, self_cache, logits_fn = state.cross, state.cache, state.logits
-        mx.eval([c.keys for c in cross], [c.values for c in cross], [c.keys for c in self_cache],
-                [c.values for c in self_cache], state.attention_mask)
-    elif path == "eager":
-        cross = model.cross_kv(model.encode(ids, None))
-        self_cache = model.make_cache(max_size=output_len)
-        mx.eval([c.keys for c in cross], [c.values for c in cross])
-
-        def logits_fn(y):
-            return model.decode(y[:, None], cross, None, self_cache)[:, -1, :]
-    else:
-        raise ValueError(f"unknown MLX decode path {path!r}; choose from {mlx_decode_paths()}")
+    state = DecodeState(model, ids, None, output_len, compiled=path == "compiled")
+    mx.eval(_prefilled_arrays(state))
     t1 = time.perf_counter()
 
     def step(y):
-        logits = logits_fn(y).astype(mx.float32)
+        logits = state.logits(y).astype(mx.float32)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # as generate_step
-        return mx.argmax(logprobs, axis=-1).astype(mx.int32)
+        return greedy(logprobs).astype(mx.int32)
 
-    y = step(mx.full((B,), start, dtype=mx.int32))
+    y = step(mx.full((B,), model.args.decoder_start_token_id, dtype=mx.int32))
     mx.async_eval(y)
     tokens = []
     for n in range(output_len):
@@ -238,12 +147,12 @@ def mlx_run(model, input_ids: np.ndarray, output_len: int, weight_bytes: int = 0
     t2 = time.perf_counter()
 
     peak = mx.get_peak_memory()
-    sample = RunSample(
+    return RunSample(
         encoder_s=t1 - t0, decode_s=t2 - t1, steps=output_len, batch_size=B,
         peak_bytes=int(weight_bytes + max(peak - base, 0)), peak_process_bytes=int(peak),
-        kv_self_bytes=int(sum(c.nbytes() for c in self_cache)), kv_cross_bytes=int(sum(c.nbytes() for c in cross)),
+        kv_self_bytes=int(sum(c.nbytes() for c in state.cache)),
+        kv_cross_bytes=int(sum(c.nbytes() for c in state.cross)),
         tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None)
-    return sample
 
 
 def torch_run(model, input_ids: np.ndarray, output_len: int, device: str = "cpu", weight_bytes: int = 0,
@@ -461,13 +370,3 @@ def mlx_vs_torch(results: Sequence[SpeedResult]) -> List[dict]:
                     "mlx_encoder_s": r.encoder_s["median"], "torch_encoder_s": t.encoder_s["median"]})
     return out
 
-
-def threads_info() -> Dict[str, Optional[int]]:
-    info: Dict[str, Optional[int]] = {"cpu_count": os.cpu_count()}
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        info["torch_threads"] = None
-    return info

@@ -8,27 +8,17 @@ of multi-head attention.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ConfigError
+from ..conversion.pooling import is_grouped, pool_heads
+from ..decoding.inputs import cut_after_eos
+from ..errors import ConfigError
+from ..models.config import check_kv_heads
+from ..models.dtypes import check_dtype
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-_DEC_KV = re.compile(r"^decoder\.block\.\d+\.layer\.[01]\.(SelfAttention|EncDecAttention)\.[kv]\.weight$")
-_ENC_KV = re.compile(r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.[kv]\.weight$")
-
-
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -49,12 +39,11 @@ def pick_device(preference: str = "auto") -> str:
 
 
 def torch_dtype(name: str):
+    """The torch dtype of the same name as the MLX one (`mlx_mqa.models.dtypes.DTYPES` lists them)."""
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ConfigError(f"unknown dtype {name!r}; choose from {list(table)}")
-    return table[name]
+    check_dtype(name)
+    return getattr(torch, name)
 
 
 def synchronize(device: str) -> None:
@@ -69,21 +58,18 @@ def synchronize(device: str) -> None:
 def group_mean_kv_(model, kv_heads: int, groups_in: str = "decoder") -> None:
     """In place: replace each group of H/G K/V heads by the group's mean head, repeated H/G times.
 
-    The mean is taken exactly as `mlx_mqa.convert.pool_heads` takes it (float64, then the weights' dtype),
-    so the reference sees the same pooled weights as the converted model.
+    Which projections and how: `is_grouped` and `pool_heads` of `mlx_mqa.conversion.pooling` (float64 mean,
+    then the weights' dtype), so the reference sees exactly the converted model's weights.
     """
     import torch
 
-    from .convert import pool_heads
-
     H = model.config.num_heads
-    if kv_heads < 1 or H % kv_heads:
-        raise ConfigError(f"kv_heads={kv_heads} does not divide the {H} attention heads")
+    check_kv_heads(kv_heads, H, "kv_heads")
     if kv_heads == H:
         return
     with torch.no_grad():
         for name, w in model.state_dict().items():
-            if not (_DEC_KV.match(name) or (groups_in == "all" and _ENC_KV.match(name))):
+            if not is_grouped(name, groups_in):
                 continue
             d_kv = w.shape[0] // H
             pooled = pool_heads(w.detach().to("cpu", torch.float32).numpy(), H, kv_heads, "mean")
@@ -158,7 +144,7 @@ def cache_nbytes(cache) -> Tuple[int, int]:
         total = 0
         layers = getattr(c, "layers", None)
         if layers is not None:
-            pairs = [(getattr(l, "keys", None), getattr(l, "values", None)) for l in layers]
+            pairs = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in layers]
         else:
             pairs = list(zip(getattr(c, "key_cache", []), getattr(c, "value_cache", [])))
         for k, v in pairs:
@@ -168,15 +154,6 @@ def cache_nbytes(cache) -> Tuple[int, int]:
         return int(total)
 
     return size(cache.self_attention_cache), size(cache.cross_attention_cache)
-
-
-def strip_generated(rows: Sequence[Sequence[int]], eos_token_id: int) -> List[List[int]]:
-    """Generated ids cut after the first EOS (kept), as `mlx_mqa.generate` returns them."""
-    out = []
-    for r in rows:
-        r = list(r)
-        out.append(r[: r.index(eos_token_id) + 1] if eos_token_id in r else r)
-    return out
 
 
 def generate(model, input_ids: np.ndarray, attention_mask: Optional[np.ndarray], max_new_tokens: int,
@@ -193,13 +170,5 @@ def generate(model, input_ids: np.ndarray, attention_mask: Optional[np.ndarray],
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=0,
                              num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id,
                              repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
-    return strip_generated(out[:, 1:].tolist(), eos_token_id)
+    return cut_after_eos(out[:, 1:].tolist(), eos_token_id)  # as mlx_mqa's generate returns them
 
-
-def source_dir(path) -> Path:
-    """The multi-head Hugging Face directory a converted model came from (its `conversion.source`)."""
-    import json
-
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    src = cfg.get("conversion", {}).get("source")
-    return Path(src) if src else Path(path)

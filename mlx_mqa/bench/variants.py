@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .checkpoint import atomic_directory, read_config, resolve
-from .config import valid_kv_heads
-from .errors import CheckpointError, ConfigError
+from .. import paths
+from ..checkpoint.files import atomic_directory
+from ..checkpoint.hf import read_config, resolve
+from ..errors import CheckpointError, ConfigError
+from ..models.config import check_kv_heads, valid_kv_heads
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RANDOM_PREFIX = "random:"
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("MLX_MQA_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    return base / "mlx_mqa"
 
 
 def random_model_names() -> List[str]:
@@ -81,9 +74,9 @@ def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, deco
     """Resolve a model spec to a local multi-head checkpoint directory (building a random one if asked).
 
     Random checkpoints use a small std for the shared embedding so greedy decoding gives varied
-    tokens rather than echoing one (see `random_init.random_t5_weights`).
+    tokens rather than echoing one (see `mlx_mqa.checkpoint.random_init.random_t5_weights`).
     """
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX):]
         cfg = random_config(name, layers, decoder_layers)
@@ -94,7 +87,7 @@ def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, deco
         if not (out / "config.json").exists():
             from transformers import AutoTokenizer
 
-            from .random_init import save_random_checkpoint
+            from ..checkpoint.random_init import save_random_checkpoint
 
             tok = AutoTokenizer.from_pretrained(str(ASSETS / "tokenizer"))
             try:
@@ -151,9 +144,7 @@ def parse_kv_heads(text: Optional[str], num_heads: int) -> List[int]:
                 g = int(p)
             except ValueError:
                 raise ConfigError(f"--kv-heads: {part!r} is not a number (or H / mha / mqa)") from None
-        if g < 1 or num_heads % g:
-            raise ConfigError(f"--kv-heads {g} does not divide the {num_heads} attention heads; valid values: "
-                              f"{', '.join(map(str, valid_kv_heads(num_heads)))}")
+        check_kv_heads(g, num_heads, "--kv-heads")
         if g not in out:
             out.append(g)
     if not out:
@@ -203,7 +194,7 @@ def _slug(text: str) -> str:
 
 
 def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     q = f"-q{spec.quantize_bits}g{spec.q_group_size}" if spec.quantize_bits else ""
     return (cache_dir / "converted" / f"{_slug(source.spec)}-{fingerprint(source.path)}"
             / f"kv{spec.kv_heads}-{dtype}{q}-v{CACHE_VERSION}")
@@ -211,7 +202,7 @@ def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir
 
 def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
     """The converted model directory for `spec`, converting (mean pooling, decoder) on first use."""
-    from .convert import convert
+    from ..conversion import convert
 
     out = converted_path(source, spec, dtype, cache_dir)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():

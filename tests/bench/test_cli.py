@@ -1,28 +1,22 @@
-"""bench.py end to end on a tiny random model and 3 bundled examples; the results schema (JSON and CSV)."""
+"""The bench CLI end to end on a tiny random model and 3 bundled examples; the results schema (JSON and CSV)."""
 
 import copy
 import csv
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from mlx_mqa.bench.cli import main as bench_main
+from mlx_mqa.bench.results import QUALITY_COLUMNS, SPEED_COLUMNS, validate_results, weights_provenance
+from mlx_mqa.bench.rouge import METRICS
 from mlx_mqa.checkpoint.random_init import save_random_checkpoint
-from mlx_mqa.results import QUALITY_COLUMNS, SPEED_COLUMNS, validate_results, weights_provenance
-from mlx_mqa.rouge import METRICS
-from conftest import t5_config
+from tests.helpers import t5_config
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2, vocab_size=4100)
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def run_cli(tiny_model):
             "--warmup", "1", "--repeats", "2", "--dataset", "bundled:cnn_dailymail", "--limit", "3",
             "--quality-lengths", "96x12", "--quality-batch-size", "2", "--bootstrap", "200",
             "--out", str(out), "--cache-dir", str(root / "cache"), "--no-progress"]
-    result = CliRunner().invoke(load_cli(), args)
+    result = CliRunner().invoke(bench_main, args)
     return result, out
 
 
@@ -85,8 +79,8 @@ def test_predictions_saved_per_example(run_cli):
     res = json.loads((out / "results.json").read_text())
     files = res["files"]["predictions"]
     assert len(files) == 6
-    mlx = [json.loads(l) for l in (out / files["mlx:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
-    ref = [json.loads(l) for l in (out / files["torch:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
+    mlx = [json.loads(line) for line in (out / files["mlx:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
+    ref = [json.loads(line) for line in (out / files["torch:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
     assert [p["id"] for p in mlx] == ["cnn_dailymail-test-helm0000", "cnn_dailymail-test-helm0001",
                                       "cnn_dailymail-test-helm0002"]
     assert all(set(p) >= {"id", "prediction", "reference", "tokens", "rouge1", "rougeLsum"} for p in mlx)
@@ -146,17 +140,16 @@ def test_weights_provenance(tmp_path, run_cli):
 def test_cli_offline_dataset_error_names_data_and_fails_fast(tmp_path, monkeypatch):
     import datasets
 
-    from mlx_mqa import data
+    from mlx_mqa.bench import data
 
     def offline(*a, **k):
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
-    main = load_cli()
     cache = tmp_path / "cache"
     for name, needle in (("cnn_dailymail", "cannot read dataset 'cnn_dailymail'"), ("nosuch", "unknown dataset")):
-        r = CliRunner().invoke(main, ["--dataset", name, "--cache-dir", str(cache), "--out", str(tmp_path / "o"),
+        r = CliRunner().invoke(bench_main, ["--dataset", name, "--cache-dir", str(cache), "--out", str(tmp_path / "o"),
                                       "--no-progress"])
         assert r.exit_code == 4, r.output
         assert needle in r.output and "--data FILE.jsonl" in r.output
@@ -165,18 +158,17 @@ def test_cli_offline_dataset_error_names_data_and_fails_fast(tmp_path, monkeypat
 
 
 def test_cli_help_and_bad_options():
-    main = load_cli()
-    r = CliRunner().invoke(main, ["--help"])
+    r = CliRunner().invoke(bench_main, ["--help"])
     assert r.exit_code == 0
     for needle in ("--kv-heads", "--preset", "--quantize", "--num-beams", "--data", "--torch-device", "random:"):
         assert needle in r.output
-    r = CliRunner().invoke(main, ["--lengths", "512", "--no-progress"])
+    r = CliRunner().invoke(bench_main, ["--lengths", "512", "--no-progress"])
     assert r.exit_code != 0 and "INPUTxOUTPUT" in r.output
 
 
 def test_cli_quantized_variants_without_torch(tiny_model, tmp_path):
     root, model = tiny_model
-    r = CliRunner().invoke(load_cli(), ["--model", str(model), "--kv-heads", "H,1", "--quantize", "8", "--no-torch",
+    r = CliRunner().invoke(bench_main, ["--model", str(model), "--kv-heads", "H,1", "--quantize", "8", "--no-torch",
                                         "--no-quality", "--batch-sizes", "2", "--lengths", "16x3", "--warmup", "0",
                                         "--repeats", "1", "--out", str(tmp_path), "--cache-dir", str(root / "cache"),
                                         "--no-progress", "--no-plots"])
@@ -196,10 +188,10 @@ def test_cli_quantized_variants_without_torch(tiny_model, tmp_path):
 
 def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeypatch):
     """Ctrl-C in the second setting: the first one's figures are on disk, marked incomplete."""
-    from mlx_mqa import benchmark as bm
+    from mlx_mqa.bench import speed
 
     root, model = tiny_model
-    real_run, calls = bm.mlx_run, []
+    real_run, calls = speed.mlx_run, []
 
     def run_then_interrupt(model, ids, *a, **k):
         calls.append(ids.shape[0])
@@ -207,8 +199,8 @@ def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_run(model, ids, *a, **k)
 
-    monkeypatch.setattr(bm, "mlx_run", run_then_interrupt)
-    r = CliRunner().invoke(load_cli(), ["--model", str(model), "--kv-heads", "H,1", "--no-torch", "--no-quality",
+    monkeypatch.setattr(speed, "mlx_run", run_then_interrupt)
+    r = CliRunner().invoke(bench_main, ["--model", str(model), "--kv-heads", "H,1", "--no-torch", "--no-quality",
                                         "--batch-sizes", "1,2", "--lengths", "16x3", "--warmup", "0", "--repeats", "1",
                                         "--out", str(tmp_path), "--cache-dir", str(root / "cache"), "--no-progress",
                                         "--no-plots"])
@@ -219,3 +211,12 @@ def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeyp
     assert res["speed"][1]["measured_decode_speedup"] > 0
     rows = list(csv.DictReader(open(tmp_path / "speed.csv")))
     assert [row["variant"] for row in rows] == ["MHA", "MQA"]
+
+
+def test_module_and_script_entry_points():
+    root = Path(__file__).resolve().parents[2]
+    for cmd, usage in (([sys.executable, "-m", "mlx_mqa.bench", "--help"], "Usage: python -m mlx_mqa.bench"),
+                       ([sys.executable, "bench.py", "--help"], "Usage: bench.py")):
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(usage) and "--kv-heads" in r.stdout and "--no-torch" in r.stdout

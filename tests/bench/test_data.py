@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mlx_mqa import data
-from mlx_mqa.data import DataError, Example, HUB_DATASETS, load_examples, load_hub, load_jsonl
+from mlx_mqa.bench import data
+from mlx_mqa.bench.data import HUB_DATASETS, DataError, Example, load_examples, load_hub, load_jsonl
 
 
 def write_jsonl(path, records):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from mlx_mqa import rouge
-from mlx_mqa.rouge import METRICS, bootstrap_ci, regex_sentences, rouge_per_example, score
+from mlx_mqa.bench import rouge
+from mlx_mqa.bench.rouge import METRICS, bootstrap_ci, regex_sentences, rouge_per_example, score
 
 
 def test_known_value():
