@@ -1,12 +1,8 @@
-"""Training objectives and their data: T5 span corruption over a text corpus, and supervised
-document -> summary pairs.
+"""Training data: corpora (JSONL, text, `datasets`), held-out splits, token windows, and batch streams
+with a saved position (span corruption over windows; supervised document -> summary pairs).
 
-Span corruption follows the T5 codebase (`t5.data.preprocessors.span_corruption`):
-`random_spans_noise_mask` picks round(L * density) noise tokens in round(noise / mean_span)
-spans with a random segmentation (always starting with a non-noise span and ending with a
-noise span); inputs keep the non-noise tokens with each noise span replaced by one sentinel,
-targets are each sentinel followed by the tokens it replaced, then EOS. Sentinel i is the
-tokenizer's `<extra_id_i>`. Everything is deterministic given a numpy Generator.
+A batch stream has `next_batch()`, `state()` / `set_state()` (saved in checkpoints, so a resumed run
+sees the same batches) and `describe()` (the settings a resumed run must share).
 """
 
 from __future__ import annotations
@@ -14,145 +10,63 @@ from __future__ import annotations
 import glob
 import hashlib
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from .data import read_jsonl
-from .errors import InputError
+from ..errors import InputError
+from ..jsonl import read_jsonl
+from .objectives import IGNORE, MEAN_NOISE_SPAN_LENGTH, NOISE_DENSITY, corrupt, sentinel_ids
 
-NOISE_DENSITY = 0.15
-MEAN_NOISE_SPAN_LENGTH = 3.0
-
-
-# ---------------------------------------------------------------- span corruption (T5) -----
-
-def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
-    """Boolean [length] mask of noise tokens, as T5's `random_spans_noise_mask` (random_roll=False)."""
-    orig_length = length
-    length = max(length, 2)
-    num_noise_tokens = int(round(length * noise_density))
-    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
-    num_noise_spans = max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
-    num_nonnoise_tokens = length - num_noise_tokens
-
-    def random_segmentation(num_items: int, num_segments: int) -> np.ndarray:
-        # num_items split into num_segments non-empty segments, uniformly at random.
-        first_in_segment = (np.arange(num_items - 1) < num_segments - 1).astype(np.int64)
-        first_in_segment = np.concatenate([[0], rng.permutation(first_in_segment)])
-        segment_id = np.cumsum(first_in_segment)
-        return np.bincount(segment_id, minlength=num_segments)
-
-    noise_span_lengths = random_segmentation(num_noise_tokens, num_noise_spans)
-    nonnoise_span_lengths = random_segmentation(num_nonnoise_tokens, num_noise_spans)
-    interleaved = np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1).reshape(-1)
-    span_starts = np.cumsum(interleaved)[:-1]
-    indicator = np.zeros(length, np.int64)
-    indicator[span_starts] = 1
-    is_noise = (np.cumsum(indicator) % 2) == 1
-    return is_noise[:orig_length]
-
-
-def span_lengths(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                 mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> Tuple[int, int]:
-    """(raw tokens per window, targets length) so that corrupted inputs are exactly `inputs_length`
-    (EOS included), as T5's `random_spans_helper` with one sentinel per span."""
-
-    def lengths(tokens_length):
-        num_noise = int(round(tokens_length * noise_density))
-        num_spans = int(round(num_noise / mean_noise_span_length))
-        return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
-
-    tokens_length = inputs_length - 1
-    while lengths(tokens_length + 1)[0] <= inputs_length:
-        tokens_length += 1
-    return tokens_length, lengths(tokens_length)[1]
-
-
-def sentinel_ids(tokenizer, n: int = 100) -> np.ndarray:
-    """Ids of <extra_id_0> ... <extra_id_{n-1}> (their order is the tokenizer's business)."""
-    ids = [tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(n)]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if any(i is None or i == unk for i in ids):
-        raise InputError(f"the tokenizer has fewer than {n} sentinel tokens <extra_id_i>")
-    return np.asarray(ids, np.int32)
-
-
-def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinels: np.ndarray, eos_id: int,
-            noise_density: float = NOISE_DENSITY,
-            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> Tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) of one token window, both ending with EOS."""
-    tokens = np.asarray(tokens, np.int32)
-    mask = random_spans_noise_mask(len(tokens), rng, noise_density, mean_noise_span_length)
-    starts = mask & ~np.concatenate([[False], mask[:-1]])       # first token of each noise span
-    span_index = np.cumsum(starts) - 1
-    if span_index[-1] >= len(sentinels):
-        raise InputError(f"{span_index[-1] + 1} noise spans but only {len(sentinels)} sentinels; "
-                         f"use shorter windows")
-    # inputs: non-noise tokens, and a sentinel in place of each noise span
-    inp = np.where(starts, sentinels[np.maximum(span_index, 0)], tokens)
-    inp = inp[~mask | starts]
-    # targets: each sentinel followed by the noise span it replaced
-    nonnoise_starts = ~mask & np.concatenate([[True], mask[:-1]])
-    tgt_span_index = np.cumsum(nonnoise_starts) - 1
-    tgt = np.where(nonnoise_starts, sentinels[np.maximum(tgt_span_index, 0)], tokens)
-    tgt = tgt[mask | nonnoise_starts]
-    # T5's targets hold a sentinel for every non-noise span; a trailing one (never the case with
-    # T5's mask, which ends in noise) would carry nothing, so it is dropped, as T5 does with EOS.
-    if not mask[-1]:
-        tgt = tgt[:-1]
-    return (np.concatenate([inp, [eos_id]]).astype(np.int32),
-            np.concatenate([tgt, [eos_id]]).astype(np.int32))
-
-
-def uncorrupt(inputs: Sequence[int], targets: Sequence[int], sentinels: Sequence[int], eos_id: int) -> List[int]:
-    """Rebuild the original window from (inputs, targets): the test of `corrupt`."""
-    spans: Dict[int, List[int]] = {}
-    current = None
-    sent = {int(s): i for i, s in enumerate(sentinels)}
-    for t in targets:
-        t = int(t)
-        if t == eos_id:
-            break
-        if t in sent:
-            current = sent[t]
-            spans[current] = []
-        else:
-            spans[current].append(t)
-    out: List[int] = []
-    for t in inputs:
-        t = int(t)
-        if t == eos_id:
-            break
-        out.extend(spans[sent[t]] if t in sent else [t])
-    return out
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- corpus reading -----
 
-def read_texts(sources: Sequence[str], field: str = "document", extra_fields: Sequence[str] = ()) -> List[str]:
-    """Documents from .jsonl files (field `field`, plus `extra_fields` appended as separate docs),
-    plain .txt files (one document per blank-line separated block), directories or globs of those,
-    or a Hugging Face `datasets` name written `hf:NAME[:CONFIG][@SPLIT]` (text column `field`)."""
+def corpus_files(src: str, suffixes: Sequence[str] = (".jsonl", ".txt")) -> List[Path]:
+    """A file, a glob, or a directory (every file with one of `suffixes` inside, recursively)."""
+    p = Path(src)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = [f for s in suffixes for f in sorted(p.rglob(f"*{s}")) if f.is_file()]
+    else:
+        files = [Path(f) for f in sorted(glob.glob(src)) if Path(f).is_file()]
+    if not files:
+        kinds = " or ".join(suffixes)
+        raise InputError(f"no data files at {src!r} (expected {kinds} files, directories or globs of them)")
+    return files
+
+
+def read_texts(sources: Sequence[str], field: str = "document") -> List[str]:
+    """Documents from .jsonl files (field `field`), plain text files (one document per blank-line
+    separated block), directories or globs of those, or a Hugging Face `datasets` name written
+    `hf:NAME[:CONFIG][@SPLIT]` (text column `field`)."""
     texts: List[str] = []
     for src in sources:
         if src.startswith("hf:"):
             texts.extend(_read_hf(src[3:], field))
             continue
-        p = Path(src)
-        files = sorted(p.rglob("*.jsonl")) + sorted(p.rglob("*.txt")) if p.is_dir() else \
-            [Path(f) for f in sorted(glob.glob(src))]
-        if not files:
-            raise InputError(f"no corpus files at {src!r} (expected .jsonl or .txt files, or hf:NAME)")
-        for f in files:
+        for f in corpus_files(src):
             if f.suffix == ".jsonl":
-                for _, rec in read_jsonl(f):
-                    for key in (field, *extra_fields) if isinstance(rec, dict) else ():
-                        if isinstance(rec.get(key), str) and rec[key].strip():
-                            texts.append(rec[key])
+                texts.extend(_jsonl_texts(f, field))
             else:
                 texts.extend(b.strip() for b in f.read_text(encoding="utf-8").split("\n\n") if b.strip())
+    return texts
+
+
+def _jsonl_texts(path: Path, field: str) -> List[str]:
+    texts, fields, records = [], set(), 0
+    for _, rec in read_jsonl(path):
+        records += 1
+        if isinstance(rec, dict):
+            fields.update(rec)
+            if isinstance(rec.get(field), str) and rec[field].strip():
+                texts.append(rec[field])
+    if records and not texts:
+        found = ", ".join(map(repr, sorted(fields))) or "none (the records are not JSON objects)"
+        raise InputError(f"{path}: no record has the text field {field!r}; fields found: {found} "
+                         f"(choose one with --source-field)")
     return texts
 
 
@@ -162,15 +76,38 @@ def _read_hf(spec: str, field: str) -> List[str]:
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
     ds = datasets.load_dataset(name, config or None, split=split or "train")
+    if field not in ds.column_names:
+        raise InputError(f"hf:{spec} has no column {field!r}; columns: {', '.join(ds.column_names)} "
+                         f"(choose one with --source-field)")
     return [t for t in ds[field] if isinstance(t, str) and t.strip()]
 
 
-def split_documents(texts: Sequence[str], eval_fraction: float, seed: int = 0) -> Tuple[List[str], List[str]]:
-    """Hold out a fixed random fraction of documents (not windows, so no text leaks into eval)."""
-    order = np.random.default_rng(seed).permutation(len(texts))
-    n_eval = int(round(len(texts) * eval_fraction))
-    held = set(order[:n_eval].tolist())
-    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+def read_pairs(sources: Sequence[str], source_field: str = "document",
+               target_field: str = "summary") -> List[Tuple[str, str]]:
+    """(source, target) pairs from JSONL files, globs, or directories (every *.jsonl inside)."""
+    pairs = []
+    for src in sources:
+        for f in corpus_files(src, (".jsonl",)):
+            for lineno, rec in read_jsonl(f):
+                missing = [k for k in (source_field, target_field) if not isinstance(rec, dict) or k not in rec]
+                if missing:
+                    found = ", ".join(map(repr, sorted(rec))) if isinstance(rec, dict) else "not a JSON object"
+                    raise InputError(f"{f}:{lineno} lacks the field {missing[0]!r}; fields found: {found} "
+                                     f"(choose them with --source-field / --target-field)")
+                pairs.append((rec[source_field], rec[target_field]))
+    if not pairs:
+        raise InputError(f"{', '.join(sources)} holds no examples")
+    return pairs
+
+
+def split_held_out(items: Sequence[T], fraction: float, seed=0) -> Tuple[List[T], List[T]]:
+    """(train, held-out): a fixed random `fraction` of whole items (documents, records, pairs) held out,
+    so no text leaks into evaluation. Both lists follow the seeded permutation's order."""
+    if not 0.0 <= fraction < 1.0:
+        raise InputError(f"the held-out fraction must be in [0, 1), not {fraction}")
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_held = int(round(len(items) * fraction))
+    return [items[i] for i in order[n_held:]], [items[i] for i in order[:n_held]]
 
 
 def tokenize_stream(tokenizer, texts: Sequence[str], batch: int = 64) -> np.ndarray:
@@ -202,17 +139,18 @@ def _shift_right(labels: np.ndarray, start_id: int, pad_id: int) -> np.ndarray:
     dec = np.full_like(labels, pad_id)
     dec[:, 0] = start_id
     dec[:, 1:] = labels[:, :-1]
-    return np.where(dec == -100, pad_id, dec)
+    return np.where(dec == IGNORE, pad_id, dec)
 
 
-def collate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int = 0, start_id: int = 0) -> Dict[str, np.ndarray]:
-    """Right-padded arrays: input_ids, attention_mask, decoder_input_ids, labels (-100 = ignore)."""
+def collate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int = 0,
+            start_id: int = 0) -> Dict[str, np.ndarray]:
+    """Right-padded arrays: input_ids, attention_mask, decoder_input_ids, labels (IGNORE = no loss)."""
     B = len(pairs)
     Li = max(len(p[0]) for p in pairs)
     Lt = max(len(p[1]) for p in pairs)
     inp = np.full((B, Li), pad_id, np.int32)
     att = np.zeros((B, Li), np.int32)
-    lab = np.full((B, Lt), -100, np.int32)
+    lab = np.full((B, Lt), IGNORE, np.int32)
     for b, (x, y) in enumerate(pairs):
         inp[b, :len(x)] = x
         att[b, :len(x)] = 1
@@ -298,17 +236,6 @@ class SpanCorruptionData:
                 "data_fingerprint": fingerprint(self.windows)}
 
 
-def read_pairs(path: str, source_field: str = "document", target_field: str = "summary") -> List[Tuple[str, str]]:
-    pairs = []
-    for lineno, rec in read_jsonl(Path(path)):
-        if not isinstance(rec, dict) or source_field not in rec or target_field not in rec:
-            raise InputError(f"{path}:{lineno} lacks the field {source_field!r} or {target_field!r}")
-        pairs.append((rec[source_field], rec[target_field]))
-    if not pairs:
-        raise InputError(f"{path} holds no examples")
-    return pairs
-
-
 def encode_pairs(tokenizer, pairs: Sequence[Tuple[str, str]], max_source: int, max_target: int,
                  prefix: str = "summarize: ") -> List[Tuple[np.ndarray, np.ndarray]]:
     """Tokenized (source, target), truncated so that each still ends with EOS."""
@@ -336,7 +263,7 @@ class SupervisedData:
     def next_batch(self) -> Dict[str, np.ndarray]:
         return collate([self.examples[i] for i in self.sampler.take(self.batch_size)], self.pad_id, self.pad_id)
 
-    def eval_batches(self, examples, batch_size: int, seed: int = 0) -> List[Dict[str, np.ndarray]]:
+    def eval_batches(self, examples, batch_size: int) -> List[Dict[str, np.ndarray]]:
         return [collate(examples[i:i + batch_size], self.pad_id, self.pad_id)
                 for i in range(0, len(examples), batch_size)]
 

@@ -1,27 +1,19 @@
-"""Continued training (uptraining) of an MLX T5: loop, optimizer and schedule, checkpoints, resume.
+"""Continued training (uptraining) of an MLX T5: configuration, schedule, optimizer, loop and resume.
 
-A run directory holds `ckpt-NNNNNNN/` checkpoints (newest K kept), `log.jsonl` (train and eval
-losses) and nothing else. Each checkpoint is written to a temporary sibling and renamed into
-place, so a directory named `ckpt-*` is always complete; it holds
-
-- `model.safetensors`, `config.json`, tokenizer files: `mlx_mqa.load(ckpt)` gives a usable model;
-- `optimizer/optimizer.safetensors`: `tree_flatten(optimizer.state)`;
-- `trainer_state.json`: step, data position and RNG state, losses so far, eval history, run settings.
-
-Resuming restores all of it, so the continued run sees the same batches and computes the same
-losses as an uninterrupted one.
+The run directory's layout and the checkpoint files are `checkpoints.py`'s business. Resuming restores
+weights, optimizer state, step, data position and RNG state, so the continued run sees the same batches
+and computes the same losses as an uninterrupted one; a checkpoint made by another model, other run
+settings or another learning-rate schedule is refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -29,20 +21,32 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import __version__
-from .checkpoint import atomic_directory, atomic_write_json, save_mlx_weights
-from .config import ModelArgs
-from .errors import CheckpointError, ConfigError
-from .model import Model
+from ..checkpoint.load import cast_model
+from ..errors import CheckpointError, ConfigError
+from ..models.dtypes import check_dtype
+from ..models.t5 import Model
+from .checkpoints import (
+    LOG_FILE,
+    checkpoint_dir,
+    list_checkpoints,
+    model_signature,
+    prune,
+    read_optimizer_state,
+    read_state,
+    read_weights,
+    remove_partial,
+    save_checkpoint,
+    truncate_log,
+)
+from .objectives import loss_terms
 
-CKPT_RE = re.compile(r"^ckpt-(\d+)$")
-STATE_FILE = "trainer_state.json"
-OPT_DIR, OPT_FILE = "optimizer", "optimizer.safetensors"
-FORMAT_VERSION = 1
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
-# Settings that must not change when a run is resumed (others, e.g. eval_every, may).
-RESUME_INVARIANT = ("optimizer", "lr", "schedule", "warmup_steps", "total_steps_for_schedule", "min_lr_ratio",
-                    "weight_decay", "batch_size", "grad_accum", "dtype", "seed", "beta1", "clip_grad_norm")
+TRAIN_DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("constant", "cosine", "rsqrt", "linear")
+DECAYING = ("cosine", "linear")     # the schedules with a horizon
+# Settings that must not change when a run is resumed (others, e.g. eval_every, may). The schedule's
+# horizon is compared separately (schedule_horizon): `steps` may change as long as the horizon does not.
+RESUME_INVARIANT = ("optimizer", "lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "batch_size",
+                    "grad_accum", "dtype", "seed", "beta1", "clip_grad_norm")
 
 
 @dataclass
@@ -69,12 +73,21 @@ class TrainConfig:
     def validate(self):
         if self.optimizer not in ("adafactor", "adamw"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adafactor or adamw")
-        if self.schedule not in ("constant", "cosine", "rsqrt", "linear"):
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose constant, cosine, rsqrt or linear")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {list(DTYPES)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        check_dtype(self.dtype, allowed=TRAIN_DTYPES)
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("steps must be >= 0, batch size and gradient accumulation >= 1")
+        if self.total_steps_for_schedule is not None and self.total_steps_for_schedule < 1:
+            raise ConfigError(f"the schedule's horizon must be >= 1 step, not {self.total_steps_for_schedule}")
+
+
+def schedule_horizon(train: dict) -> Optional[int]:
+    """Steps over which a cosine/linear schedule decays (None for schedules without a horizon), from a
+    TrainConfig as a dict (as checkpoints store it)."""
+    if train.get("schedule") not in DECAYING:
+        return None
+    return train.get("total_steps_for_schedule") or train.get("steps")
 
 
 def make_schedule(cfg: TrainConfig) -> Callable[[mx.array], mx.array]:
@@ -113,44 +126,16 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     return optim.AdamW(learning_rate=sched, betas=[cfg.beta1 or 0.9, 0.999], weight_decay=cfg.weight_decay)
 
 
-def loss_terms(model: Model, batch: Dict[str, mx.array]):
-    """(sum of token cross-entropies over real target tokens, number of those tokens)."""
-    logits = model(batch["input_ids"], batch["decoder_input_ids"], batch["attention_mask"])
-    labels = batch["labels"]
-    mask = labels != -100
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), mx.where(mask, labels, 0), reduction="none")
-    return (ce * mask).sum(), mask.sum()
+def check_trainable(model: Model) -> None:
+    """Refuse quantized models: only their norms and position biases would train, and the checkpoints
+    could not record how the rest was quantized."""
+    if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
+        raise ConfigError("the model is quantized and cannot be uptrained; "
+                          "convert without -q for uptraining, quantize afterwards")
 
 
 def _to_mx(batch: Dict[str, np.ndarray]) -> Dict[str, mx.array]:
     return {k: mx.array(v) for k, v in batch.items()}
-
-
-def list_checkpoints(run_dir: Path) -> List[Path]:
-    """Complete checkpoints (atomically renamed `ckpt-N` dirs), oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CKPT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def model_signature(args: ModelArgs) -> Dict[str, Any]:
-    keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-            "num_key_value_heads", "encoder_num_key_value_heads", "feed_forward_proj", "tie_word_embeddings",
-            "relative_attention_num_buckets")
-    d = args.to_dict()
-    return {k: d[k] for k in keys}
-
-
-def checkpoint_config(args: ModelArgs, dtype: str, step: int) -> dict:
-    """config.json of a checkpoint: the model's config plus a training record, readable by load()."""
-    cfg = args.to_dict()
-    cfg["model_type"] = "t5"
-    cfg["mlx_mqa_version"] = __version__
-    cfg["torch_dtype"] = dtype
-    cfg["training"] = {"step": step, "dtype": dtype}
-    return cfg
 
 
 class Trainer:
@@ -163,6 +148,7 @@ class Trainer:
     def __init__(self, model: Model, data, cfg: TrainConfig, run_dir, tokenizer=None,
                  eval_batches: Optional[List[Dict[str, np.ndarray]]] = None,
                  callback: Optional[Callable[[dict], None]] = None, extra_state: Optional[dict] = None):
+        check_trainable(model)
         cfg.validate()
         self.model, self.data, self.cfg = model, data, cfg
         self.run_dir = Path(run_dir)
@@ -176,25 +162,22 @@ class Trainer:
         self.tokens_seen = 0
         self.train_seconds = 0.0
         self._stop = False
-        dtype = DTYPES[cfg.dtype]
-        if model.dtype != dtype:
-            model.update(tree_map(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p,
-                                  model.parameters()))
+        if model.dtype != check_dtype(cfg.dtype, allowed=TRAIN_DTYPES):
+            cast_model(model, cfg.dtype)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(model.trainable_parameters())
-        self._grad_fn = nn.value_and_grad(model, self._loss_sum)
+        self._grad_fn = nn.value_and_grad(model, loss_terms)
         mx.eval(model.parameters(), self.optimizer.state)
 
     # ----------------------------------------------------------------- training -----
 
-    @staticmethod
-    def _loss_sum(model, batch):
-        s, n = loss_terms(model, batch)
-        return s, n
-
     def request_stop(self):
         """Stop at the next step boundary (after writing a checkpoint); safe from a signal handler."""
         self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
 
     def train_step(self):
         """One optimizer update over grad_accum micro-batches; (mean target-token loss, tokens processed)."""
@@ -237,7 +220,6 @@ class Trainer:
         if self.step == 0 and not self.evals and self.eval_batches:
             self._record_eval()
         t_start = time.perf_counter()
-        window_tokens, window_start = 0, time.perf_counter()
         while self.step < cfg.steps and not self._stop:
             t0 = time.perf_counter()
             loss, tokens = self.train_step()
@@ -246,7 +228,6 @@ class Trainer:
             self.losses.append(loss)
             self.tokens_seen += tokens
             self.train_seconds += dt
-            window_tokens += tokens
             rec = {"event": "step", "step": self.step, "loss": loss, "lr": self.current_lr(),
                    "tokens": self.tokens_seen, "tok_s": tokens / dt if dt > 0 else 0.0,
                    "elapsed": self.train_seconds}
@@ -257,10 +238,9 @@ class Trainer:
                 self._record_eval()
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or self._stop:
                 self.save()
-        wall = time.perf_counter() - t_start
         return {"step": self.step, "stopped": self._stop and self.step < cfg.steps,
                 "final_loss": self.losses[-1] if self.losses else None,
-                "eval": self.evals[-1] if self.evals else None, "wall_s": wall,
+                "eval": self.evals[-1] if self.evals else None, "wall_s": time.perf_counter() - t_start,
                 "train_seconds": self.train_seconds, "tokens": self.tokens_seen,
                 "tokens_per_s": self.tokens_seen / self.train_seconds if self.train_seconds else 0.0}
 
@@ -276,7 +256,7 @@ class Trainer:
 
     def _log(self, rec: dict):
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "log.jsonl", "a") as f:
+        with open(self.run_dir / LOG_FILE, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
     # ----------------------------------------------------------------- checkpoints -----
@@ -285,79 +265,33 @@ class Trainer:
         return {"train": asdict(self.cfg), "data": self.data.describe(), "model": model_signature(self.model.args)}
 
     def save(self) -> Path:
-        target = self.run_dir / f"ckpt-{self.step:07d}"
-        with atomic_directory(target, overwrite=True) as tmp:
-            save_mlx_weights(tmp, dict(tree_flatten(self.model.parameters())))
-            opt_state = dict(tree_flatten(self.optimizer.state))
-            # In a subdirectory, so that convert() (which reads every top-level *.safetensors) and
-            # other tools see the checkpoint as a plain model directory.
-            (tmp / OPT_DIR).mkdir()
-            mx.save_safetensors(str(tmp / OPT_DIR / OPT_FILE), opt_state, metadata={"format": "mlx"})
-            atomic_write_json(tmp / "config.json", checkpoint_config(self.model.args, self.cfg.dtype, self.step))
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(tmp))
-            state = {"format_version": FORMAT_VERSION, "step": self.step, "data_state": self.data.state(),
-                     "losses": self.losses, "evals": self.evals, "tokens_seen": self.tokens_seen,
-                     "train_seconds": self.train_seconds, "settings": self.settings(),
-                     "extra": self.extra_state, "mlx_mqa_version": __version__}
-            # Written last: its presence marks the checkpoint's contents complete.
-            (tmp / STATE_FILE).write_text(json.dumps(state))
-        for old in list_checkpoints(self.run_dir)[:-max(self.cfg.keep_checkpoints, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+        state = {"step": self.step, "data_state": self.data.state(), "losses": self.losses, "evals": self.evals,
+                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                 "settings": self.settings(), "extra": self.extra_state}
+        target = save_checkpoint(checkpoint_dir(self.run_dir, self.step), self.model,
+                                 dict(tree_flatten(self.optimizer.state)), state, self.cfg.dtype, self.tokenizer)
+        prune(self.run_dir, self.cfg.keep_checkpoints)
         self.callback({"event": "checkpoint", "step": self.step, "path": str(target)})
         return target
 
     def resume(self, path=None) -> Optional[Path]:
         """Restore the newest checkpoint of the run dir (or `path`); None if there is none.
 
-        Raises CheckpointError if it is unreadable or was made by a different model or run settings.
+        Raises CheckpointError if it is unreadable or was made by a different model, other run settings
+        or another learning-rate schedule; nothing is changed then.
         """
         if path is None:
-            # Temporary directories left by a kill during a save are never complete: remove them.
-            if self.run_dir.exists():
-                for stale in self.run_dir.glob(".ckpt-*.partial-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
+            remove_partial(self.run_dir)
             ckpts = list_checkpoints(self.run_dir)
             if not ckpts:
                 return None
             path = ckpts[-1]
         path = Path(path)
-        state_file = path / STATE_FILE
-        if not state_file.exists():
-            raise CheckpointError(f"{path} is not a complete training checkpoint (no {STATE_FILE}); delete it")
-        try:
-            state = json.loads(state_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{state_file} is corrupt ({e}); delete {path} to resume from an older one") from None
-        saved = state.get("settings", {})
-        mine = self.settings()
-        if saved.get("model") != mine["model"]:
-            diff = {k: (saved.get("model", {}).get(k), v) for k, v in mine["model"].items()
-                    if saved.get("model", {}).get(k) != v}
-            raise CheckpointError(f"checkpoint {path} is for a different model (checkpoint vs this run: {diff}); "
-                                  f"use another --run-dir or the matching model")
-        bad = {k: (saved.get("train", {}).get(k), mine["train"][k]) for k in RESUME_INVARIANT
-               if saved.get("train", {}).get(k) != mine["train"][k]}
-        data_keys = [k for k in mine["data"] if k != "steps"]
-        bad.update({f"data.{k}": (saved.get("data", {}).get(k), mine["data"][k]) for k in data_keys
-                    if saved.get("data", {}).get(k) != mine["data"][k]})
-        if bad:
-            raise CheckpointError(f"checkpoint {path} was made with other settings (checkpoint vs this run: {bad}); "
-                                  f"resume with the same settings or use another --run-dir")
-        weights = self._read_safetensors(path / "model.safetensors")
-        expected = dict(tree_flatten(self.model.parameters()))
-        shape_bad = [k for k in expected if k not in weights or tuple(weights[k].shape) != tuple(expected[k].shape)]
-        if shape_bad or set(weights) - set(expected):
-            raise CheckpointError(f"{path}/model.safetensors does not match the model: "
-                                  f"{len(shape_bad)} missing/misshapen tensors (e.g. {shape_bad[:3]}), "
-                                  f"{len(set(weights) - set(expected))} unexpected")
-        opt_file = path / OPT_DIR / OPT_FILE
-        opt = self._read_safetensors(opt_file if opt_file.exists() else path / OPT_FILE)
+        state = read_state(path)
+        self._check_settings(path, state.get("settings", {}))
+        weights = read_weights(path, dict(tree_flatten(self.model.parameters())))
+        opt = read_optimizer_state(path, dict(tree_flatten(self.optimizer.state)), self.cfg.optimizer)
         self.model.load_weights(list(weights.items()))
-        opt_expected = dict(tree_flatten(self.optimizer.state))
-        if set(opt) != set(opt_expected) or any(tuple(opt[k].shape) != tuple(opt_expected[k].shape) for k in opt):
-            raise CheckpointError(f"{path}/{OPT_DIR}/{OPT_FILE} does not match this optimizer "
-                                  f"({self.cfg.optimizer}); was the run made with another one?")
         self.optimizer.state = tree_unflatten(list(opt.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
         self.data.set_state(state["data_state"])
@@ -366,53 +300,25 @@ class Trainer:
         self.evals = list(state["evals"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        self._truncate_log()
+        truncate_log(self.run_dir / LOG_FILE, self.step)
         return path
 
-    def _truncate_log(self):
-        """Drop log lines past the restored step: those steps are done again."""
-        log = self.run_dir / "log.jsonl"
-        if not log.exists():
-            return
-        keep = []
-        for line in log.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue   # a line cut by the kill
-            if rec.get("step", 0) <= self.step:
-                keep.append(line)
-        log.write_text("".join(l + "\n" for l in keep))
-
-    @staticmethod
-    def _read_safetensors(file: Path) -> Dict[str, mx.array]:
-        if not file.exists():
-            raise CheckpointError(f"{file} is missing; the checkpoint is incomplete, delete it")
-        try:
-            arrays = mx.load(str(file))
-            mx.eval(arrays)
-            return arrays
-        except Exception as e:
-            raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({e}); "
-                                  f"delete {file.parent} to resume from an older checkpoint") from None
-
-
-def init_model(args: ModelArgs, seed: int = 0) -> Model:
-    """A freshly initialised model (T5/transformers init; lm_head std d_model**-0.5 when untied)."""
-    from .random_init import random_t5_weights
-
-    cfg = {k: v for k, v in args.to_dict().items()}
-    w = random_t5_weights(cfg, seed=seed)
-    if not args.tie_word_embeddings:
-        rng = np.random.default_rng([seed, 7])
-        w["lm_head.weight"] = (rng.standard_normal((args.vocab_size, args.d_model), dtype=np.float32)
-                               * np.float32(args.d_model ** -0.5))
-    model = Model(args)
-    rng = np.random.default_rng([seed, 8])
-    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    for k, shape in shapes.items():
-        if k in w and tuple(w[k].shape) != shape:     # grouped K/V projections: fewer heads
-            w[k] = rng.standard_normal(shape, dtype=np.float32) * np.float32(args.d_model ** -0.5)
-    model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(w).items()])
-    mx.eval(model.parameters())
-    return model
+    def _check_settings(self, path: Path, saved: dict) -> None:
+        mine = self.settings()
+        saved_model, saved_train, saved_data = saved.get("model", {}), saved.get("train", {}), saved.get("data", {})
+        if saved_model != mine["model"]:
+            diff = {k: (saved_model.get(k), v) for k, v in mine["model"].items() if saved_model.get(k) != v}
+            raise CheckpointError(f"checkpoint {path} is for a different model (checkpoint vs this run: {diff}); "
+                                  f"use another --run-dir or the matching model")
+        bad = {k: (saved_train.get(k), mine["train"][k]) for k in RESUME_INVARIANT
+               if saved_train.get(k) != mine["train"][k]}
+        bad.update({f"data.{k}": (saved_data.get(k), v) for k, v in mine["data"].items() if saved_data.get(k) != v})
+        if bad:
+            raise CheckpointError(f"checkpoint {path} was made with other settings (checkpoint vs this run: {bad}); "
+                                  f"resume with the same settings or use another --run-dir")
+        old, new = schedule_horizon(saved_train), schedule_horizon(mine["train"])
+        if old != new:
+            raise CheckpointError(
+                f"checkpoint {path} was made with a {self.cfg.schedule} learning-rate schedule decaying over {old} "
+                f"steps, this run's decays over {new} (its number of steps): the learning rate would jump. "
+                f"Pass --schedule-steps {old} to continue on the same schedule, or use another --run-dir")

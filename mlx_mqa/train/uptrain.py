@@ -9,82 +9,121 @@ exits at once, leaving the last complete checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
-from . import backend  # noqa: F401  (OpenBLAS before mlx.core)
+import click
+import numpy as np
 
-import click  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .errors import ConfigError, InputError, MlxMqaError  # noqa: E402
+from ..cli import CONTEXT, fail
+from ..errors import ConfigError, InputError, MlxMqaError
 
 
-def steps_from(steps, alpha, pretrain_steps):
+def steps_from(steps, alpha, pretrain_steps) -> int:
+    """Total optimizer updates from --steps, or --alpha times --pretrain-steps."""
     if steps is not None and alpha is not None:
         raise ConfigError("give --steps or --alpha (with --pretrain-steps), not both")
     if alpha is not None:
-        if not pretrain_steps:
-            raise ConfigError("--alpha needs --pretrain-steps (the original pretraining length)")
+        if not pretrain_steps or pretrain_steps < 1:
+            raise ConfigError("--alpha needs --pretrain-steps P >= 1 (the original pretraining length)")
+        if alpha <= 0:
+            raise ConfigError(f"--alpha must be > 0, not {alpha}")
         return max(int(round(alpha * pretrain_steps)), 1)
     if steps is None:
         raise ConfigError("give --steps N, or --alpha A with --pretrain-steps P (the paper: alpha = 0.05)")
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, not {steps}")
     return steps
 
 
-def build_data(objective, tokenizer, sources, eval_sources, eval_fraction, batch_size, seed, input_length,
-               eval_examples, source_field, target_field, prefix, max_source_length, max_target_length):
-    from .span_corruption import (SpanCorruptionData, SupervisedData, encode_pairs, make_windows, read_pairs,
-                                  read_texts, span_lengths, split_documents, tokenize_stream)
+def span_data(tokenizer, sources, eval_sources, o):
+    from .data import SpanCorruptionData, make_windows, read_texts, split_held_out, tokenize_stream
+    from .objectives import span_lengths
 
-    if objective == "span":
-        texts = read_texts(sources, field=source_field)
-        if eval_sources:
-            train_texts, held_texts = texts, read_texts(eval_sources, field=source_field)
-        else:
-            train_texts, held_texts = split_documents(texts, eval_fraction, seed=0)
-        raw, _ = span_lengths(input_length)
-        train = make_windows(tokenize_stream(tokenizer, train_texts), raw)
-        held = make_windows(tokenize_stream(tokenizer, held_texts), raw) if held_texts else train[:0]
-        if len(train) == 0:
-            raise InputError(f"the corpus has fewer than {raw} tokens: no training window")
-        if len(held) > eval_examples:
-            held = held[np.sort(np.random.default_rng(0).choice(len(held), eval_examples, replace=False))]
-        data = SpanCorruptionData(train, tokenizer, batch_size, seed=seed)
-        return data, (data.eval_batches(held, batch_size) if len(held) else []), \
-            f"{len(train)} windows of {raw} tokens ({input_length} after corruption), {len(held)} held out"
-    pairs = []
-    for s in sources:
-        pairs.extend(read_pairs(s, source_field, target_field))
+    texts = read_texts(sources, field=o["source_field"])
     if eval_sources:
-        held_pairs = [p for s in eval_sources for p in read_pairs(s, source_field, target_field)]
+        train_texts, held_texts = texts, read_texts(eval_sources, field=o["source_field"])
     else:
-        order = np.random.default_rng(0).permutation(len(pairs))
-        n_eval = int(round(len(pairs) * eval_fraction))
-        held_pairs = [pairs[i] for i in order[:n_eval]]
-        pairs = [pairs[i] for i in sorted(order[n_eval:])]
-    enc = encode_pairs(tokenizer, pairs, max_source_length, max_target_length, prefix)
-    held = encode_pairs(tokenizer, held_pairs[:eval_examples], max_source_length, max_target_length, prefix)
-    data = SupervisedData(enc, tokenizer, batch_size, seed=seed)
-    return data, data.eval_batches(held, batch_size), f"{len(enc)} training pairs, {len(held)} held out"
+        train_texts, held_texts = split_held_out(texts, o["eval_fraction"], seed=0)
+    raw, _ = span_lengths(o["input_length"])
+    stream = tokenize_stream(tokenizer, train_texts)
+    train = make_windows(stream, raw)
+    if len(train) == 0:
+        raise InputError(f"the training texts hold {len(stream)} tokens, fewer than the {raw} of one window "
+                         f"(--input-length {o['input_length']})")
+    held = make_windows(tokenize_stream(tokenizer, held_texts), raw) if held_texts else train[:0]
+    if len(held) > o["eval_examples"]:
+        held = held[np.sort(np.random.default_rng(0).choice(len(held), o["eval_examples"], replace=False))]
+    data = SpanCorruptionData(train, tokenizer, o["batch_size"], seed=o["seed"])
+    evals = data.eval_batches(held, o["batch_size"]) if len(held) else []
+    return data, evals, f"{len(train)} windows of {raw} tokens ({o['input_length']} after corruption), " \
+                        f"{len(held)} held out"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--model", "model_path", required=True, help="converted MLX model dir (or HF T5 dir / hub id)")
+def supervised_data(tokenizer, sources, eval_sources, o):
+    from .data import SupervisedData, encode_pairs, read_pairs, split_held_out
+
+    pairs = read_pairs(sources, o["source_field"], o["target_field"])
+    if eval_sources:
+        held_pairs = read_pairs(eval_sources, o["source_field"], o["target_field"])
+    else:
+        pairs, held_pairs = split_held_out(pairs, o["eval_fraction"], seed=0)
+    if not pairs:
+        raise InputError(f"no training pairs left after holding out --eval-fraction {o['eval_fraction']}")
+    lengths = (o["max_source_length"], o["max_target_length"], o["prefix"])
+    enc = encode_pairs(tokenizer, pairs, *lengths)
+    held = encode_pairs(tokenizer, held_pairs[:o["eval_examples"]], *lengths)
+    data = SupervisedData(enc, tokenizer, o["batch_size"], seed=o["seed"])
+    return data, data.eval_batches(held, o["batch_size"]), f"{len(enc)} training pairs, {len(held)} held out"
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    from .checkpoints import list_checkpoints
+
+    existing = list_checkpoints(run_dir)
+    if existing and not (resume or overwrite):
+        raise ConfigError(f"{run_dir} already has checkpoints (newest {existing[-1].name}); "
+                          f"pass --resume to continue or --overwrite to start over")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: delete the run's checkpoints and log (once everything else has been checked)."""
+    from .checkpoints import LOG_FILE, list_checkpoints
+
+    for p in list_checkpoints(run_dir):
+        shutil.rmtree(p)
+    (run_dir / LOG_FILE).unlink(missing_ok=True)
+
+
+def progress(bar):
+    def callback(e):
+        if e["event"] == "step":
+            bar.update(1)
+            bar.set_postfix(loss=f"{e['loss']:.4f}", tok_s=f"{e['tok_s']:.0f}", lr=f"{e['lr']:.1e}")
+        elif e["event"] == "eval":
+            bar.write(f"step {e['step']}: held-out loss {e['eval_loss']:.4f}")
+        elif e["event"] == "checkpoint":
+            bar.write(f"checkpoint {e['path']}")
+    return callback
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_path", required=True, help="converted MLX model dir (or HF T5 dir / hub id); "
+              "not quantized (convert without -q, quantize after uptraining)")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="checkpoints and log.jsonl")
 @click.option("--data", "sources", multiple=True, required=True,
-              help="corpus: .jsonl/.txt files, dirs, globs or hf:NAME[:CONFIG][@SPLIT]; repeatable")
+              help="span: .jsonl/.txt files, dirs, globs or hf:NAME[:CONFIG][@SPLIT]; supervised: .jsonl files, "
+              "dirs (every *.jsonl inside) or globs; repeatable")
 @click.option("--eval-data", "eval_sources", multiple=True, help="held-out data (default: split off --eval-fraction)")
 @click.option("--objective", type=click.Choice(["span", "supervised"]), default="span", show_default=True,
               help="T5 span corruption (density 0.15, mean span 3) or document -> summary fine-tuning")
 @click.option("--eval-fraction", default=0.05, show_default=True, help="documents held out when no --eval-data")
 @click.option("--eval-examples", default=256, show_default=True, help="at most this many held-out windows/pairs")
 @click.option("--input-length", default=128, show_default=True, help="span corruption: encoder length after corruption")
-@click.option("--source-field", default="document", show_default=True, help="JSONL text / source field")
+@click.option("--source-field", "--text-field", "source_field", default="document", show_default=True,
+              help="JSONL (or hf: column) field holding the text (span) or the source (supervised)")
 @click.option("--target-field", default="summary", show_default=True, help="JSONL target field (supervised)")
 @click.option("--prefix", default="summarize: ", show_default=True, help="supervised: prepended to sources")
 @click.option("--max-source-length", default=512, show_default=True)
@@ -98,6 +137,9 @@ def build_data(objective, tokenizer, sources, eval_sources, eval_fraction, batch
 @click.option("--lr", default=1e-3, show_default=True, help="peak learning rate")
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "rsqrt", "linear"]), default="constant",
               show_default=True, help="after the linear warm-up")
+@click.option("--schedule-steps", type=int, default=None,
+              help="cosine/linear: steps the decay spans (default: the run's steps); keep it when resuming "
+              "with more --steps, so the schedule does not change")
 @click.option("--warmup", default=0, show_default=True, help="linear warm-up steps")
 @click.option("--min-lr-ratio", default=0.0, show_default=True, help="cosine/linear floor, as a fraction of --lr")
 @click.option("--weight-decay", default=0.0, show_default=True)
@@ -112,78 +154,66 @@ def build_data(objective, tokenizer, sources, eval_sources, eval_fraction, batch
 @click.option("--overwrite", is_flag=True, help="delete --run-dir's checkpoints and start over")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="also write the final model (no optimizer state) here")
-def main(model_path, run_dir, sources, eval_sources, objective, eval_fraction, eval_examples, input_length,
-         source_field, target_field, prefix, max_source_length, max_target_length, steps, alpha, pretrain_steps,
-         batch_size, grad_accum, optimizer, lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad_norm, dtype,
-         seed, eval_every, save_every, keep, resume, overwrite, output):
+def main(**options):
     """Continue training a converted T5 (GQA uptraining, Ainslie et al. 2023)."""
     try:
-        run(**locals())
+        run(options)
     except MlxMqaError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        fail(e)
 
 
-def run(model_path, run_dir, sources, eval_sources, objective, eval_fraction, eval_examples, input_length,
-        source_field, target_field, prefix, max_source_length, max_target_length, steps, alpha, pretrain_steps,
-        batch_size, grad_accum, optimizer, lr, schedule, warmup, min_lr_ratio, weight_decay, clip_grad_norm, dtype,
-        seed, eval_every, save_every, keep, resume, overwrite, output):
+def run(o: dict) -> None:
     from tqdm import tqdm
 
-    from .trainer import Trainer, TrainConfig, list_checkpoints
-    from .utils import load
+    from ..checkpoint.load import load
+    from .trainer import TrainConfig, Trainer, check_trainable
 
-    total = steps_from(steps, alpha, pretrain_steps)
-    run_dir = Path(run_dir)
-    existing = list_checkpoints(run_dir)
-    if existing and not (resume or overwrite):
-        raise ConfigError(f"{run_dir} already has checkpoints (newest {existing[-1].name}); "
-                          f"pass --resume to continue or --overwrite to start over")
-    if overwrite and run_dir.exists():
-        for p in existing:
-            shutil.rmtree(p)
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    total = steps_from(o["steps"], o["alpha"], o["pretrain_steps"])
+    cfg = TrainConfig(steps=total, batch_size=o["batch_size"], grad_accum=o["grad_accum"], optimizer=o["optimizer"],
+                      lr=o["lr"], schedule=o["schedule"], warmup_steps=o["warmup"],
+                      total_steps_for_schedule=o["schedule_steps"], min_lr_ratio=o["min_lr_ratio"],
+                      weight_decay=o["weight_decay"], clip_grad_norm=o["clip_grad_norm"], dtype=o["dtype"],
+                      seed=o["seed"], eval_every=o["eval_every"], save_every=o["save_every"],
+                      keep_checkpoints=o["keep"])
+    cfg.validate()
+    run_dir = Path(o["run_dir"])
+    check_run_dir(run_dir, o["resume"], o["overwrite"])
 
-    click.echo(f"loading {model_path}")
-    model, tokenizer = load(model_path, dtype="float32")
-    data, eval_batches, desc = build_data(objective, tokenizer, sources, eval_sources, eval_fraction, batch_size,
-                                          seed, input_length, eval_examples, source_field, target_field, prefix,
-                                          max_source_length, max_target_length)
+    click.echo(f"loading {o['model_path']}")
+    model, tokenizer = load(o["model_path"], dtype=o["dtype"])
+    check_trainable(model)
+    build = span_data if o["objective"] == "span" else supervised_data
+    data, eval_batches, desc = build(tokenizer, o["sources"], o["eval_sources"], o)
     click.echo(f"data: {desc}")
-    cfg = TrainConfig(steps=total, batch_size=batch_size, grad_accum=grad_accum, optimizer=optimizer, lr=lr,
-                      schedule=schedule, warmup_steps=warmup, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
-                      clip_grad_norm=clip_grad_norm, dtype=dtype, seed=seed, eval_every=eval_every,
-                      save_every=save_every, keep_checkpoints=keep)
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-
-    def callback(e):
-        if e["event"] == "step":
-            bar.update(1)
-            bar.set_postfix(loss=f"{e['loss']:.4f}", tok_s=f"{e['tok_s']:.0f}", lr=f"{e['lr']:.1e}")
-        elif e["event"] == "eval":
-            bar.write(f"step {e['step']}: held-out loss {e['eval_loss']:.4f}")
-        elif e["event"] == "checkpoint":
-            bar.write(f"checkpoint {e['path']}")
-
-    trainer = Trainer(model, data, cfg, run_dir, tokenizer=tokenizer, eval_batches=eval_batches, callback=callback,
-                      extra_state={"source_model": str(model_path), "objective": objective})
-    if resume:
+    if o["overwrite"]:
+        clear_run_dir(run_dir)
+    trainer = Trainer(model, data, cfg, run_dir, tokenizer=tokenizer, eval_batches=eval_batches,
+                      extra_state={"source_model": str(o["model_path"]), "objective": o["objective"]})
+    if o["resume"]:
         restored = trainer.resume()
-        if restored:
-            bar.write(f"resumed from {restored} (step {trainer.step})")
-            bar.update(trainer.step)
-        else:
-            bar.write(f"no checkpoint in {run_dir}; starting at step 0")
+        if restored and trainer.step > total:
+            raise ConfigError(f"{restored} is at step {trainer.step}, past --steps {total}")
+        click.echo(f"resumed from {restored} (step {trainer.step})" if restored
+                   else f"no checkpoint in {run_dir}; starting at step 0")
+    with tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True) as bar:
+        trainer.callback = progress(bar)
+        summary = train_interruptibly(trainer, bar, run_dir)
+    finish(summary, total, run_dir, o["output"])
+
+
+def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
+    """trainer.train(); the first Ctrl-C checkpoints after the current step, a second one quits at once."""
+    from .checkpoints import list_checkpoints
 
     def on_sigint(signum, frame):
-        if trainer._stop:
+        if trainer.stopping:
             raise KeyboardInterrupt
         trainer.request_stop()
         bar.write("interrupt: saving a checkpoint after this step (Ctrl-C again to quit at once)")
 
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        summary = trainer.train()
+        return trainer.train()
     except KeyboardInterrupt:
         bar.close()
         last = list_checkpoints(run_dir)
@@ -192,7 +222,11 @@ def run(model_path, run_dir, sources, eval_sources, objective, eval_fraction, ev
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, old)
-    bar.close()
+
+
+def finish(summary: dict, total: int, run_dir: Path, output) -> None:
+    from .checkpoints import export_model, list_checkpoints
+
     ev = summary["eval"]
     click.echo(f"step {summary['step']}/{total}: train loss {summary['final_loss']:.4f}"
                + (f", held-out loss {ev['eval_loss']:.4f}" if ev else "")
@@ -202,15 +236,6 @@ def run(model_path, run_dir, sources, eval_sources, objective, eval_fraction, ev
         sys.exit(130)
     final = list_checkpoints(run_dir)[-1]
     if output:
-        from .checkpoint import atomic_directory
-
-        with atomic_directory(Path(output), overwrite=True) as tmp:
-            for f in final.iterdir():
-                if f.is_file() and f.name != "trainer_state.json":
-                    shutil.copy2(f, tmp / f.name)
+        export_model(final, Path(output), overwrite=True)
         click.echo(f"model written to {output}")
     click.echo(f"final checkpoint: {final} (loads with mlx_mqa.load)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,20 @@
-"""T5 span corruption: sentinels, noise density, lengths, reconstruction, determinism."""
+"""Objectives: the target-token loss; T5 span corruption's sentinels, noise density, lengths, reconstruction."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_mqa.span_corruption import (EpochSampler, SpanCorruptionData, corrupt, make_windows,
-                                     random_spans_noise_mask, sentinel_ids, span_lengths, uncorrupt)
+from mlx_mqa.train.objectives import (
+    IGNORE,
+    corrupt,
+    loss_terms,
+    random_spans_noise_mask,
+    sentinel_ids,
+    span_lengths,
+    uncorrupt,
+)
+
+from .tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -65,27 +75,16 @@ def test_inputs_targets_sentinels_and_reconstruction(sentinels):
     assert uncorrupt(inp, tgt, sentinels, 1) == tokens.tolist()
 
 
-def test_corruption_is_deterministic_given_seed(tokenizer):
-    windows = make_windows(np.arange(3, 3 + 141 * 10, dtype=np.int32) % 3900 + 3, 141)
-    a = SpanCorruptionData(windows, tokenizer, batch_size=4, seed=5)
-    b = SpanCorruptionData(windows, tokenizer, batch_size=4, seed=5)
-    for _ in range(4):                                            # crosses an epoch boundary
-        x, y = a.next_batch(), b.next_batch()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
-    batch = a.next_batch()
-    assert batch["input_ids"].shape == (4, 128) and batch["labels"].shape == (4, 29)
-    assert (batch["decoder_input_ids"][:, 0] == 0).all()
-    np.testing.assert_array_equal(batch["decoder_input_ids"][:, 1:], batch["labels"][:, :-1])
-    # state round trip: a restored stream continues identically
-    s = a.state()
-    c = SpanCorruptionData(windows, tokenizer, batch_size=4, seed=5)
-    c.set_state(s)
-    np.testing.assert_array_equal(a.next_batch()["labels"], c.next_batch()["labels"])
-
-
-def test_epoch_sampler_visits_every_item_once_per_epoch():
-    s = EpochSampler(10, seed=3)
-    first = s.take(7).tolist() + s.take(3).tolist()
-    assert sorted(first) == list(range(10)) and s.state() == {"epoch": 1, "pos": 0}
-    assert sorted(s.take(10).tolist()) == list(range(10))
+def test_loss_counts_only_real_target_tokens():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    inp = mx.array(rng.integers(3, 3900, (1, 12)).astype(np.int32))
+    labels = rng.integers(3, 3900, (1, 5)).astype(np.int32)
+    dec = np.concatenate([[[0]], labels[:, :-1]], axis=1)
+    one = {"input_ids": inp, "attention_mask": mx.ones((1, 12), mx.int32), "decoder_input_ids": mx.array(dec),
+           "labels": mx.array(labels)}
+    padded = dict(one, decoder_input_ids=mx.array(np.pad(dec, ((0, 0), (0, 3)))),
+                  labels=mx.array(np.pad(labels, ((0, 0), (0, 3)), constant_values=IGNORE)))
+    (s1, n1), (s2, n2) = loss_terms(model, one), loss_terms(model, padded)
+    assert n1.item() == n2.item() == 5
+    assert abs(s1.item() - s2.item()) < 1e-4 * abs(s1.item())

@@ -1,30 +1,19 @@
-"""Uptraining: the loss falls, resume is exact, bad checkpoints are refused, the CLI works end to end."""
+"""The trainer: the loss falls, accumulation is exact, the schedule, exact resume, refusals."""
 
 import json
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
-from mlx_mqa.models.config import ModelArgs
-from mlx_mqa.errors import CheckpointError
-from mlx_mqa.span_corruption import SpanCorruptionData, make_windows
-from mlx_mqa.trainer import Trainer, TrainConfig, init_model, list_checkpoints, make_schedule
+from mlx_mqa.errors import CheckpointError, ConfigError
+from mlx_mqa.models.quantize import quantize_model
+from mlx_mqa.train.checkpoints import list_checkpoints
+from mlx_mqa.train.data import SpanCorruptionData
+from mlx_mqa.train.trainer import TrainConfig, Trainer, make_schedule
 
-TINY = dict(vocab_size=4100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-            feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=8,
-            relative_attention_max_distance=32)
-
-
-def tiny_model(kv_heads=4, seed=0):
-    return init_model(ModelArgs.from_dict({**TINY, "num_key_value_heads": kv_heads}), seed=seed)
-
-
-def windows(n=24, raw=30, seed=0):
-    return make_windows(np.random.default_rng(seed).integers(3, 3900, n * raw).astype(np.int32), raw)
+from .tiny import tiny_model, windows
 
 
 class OneBatch:
@@ -115,7 +104,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tokenizer, tmp_path):
     for (k, a), (_, b) in zip(tree_flatten(straight.model.parameters()), tree_flatten(resumed.model.parameters())):
         np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=k)
     assert sorted(p.name for p in (tmp_path / "b").iterdir() if p.is_dir()) == ["ckpt-0000006", "ckpt-0000008"]
-    log = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["event"] == "step"] == list(range(1, 9))
 
 
@@ -159,73 +148,6 @@ def test_mismatched_checkpoint_is_refused(tokenizer, tmp_path):
         other_settings.resume()
 
 
-def test_checkpoint_loads_and_generates(tokenizer, tmp_path):
-    import mlx_mqa
-
-    ckpt = _saved(tokenizer, tmp_path / "r")
-    model, tok = mlx_mqa.load(ckpt)
-    assert model.args.num_key_value_heads == 2
-    out = mlx_mqa.generate(model, tok, ["summarize: the cat sat on the mat"], max_new_tokens=4)
-    assert isinstance(out[0], str)
-
-
-@pytest.fixture
-def converted(tmp_path, tokenizer):
-    """A tiny multi-head HF-layout checkpoint converted to GQA-2 with convert()."""
-    from mlx_mqa.conversion import convert
-    from mlx_mqa.checkpoint.random_init import save_random_checkpoint
-
-    hf = save_random_checkpoint({**TINY, "model_type": "t5"}, tmp_path / "hf", tokenizer=tokenizer, shared_std=0.1)
-    return convert(str(hf), str(tmp_path / "gqa2"), kv_heads=2, pool="mean", dtype="float32")
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    rng = np.random.default_rng(0)
-    words = "the cat dog sat on a mat in garden house river stock market fell rose today".split()
-    path = tmp_path / "corpus.jsonl"
-    with open(path, "w") as f:
-        for i in range(40):
-            doc = " ".join(rng.choice(words, 60))
-            f.write(json.dumps({"id": str(i), "document": doc, "summary": " ".join(rng.choice(words, 8))}) + "\n")
-    return path
-
-
-def test_cli_span_uptraining_resume_and_load(converted, corpus, tmp_path):
-    import mlx_mqa
-    from mlx_mqa.uptrain import main
-
-    run = tmp_path / "run"
-    base = ["--model", str(converted), "--run-dir", str(run), "--data", str(corpus), "--input-length", "32",
-            "--batch-size", "4", "--eval-fraction", "0.2", "--eval-every", "2", "--save-every", "2",
-            "--lr", "1e-2", "--warmup", "2", "--pretrain-steps", "80"]
-    r = CliRunner().invoke(main, base + ["--alpha", "0.05"])          # 4 steps
-    assert r.exit_code == 0, r.output
-    assert "held-out loss" in r.output and "tokens/s" in r.output
-    assert [p.name for p in list_checkpoints(run)] == ["ckpt-0000002", "ckpt-0000004"]
-    r = CliRunner().invoke(main, base + ["--alpha", "0.1"])           # existing run, no --resume
-    assert r.exit_code != 0 and "--resume" in r.output
-    r = CliRunner().invoke(main, base + ["--alpha", "0.1", "--resume", "--output", str(tmp_path / "final")])
-    assert r.exit_code == 0, r.output
-    assert "resumed from" in r.output and "ckpt-0000008" in r.output
-    model, tok = mlx_mqa.load(tmp_path / "final")
-    assert model.args.num_key_value_heads == 2 and model.args.conversion.get("pool") == "mean" or True
-    assert isinstance(mlx_mqa.generate(model, tok, ["the cat"], max_new_tokens=3)[0], str)
-    r = CliRunner().invoke(main, base + ["--alpha", "0.1", "--resume", "--batch-size", "2"])
-    assert r.exit_code == 3 and "other settings" in r.output
-
-
-def test_cli_supervised(converted, corpus, tmp_path):
-    from mlx_mqa.uptrain import main
-
-    r = CliRunner().invoke(main, ["--model", str(converted), "--run-dir", str(tmp_path / "sup"), "--data", str(corpus),
-                                  "--objective", "supervised", "--steps", "3", "--batch-size", "4",
-                                  "--optimizer", "adamw", "--lr", "1e-3", "--max-source-length", "64",
-                                  "--max-target-length", "16", "--schedule", "cosine"])
-    assert r.exit_code == 0, r.output
-    assert "held-out loss" in r.output
-
-
 def test_bfloat16_training_and_checkpoint(tokenizer, tmp_path):
     import mlx_mqa
 
@@ -238,26 +160,38 @@ def test_bfloat16_training_and_checkpoint(tokenizer, tmp_path):
     assert model.shared.weight.dtype == mx.bfloat16
 
 
-def test_cli_sigint_checkpoints_and_resumes(converted, corpus, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_resume_refuses_another_schedule_horizon(tokenizer, tmp_path):
+    def trainer(run, steps, horizon=None):
+        cfg = TrainConfig(steps=steps, batch_size=4, schedule="cosine", total_steps_for_schedule=horizon, lr=1e-2)
+        return Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 4, seed=7), cfg, tmp_path / run)
 
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mlx_mqa.uptrain", "--model", str(converted), "--run-dir", str(run), "--data",
-           str(corpus), "--input-length", "32", "--batch-size", "4", "--steps", "100000", "--save-every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
-    deadline = time.time() + 60
-    while time.time() < deadline and not ((run / "log.jsonl").exists() and (run / "log.jsonl").stat().st_size):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out
-    ckpts = list_checkpoints(run)
-    assert len(ckpts) == 1, out
-    state = json.loads((ckpts[0] / "trainer_state.json").read_text())
-    assert state["step"] == int(ckpts[0].name.split("-")[1]) and len(state["losses"]) == state["step"]
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]           # no half-written checkpoint
+    def lrs(run):
+        log = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return [r["lr"] for r in log if r["event"] == "step"]
+
+    trainer("a", 2).train()
+    with pytest.raises(CheckpointError, match=r"decaying over 2 steps, this run's decays over 4.*--schedule-steps 2"):
+        trainer("a", 4).resume()
+    assert trainer("a", 4, horizon=2).resume() is not None          # the same horizon, named
+    # Planned for 4 steps from the start: resuming with --steps 4 keeps the schedule exactly.
+    trainer("b", 2, horizon=4).train()
+    resumed = trainer("b", 4)
+    assert resumed.resume() is not None
+    resumed.train()
+    trainer("c", 4).train()
+    assert lrs("b") == lrs("c") and len(lrs("c")) == 4 and lrs("c")[-1] < lrs("c")[0]
+
+
+def test_resume_with_more_steps_keeps_a_schedule_without_horizon(tokenizer, tmp_path):
+    data = lambda: SpanCorruptionData(windows(), tokenizer, 4, seed=7)  # noqa: E731
+    Trainer(tiny_model(2), data(), TrainConfig(steps=2, batch_size=4), tmp_path / "r").train()
+    tr = Trainer(tiny_model(2), data(), TrainConfig(steps=4, batch_size=4), tmp_path / "r")
+    assert tr.resume() is not None and tr.train()["step"] == 4
+
+
+def test_a_quantized_model_is_refused_before_training(tokenizer, tmp_path):
+    model = quantize_model(tiny_model(2), bits=4, group_size=32)
+    with pytest.raises(ConfigError, match="quantized.*convert without -q for uptraining, quantize afterwards"):
+        Trainer(model, SpanCorruptionData(windows(), tokenizer, 4, seed=7), TrainConfig(steps=2, batch_size=4),
+                tmp_path / "r")
+    assert not (tmp_path / "r").exists()

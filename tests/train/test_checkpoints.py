@@ -1,0 +1,78 @@
+"""Training checkpoints are model directories: they load, keep the model's config, shard, and export."""
+
+import json
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+import mlx_mqa
+from mlx_mqa.checkpoint import files
+from mlx_mqa.errors import CheckpointError
+from mlx_mqa.train import checkpoints
+from mlx_mqa.train.checkpoints import OPT_DIR, STATE_FILE, export_model, list_checkpoints
+from mlx_mqa.train.data import SpanCorruptionData
+from mlx_mqa.train.trainer import TrainConfig, Trainer
+
+from .tiny import tiny_model, windows
+
+
+def _saved(tokenizer, run_dir, model=None, steps=2):
+    data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
+    tr = Trainer(model or tiny_model(2), data, TrainConfig(steps=steps, batch_size=4), run_dir, tokenizer=tokenizer)
+    tr.train()
+    return list_checkpoints(run_dir)[-1]
+
+
+def test_checkpoint_loads_and_generates(tokenizer, tmp_path):
+    ckpt = _saved(tokenizer, tmp_path / "r")
+    model, tok = mlx_mqa.load(ckpt)
+    assert model.args.num_key_value_heads == 2
+    out = mlx_mqa.generate(model, tok, ["summarize: the cat sat on the mat"], max_new_tokens=4)
+    assert isinstance(out[0], str)
+
+
+def test_checkpoint_keeps_the_converted_models_config(tokenizer, tmp_path, converted):
+    source = json.loads((converted / "config.json").read_text())
+    ckpt = _saved(tokenizer, tmp_path / "r", model=mlx_mqa.load_model(converted))
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["conversion"] == source["conversion"] and config["training"] == {"step": 2, "dtype": "float32"}
+    model = mlx_mqa.load_model(ckpt)
+    assert model.args.num_key_value_heads == 2 and model.args.conversion["pool"] == "mean"
+
+
+def test_sharded_checkpoint_resumes_and_loads(tokenizer, tmp_path, monkeypatch):
+    # One shard per tensor, as a model over the 5 GB shard size would have.
+    monkeypatch.setattr(checkpoints, "save_mlx_weights", lambda d, w: files.save_mlx_weights(d, w, max_bytes=1))
+    ckpt = _saved(tokenizer, tmp_path / "r")
+    assert (ckpt / "model.safetensors.index.json").exists() and not (ckpt / "model.safetensors").exists()
+    tr = Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 4, seed=7), TrainConfig(steps=3, batch_size=4),
+                 tmp_path / "r")
+    assert tr.resume() == ckpt and tr.step == 2
+    loaded = mlx_mqa.load_model(ckpt)
+    for (k, a), (_, b) in zip(tree_flatten(tr.model.parameters()), tree_flatten(loaded.parameters())):
+        np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=k)
+
+
+def test_export_is_a_plain_model_directory(tokenizer, tmp_path):
+    from mlx_mqa.conversion import convert
+
+    ckpt = _saved(tokenizer, tmp_path / "r", model=tiny_model(4))
+    out = export_model(ckpt, tmp_path / "model")
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
+    assert STATE_FILE not in names and OPT_DIR not in names
+    model, tok = mlx_mqa.load(out)
+    assert model.args.num_key_value_heads == 4
+    with pytest.raises(CheckpointError, match="already exists"):
+        export_model(ckpt, out)
+    mqa = convert(str(out), str(tmp_path / "mqa"), kv_heads=1, pool="mean", dtype="float32")
+    assert mlx_mqa.load_model(mqa).args.num_key_value_heads == 1
+
+
+def test_export_refuses_an_incomplete_checkpoint(tokenizer, tmp_path):
+    ckpt = _saved(tokenizer, tmp_path / "r")
+    (ckpt / STATE_FILE).unlink()
+    with pytest.raises(CheckpointError, match="not a complete training checkpoint"):
+        export_model(ckpt, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
