@@ -18,23 +18,23 @@ results (small JSON) to experiments/results/gqa_uptrain.json; `--report` writes 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+import click
+import numpy as np
+from mlx.utils import tree_flatten
+
+from mlx_mqa.checkpoint.files import atomic_write_json
+from mlx_mqa.jsonl import read_jsonl
+from mlx_mqa.models.config import ModelArgs
+from mlx_mqa.train.checkpoints import export_model, list_checkpoints
+from mlx_mqa.train.data import SpanCorruptionData, make_windows, split_held_out, tokenize_stream
+from mlx_mqa.train.init import init_model
+from mlx_mqa.train.objectives import span_lengths
+from mlx_mqa.train.trainer import TrainConfig, Trainer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import mlx_mqa  # noqa: E402,F401  (OpenBLAS before mlx.core)
-import click  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mlx_mqa.checkpoint import atomic_write_json  # noqa: E402
-from mlx_mqa.config import ModelArgs  # noqa: E402
-from mlx_mqa.span_corruption import (SpanCorruptionData, make_windows, span_lengths,  # noqa: E402
-                                     tokenize_stream)
-from mlx_mqa.trainer import Trainer, TrainConfig, init_model, list_checkpoints  # noqa: E402
-
 EXP = ROOT / "experiments"
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = ("cnn_dailymail", "xsum", "arxiv", "pubmed")
@@ -67,13 +67,11 @@ def save_results(path, res):
 def records(seed=0, eval_fraction=0.1):
     """Train/held-out texts: whole records (document and summary) are held out together."""
     train, held = [], []
-    for name in DATASETS:
-        rows = [json.loads(l) for l in (DATA / name / "sample.jsonl").read_text().splitlines() if l.strip()]
-        order = np.random.default_rng([seed, DATASETS.index(name)]).permutation(len(rows))
-        n_eval = int(round(len(rows) * eval_fraction))
-        for rank, i in enumerate(order):
-            texts = [rows[i]["document"], rows[i]["summary"]]
-            (held if rank < n_eval else train).extend(texts)
+    for k, name in enumerate(DATASETS):
+        rows = [rec for _, rec in read_jsonl(DATA / name / "sample.jsonl")]
+        train_rows, held_rows = split_held_out(rows, eval_fraction, seed=[seed, k])
+        train.extend(t for r in train_rows for t in (r["document"], r["summary"]))
+        held.extend(t for r in held_rows for t in (r["document"], r["summary"]))
     return train, held
 
 
@@ -84,7 +82,7 @@ def prepare(run, res):
     tok_dir, data_file = run / "tokenizer", run / "windows.npz"
     train_texts, held_texts = records()
     if not (tok_dir / "tokenizer.json").exists():
-        from mlx_mqa.tokenizer import train_tokenizer
+        from mlx_mqa.train.tokenizer import train_tokenizer
 
         t0 = time.time()
         log(f"training an {MODEL['vocab_size']}-token tokenizer on {len(train_texts)} train texts")
@@ -136,7 +134,7 @@ def run_pretrain(run, res, tok, train, held, steps):
                  callback=printer("pretrain"))
     if tr.resume():
         log(f"pretrain: resumed at step {tr.step}")
-    n_params = sum(v.size for _, v in __import__("mlx.utils").utils.tree_flatten(model.parameters()))
+    n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     t0 = time.time()
     out = tr.train()
     prev = res.get("pretrain", {})
@@ -146,26 +144,15 @@ def run_pretrain(run, res, tok, train, held, steps):
                        "tokens_per_s": out["tokens_per_s"],
                        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0),
                        "optimizer": f"Adafactor lr {PRETRAIN_LR} warm-up {PRETRAIN_WARMUP} then rsqrt"}
-    return export_model(list_checkpoints(run / "pretrain")[-1], run / "pretrained-mha")
-
-
-def export_model(ckpt, out):
-    """The final checkpoint without optimizer/trainer state: a plain model directory for convert()."""
-    import shutil
-
-    from mlx_mqa.checkpoint import atomic_directory
-
+    out = run / "pretrained-mha"
     if not out.exists():
-        with atomic_directory(out) as tmp:
-            for f in ckpt.iterdir():
-                if f.is_file() and (f.suffix == ".json" or f.name == "model.safetensors") and f.name != "trainer_state.json":
-                    shutil.copy2(f, tmp / f.name)
+        export_model(list_checkpoints(run / "pretrain")[-1], out)
     return out
 
 
 def run_uptrain(run, res, tok, train, held, name, source, P, G, pool, seed=1):
-    from mlx_mqa.convert import convert
-    from mlx_mqa.utils import load_model
+    from mlx_mqa import load_model
+    from mlx_mqa.conversion import convert
 
     conv_dir = run / "converted" / name
     t0 = time.time()
@@ -274,8 +261,9 @@ def main(run_dir, results, P, trial, report_only, replicate_seed):
                 continue
             run_uptrain(run, res, tok, train, held, name, pre, P, G, pool, seed=replicate_seed)
             save_results(res_path, res)
-            log(f"{name} seed {replicate_seed}: " + ", ".join(
-                f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in res["replicates"][str(replicate_seed)][name]["evals"]))
+            evals = res["replicates"][str(replicate_seed)][name]["evals"]
+            log(f"{name} seed {replicate_seed}: "
+                + ", ".join(f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in evals))
         res["timing"][f"replicate_{replicate_seed}_finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["timing"]["last_invocation_wall_seconds"] = time.time() - t_all
     res["timing"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -286,5 +274,4 @@ def main(run_dir, results, P, trial, report_only, replicate_seed):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(EXP))
     main()
