@@ -7,7 +7,7 @@ import pytest
 
 from mlx_mqa import generate, load, load_model
 from mlx_mqa.conversion import convert
-from conftest import PROMPTS, batch
+from tests.helpers import PROMPTS, batch
 
 
 @pytest.fixture(scope="module")
