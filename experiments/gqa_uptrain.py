@@ -39,9 +39,22 @@ EXP = ROOT / "experiments"
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = ("cnn_dailymail", "xsum", "arxiv", "pubmed")
 
-MODEL = dict(vocab_size=8192, d_model=256, d_kv=32, d_ff=768, num_layers=4, num_decoder_layers=4, num_heads=8,
-             feed_forward_proj="gated-gelu", tie_word_embeddings=False, relative_attention_num_buckets=32,
-             relative_attention_max_distance=128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+MODEL = dict(
+    vocab_size=8192,
+    d_model=256,
+    d_kv=32,
+    d_ff=768,
+    num_layers=4,
+    num_decoder_layers=4,
+    num_heads=8,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+)
 INPUT_LEN = 128
 BATCH = 16
 EVAL_WINDOWS = 256
@@ -97,10 +110,17 @@ def prepare(run, res):
         held = make_windows(tokenize_stream(tok, held_texts), raw)
         pick = np.sort(np.random.default_rng(0).choice(len(held), size=min(EVAL_WINDOWS, len(held)), replace=False))
         np.savez(data_file, train=train, eval=held[pick])
-        res["data"] = {"train_windows": int(len(train)), "heldout_windows_total": int(len(held)),
-                       "eval_windows": int(len(pick)), "raw_tokens_per_window": raw, "input_length": INPUT_LEN,
-                       "target_length": tgt, "train_tokens": int(train.size),
-                       "train_texts": len(train_texts), "heldout_texts": len(held_texts)}
+        res["data"] = {
+            "train_windows": int(len(train)),
+            "heldout_windows_total": int(len(held)),
+            "eval_windows": int(len(pick)),
+            "raw_tokens_per_window": raw,
+            "input_length": INPUT_LEN,
+            "target_length": tgt,
+            "train_tokens": int(train.size),
+            "train_texts": len(train_texts),
+            "heldout_texts": len(held_texts),
+        }
         log(f"data: {res['data']}")
     d = np.load(data_file)
     return tok, d["train"], d["eval"]
@@ -112,13 +132,23 @@ def printer(prefix, every=50):
             log(f"{prefix} step {e['step']} loss {e['loss']:.4f} lr {e['lr']:.2e} tok/s {e['tok_s']:.0f}")
         elif e["event"] == "eval":
             log(f"{prefix} step {e['step']} EVAL {e['eval_loss']:.4f} ({e['seconds']:.1f}s)")
+
     return cb
 
 
 def pretrain_config(steps, eval_every=100):
-    return TrainConfig(steps=steps, batch_size=BATCH, optimizer="adafactor", lr=PRETRAIN_LR, schedule="rsqrt",
-                       warmup_steps=PRETRAIN_WARMUP, eval_every=eval_every, save_every=100, keep_checkpoints=2,
-                       seed=0)
+    return TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        optimizer="adafactor",
+        lr=PRETRAIN_LR,
+        schedule="rsqrt",
+        warmup_steps=PRETRAIN_WARMUP,
+        eval_every=eval_every,
+        save_every=100,
+        keep_checkpoints=2,
+        seed=0,
+    )
 
 
 def uptrain_lr(pretrain_steps):
@@ -126,24 +156,40 @@ def uptrain_lr(pretrain_steps):
     return PRETRAIN_LR * (PRETRAIN_WARMUP / pretrain_steps) ** 0.5
 
 
+def span_trainer(model, cfg, run_dir, tok, train, held, name, data_seed=0, every=50):
+    """A Trainer of `model` on span corruption of `train` (batches of BATCH), evaluated on `held`, logged as `name`."""
+    data = SpanCorruptionData(train, tok, BATCH, seed=data_seed)
+    evals = data.eval_batches(held, 32)
+    return Trainer(model, data, cfg, run_dir, tokenizer=tok, eval_batches=evals, callback=printer(name, every=every))
+
+
+def uptrain_steps(P):
+    """Uptraining for alpha = 0.1 of the P pretraining steps, evaluated and saved every 0.025 P."""
+    return max(int(round(0.1 * P)), 1), max(int(round(0.025 * P)), 1)
+
+
 def run_pretrain(run, res, tok, train, held, steps):
     model = init_model(ModelArgs.from_dict(MODEL), seed=0)
-    data = SpanCorruptionData(train, tok, BATCH, seed=0)
-    evals = data.eval_batches(held, 32)
-    tr = Trainer(model, data, pretrain_config(steps), run / "pretrain", tokenizer=tok, eval_batches=evals,
-                 callback=printer("pretrain"))
+    tr = span_trainer(model, pretrain_config(steps), run / "pretrain", tok, train, held, "pretrain")
     if tr.resume():
         log(f"pretrain: resumed at step {tr.step}")
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     t0 = time.time()
     out = tr.train()
     prev = res.get("pretrain", {})
-    res["pretrain"] = {"steps": steps, "params": int(n_params), "batch_size": BATCH, "input_length": INPUT_LEN,
-                       "eval_curve": tr.evals, "final_eval_loss": tr.evals[-1]["eval_loss"],
-                       "train_seconds": out["train_seconds"], "tokens": out["tokens"],
-                       "tokens_per_s": out["tokens_per_s"],
-                       "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0),
-                       "optimizer": f"Adafactor lr {PRETRAIN_LR} warm-up {PRETRAIN_WARMUP} then rsqrt"}
+    res["pretrain"] = {
+        "steps": steps,
+        "params": int(n_params),
+        "batch_size": BATCH,
+        "input_length": INPUT_LEN,
+        "eval_curve": tr.evals,
+        "final_eval_loss": tr.evals[-1]["eval_loss"],
+        "train_seconds": out["train_seconds"],
+        "tokens": out["tokens"],
+        "tokens_per_s": out["tokens_per_s"],
+        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0),
+        "optimizer": f"Adafactor lr {PRETRAIN_LR} warm-up {PRETRAIN_WARMUP} then rsqrt",
+    }
     out = run / "pretrained-mha"
     if not out.exists():
         export_model(list_checkpoints(run / "pretrain")[-1], out)
@@ -159,25 +205,38 @@ def run_uptrain(run, res, tok, train, held, name, source, P, G, pool, seed=1):
     if G is not None and not conv_dir.exists():
         convert(str(source), str(conv_dir), kv_heads=G, pool=pool, dtype="float32", seed=0)
     model = load_model(conv_dir if G is not None else source)
-    steps = max(int(round(0.1 * P)), 1)
-    every = max(int(round(0.025 * P)), 1)
-    cfg = TrainConfig(steps=steps, batch_size=BATCH, optimizer="adafactor", lr=uptrain_lr(P), schedule="constant",
-                      warmup_steps=5, eval_every=every, save_every=every, keep_checkpoints=1, seed=seed)
-    data = SpanCorruptionData(train, tok, BATCH, seed=seed)
+    steps, every = uptrain_steps(P)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        optimizer="adafactor",
+        lr=uptrain_lr(P),
+        schedule="constant",
+        warmup_steps=5,
+        eval_every=every,
+        save_every=every,
+        keep_checkpoints=1,
+        seed=seed,
+    )
     run_name = name if seed == 1 else f"{name}-seed{seed}"
-    tr = Trainer(model, data, cfg, run / "uptrain" / run_name, tokenizer=tok, eval_batches=data.eval_batches(held, 32),
-                 callback=printer(name, every=every))
+    tr = span_trainer(model, cfg, run / "uptrain" / run_name, tok, train, held, name, data_seed=seed, every=every)
     if tr.resume():
         log(f"{name}: resumed at step {tr.step}")
     out = tr.train()
     store = res.setdefault("runs", {}) if seed == 1 else res.setdefault("replicates", {}).setdefault(str(seed), {})
     prev = store.get(name, {})
     store[name] = {
-        "kv_heads": G if G is not None else MODEL["num_heads"], "pool": pool, "steps": steps,
+        "kv_heads": G if G is not None else MODEL["num_heads"],
+        "pool": pool,
+        "steps": steps,
         "evals": [{"step": e["step"], "alpha": e["step"] / P, "eval_loss": e["eval_loss"]} for e in tr.evals],
-        "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
-        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0), "lr": cfg.lr, "seed": seed,
-        "done": True}
+        "train_seconds": out["train_seconds"],
+        "tokens_per_s": out["tokens_per_s"],
+        "wall_seconds": prev.get("wall_seconds", 0.0) + (time.time() - t0),
+        "lr": cfg.lr,
+        "seed": seed,
+        "done": True,
+    }
 
 
 def run_continue_pretraining(run, res, tok, train, held, P):
@@ -185,24 +244,31 @@ def run_continue_pretraining(run, res, tok, train, held, P):
     position and lr schedule, i.e. pretraining simply goes on for 0.1 P steps (no optimizer restart)."""
     name = "mha-continued-same-optimizer"
     ckpt = run / "pretrain" / f"ckpt-{P:07d}"
-    steps, every = max(int(round(0.1 * P)), 1), max(int(round(0.025 * P)), 1)
+    steps, every = uptrain_steps(P)
     model = init_model(ModelArgs.from_dict(MODEL), seed=0)
-    data = SpanCorruptionData(train, tok, BATCH, seed=0)
     cfg = pretrain_config(P + steps, eval_every=every)
     cfg.save_every, cfg.keep_checkpoints = every, 1
     t0 = time.time()
-    tr = Trainer(model, data, cfg, run / "uptrain" / name, tokenizer=tok, eval_batches=data.eval_batches(held, 32),
-                 callback=printer(name, every=every))
+    tr = span_trainer(model, cfg, run / "uptrain" / name, tok, train, held, name, every=every)
     if not tr.resume():
         tr.resume(ckpt)
     log(f"{name}: starting at step {tr.step}")
     out = tr.train()
     res.setdefault("runs", {})[name] = {
-        "kv_heads": MODEL["num_heads"], "pool": None, "steps": steps,
-        "evals": [{"step": e["step"] - P, "alpha": (e["step"] - P) / P, "eval_loss": e["eval_loss"]}
-                  for e in tr.evals if e["step"] >= P],
-        "train_seconds": out["train_seconds"], "tokens_per_s": out["tokens_per_s"],
-        "wall_seconds": time.time() - t0, "lr": "pretraining rsqrt schedule continued", "done": True}
+        "kv_heads": MODEL["num_heads"],
+        "pool": None,
+        "steps": steps,
+        "evals": [
+            {"step": e["step"] - P, "alpha": (e["step"] - P) / P, "eval_loss": e["eval_loss"]}
+            for e in tr.evals
+            if e["step"] >= P
+        ],
+        "train_seconds": out["train_seconds"],
+        "tokens_per_s": out["tokens_per_s"],
+        "wall_seconds": time.time() - t0,
+        "lr": "pretraining rsqrt schedule continued",
+        "done": True,
+    }
 
 
 @click.command()
@@ -211,8 +277,12 @@ def run_continue_pretraining(run, res, tok, train, held, P):
 @click.option("--pretrain-steps", "P", default=800, show_default=True, help="P; uptraining runs 0.1 P steps")
 @click.option("--trial", is_flag=True, help="only time 20 training steps (no checkpoint kept)")
 @click.option("--report", "report_only", is_flag=True, help="only write the table and plot")
-@click.option("--replicate-seed", type=int, default=None,
-              help="after the main grid: uptrain every conversion again with this data-order/noise seed")
+@click.option(
+    "--replicate-seed",
+    type=int,
+    default=None,
+    help="after the main grid: uptrain every conversion again with this data-order/noise seed",
+)
 def main(run_dir, results, P, trial, report_only, replicate_seed):
     run, res_path = Path(run_dir), Path(results)
     run.mkdir(parents=True, exist_ok=True)
@@ -229,8 +299,13 @@ def main(run_dir, results, P, trial, report_only, replicate_seed):
         import shutil
 
         model = init_model(ModelArgs.from_dict(MODEL), seed=0)
-        tr = Trainer(model, SpanCorruptionData(train, tok, BATCH, seed=0), pretrain_config(20, 0),
-                     run / "trial", callback=printer("trial", 5))
+        tr = Trainer(
+            model,
+            SpanCorruptionData(train, tok, BATCH, seed=0),
+            pretrain_config(20, 0),
+            run / "trial",
+            callback=printer("trial", 5),
+        )
         t0 = time.time()
         for i in range(20):
             loss, n = tr.train_step()
@@ -245,7 +320,7 @@ def main(run_dir, results, P, trial, report_only, replicate_seed):
     log(f"pretrained: {pre}  eval {res['pretrain']['final_eval_loss']:.4f}")
     todo = [("mha-continued", None, None)] + [(f"g{g}-{pool}", g, pool) for g, pool in CONVERSIONS]
     for name, G, pool in todo:
-        if res.get("runs", {}).get(name, {}).get("done") and res["runs"][name]["steps"] == max(int(round(0.1 * P)), 1):
+        if res.get("runs", {}).get(name, {}).get("done") and res["runs"][name]["steps"] == uptrain_steps(P)[0]:
             continue
         run_uptrain(run, res, tok, train, held, name, pre, P, G, pool)
         save_results(res_path, res)
@@ -262,8 +337,9 @@ def main(run_dir, results, P, trial, report_only, replicate_seed):
             run_uptrain(run, res, tok, train, held, name, pre, P, G, pool, seed=replicate_seed)
             save_results(res_path, res)
             evals = res["replicates"][str(replicate_seed)][name]["evals"]
-            log(f"{name} seed {replicate_seed}: "
-                + ", ".join(f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in evals))
+            log(
+                f"{name} seed {replicate_seed}: " + ", ".join(f"a={e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in evals)
+            )
         res["timing"][f"replicate_{replicate_seed}_finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     res["timing"]["last_invocation_wall_seconds"] = time.time() - t_all
     res["timing"]["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")

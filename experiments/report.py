@@ -1,6 +1,6 @@
 """Table (markdown + CSV), ordering checks and plot from experiments/results/gqa_uptrain.json.
 
-    .venv/bin/python experiments/report.py
+.venv/bin/python experiments/report.py
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ def analyse(res, runs=None):
     if mha:
         rows.append(("MHA (no conversion), continued", "mha-continued", mha))
     if "mha-continued-same-optimizer" in runs:
-        rows.append(("MHA, pretraining continued (same optimizer state & schedule)", "mha-continued-same-optimizer",
-                     curve(runs["mha-continued-same-optimizer"])))
+        rows.append(
+            (
+                "MHA, pretraining continued (same optimizer state & schedule)",
+                "mha-continued-same-optimizer",
+                curve(runs["mha-continued-same-optimizer"]),
+            )
+        )
     checks = []
 
     def gap_closed(c, a):
@@ -67,14 +72,24 @@ def analyse(res, runs=None):
         for a in (0.0, 0.05, 0.1):
             if len(c) == 3 and all(a in v for v in c.values()):
                 ok = c["mean"][a] < c["first"][a] < c["random"][a]
-                checks.append((f"{GNAME[g]}, alpha={a}: mean < first < random (loss)",
-                               ok, ", ".join(f"{p} {c[p][a]:.3f}" for p in POOLS)))
+                checks.append(
+                    (
+                        f"{GNAME[g]}, alpha={a}: mean < first < random (loss)",
+                        ok,
+                        ", ".join(f"{p} {c[p][a]:.3f}" for p in POOLS),
+                    )
+                )
     for pool in POOLS:
         c = {g: curve(runs[f"g{g}-{pool}"]) for g in GROUPS if f"g{g}-{pool}" in runs}
         if len(c) == 3 and mha:
             ok = c[4][0.0] < c[2][0.0] < c[1][0.0]
-            checks.append((f"{pool} pooling, alpha=0: GQA-4 < GQA-2 < MQA (closer to MHA {mha[0.0]:.3f})",
-                           ok, ", ".join(f"{GNAME[g]} {c[g][0.0]:.3f}" for g in (4, 2, 1))))
+            checks.append(
+                (
+                    f"{pool} pooling, alpha=0: GQA-4 < GQA-2 < MQA (closer to MHA {mha[0.0]:.3f})",
+                    ok,
+                    ", ".join(f"{GNAME[g]} {c[g][0.0]:.3f}" for g in (4, 2, 1)),
+                )
+            )
     for g in GROUPS:
         for pool in ("mean", "first"):
             name = f"g{g}-{pool}"
@@ -84,11 +99,15 @@ def analyse(res, runs=None):
             f5, f10 = gap_closed(c, 0.05), gap_closed(c, 0.1)
             if f5 is None or f10 is None:
                 continue
-            checks.append((f"{GNAME[g]} {pool}: most of the gap to MHA closed by alpha=0.05, little more by 0.1",
-                           f5 >= 0.5 and (f10 - f5) <= 0.2,
-                           f"gap closed {100 * f5:.0f}% at 0.05, {100 * f10:.0f}% at 0.1 "
-                           f"(gap at 0: {c[0.0] - mha[0.0]:+.3f}, at 0.05: {c[0.05] - mha[0.05]:+.3f}, "
-                           f"at 0.1: {c[0.1] - mha[0.1]:+.3f})"))
+            checks.append(
+                (
+                    f"{GNAME[g]} {pool}: most of the gap to MHA closed by alpha=0.05, little more by 0.1",
+                    f5 >= 0.5 and (f10 - f5) <= 0.2,
+                    f"gap closed {100 * f5:.0f}% at 0.05, {100 * f10:.0f}% at 0.1 "
+                    f"(gap at 0: {c[0.0] - mha[0.0]:+.3f}, at 0.05: {c[0.05] - mha[0.05]:+.3f}, "
+                    f"at 0.1: {c[0.1] - mha[0.1]:+.3f})",
+                )
+            )
     return alphas, rows, checks, mha
 
 
@@ -112,8 +131,10 @@ def table_markdown_one(res, runs):
         out.append(f"| {label} | " + " | ".join(fmt(c.get(a)) for a in alphas) + " |")
     if pre:
         out.append("")
-        out.append(f"Pretrained MHA held-out loss (alpha = 0 for every conversion's source): "
-                   f"**{pre['final_eval_loss']:.3f}** after {pre['steps']} steps.")
+        out.append(
+            f"Pretrained MHA held-out loss (alpha = 0 for every conversion's source): "
+            f"**{pre['final_eval_loss']:.3f}** after {pre['steps']} steps."
+        )
     out.append("")
     out.append("| paper's claim | holds here? | numbers |")
     out.append("|---|---|---|")

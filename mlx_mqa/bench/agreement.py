@@ -10,8 +10,16 @@ import numpy as np
 from ..decoding.inputs import pad_batch
 
 
-def logits_agreement(model, reference, tokenizer, documents: Sequence[str], summaries: Sequence[str],
-                     input_len: int, output_len: int, batch_size: int = 4) -> Dict[str, float]:
+def logits_agreement(
+    model,
+    reference,
+    tokenizer,
+    documents: Sequence[str],
+    summaries: Sequence[str],
+    input_len: int,
+    output_len: int,
+    batch_size: int = 4,
+) -> Dict[str, float]:
     """Top-1 agreement and max |logit difference| of `model` vs `reference` over every target position.
 
     The decoder is fed the reference summary (teacher forcing), so both models see the same prefixes.
@@ -20,9 +28,11 @@ def logits_agreement(model, reference, tokenizer, documents: Sequence[str], summ
     max_diff = scale = 0.0
     start = reference.args.decoder_start_token_id
     for i in range(0, len(documents), batch_size):
-        docs = [tokenizer(d, truncation=True, max_length=input_len)["input_ids"] for d in documents[i:i + batch_size]]
-        tgts = [[start] + tokenizer(s, truncation=True, max_length=output_len - 1)["input_ids"]
-                for s in summaries[i:i + batch_size]]
+        docs = [tokenizer(d, truncation=True, max_length=input_len)["input_ids"] for d in documents[i : i + batch_size]]
+        tgts = [
+            [start] + tokenizer(s, truncation=True, max_length=output_len - 1)["input_ids"]
+            for s in summaries[i : i + batch_size]
+        ]
         enc, dec = pad_batch(docs, tokenizer.pad_token_id or 0), pad_batch(tgts, tokenizer.pad_token_id or 0)
         a = reference(enc.input_ids, dec.input_ids, enc.attention_mask).astype(mx.float32)
         b = model(enc.input_ids, dec.input_ids, enc.attention_mask).astype(mx.float32)
@@ -34,5 +44,10 @@ def logits_agreement(model, reference, tokenizer, documents: Sequence[str], summ
         total += int(valid.sum())
         max_diff = max(max_diff, float(np.abs(a - b).max()))
         scale = max(scale, float(np.abs(a).max()))
-    return {"top1_agreement": agree / max(total, 1), "max_abs_diff": max_diff, "reference_logit_scale": scale,
-            "positions": total, "examples": len(documents)}
+    return {
+        "top1_agreement": agree / max(total, 1),
+        "max_abs_diff": max_diff,
+        "reference_logit_scale": scale,
+        "positions": total,
+        "examples": len(documents),
+    }

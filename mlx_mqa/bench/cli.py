@@ -19,81 +19,177 @@ from .speed import parse_ints, parse_lengths
 
 PRESETS = {
     # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
-    "quick": {"batch_sizes": "1,4", "lengths": "256x32", "datasets": "bundled:cnn_dailymail", "limit": 6,
-              "quality_lengths": "512x32"},
+    "quick": {
+        "batch_sizes": "1,4",
+        "lengths": "256x32",
+        "datasets": "bundled:cnn_dailymail",
+        "limit": 6,
+        "quality_lengths": "512x32",
+    },
     # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
-    "paper": {"batch_sizes": "1", "lengths": "512x256,2048x512", "datasets": "cnn_dailymail,arxiv,pubmed",
-              "limit": None, "quality_lengths": None},
+    "paper": {
+        "batch_sizes": "1",
+        "lengths": "512x256,2048x512",
+        "datasets": "cnn_dailymail,arxiv,pubmed",
+        "limit": None,
+        "quality_lengths": None,
+    },
 }
 QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--model", default="random:t5-small", show_default=True,
-              help="Multi-head T5 checkpoint: hub id (google/t5-base), local Hugging Face directory, or "
-                   "random:<shape> for deterministic random weights of a real shape "
-                   "(t5-small, t5-base, t5-large, flan-t5-*, t5-v1_1-large, t5-large-lm-adapt).")
-@click.option("--layers", type=int, default=None,
-              help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo "
-                   "run without --model).")
-@click.option("--kv-heads", default=None,
-              help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
-                   "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.")
-@click.option("--quantize", default="", help="Also benchmark quantized MLX copies of every --kv-heads variant at "
-              "these bit widths, e.g. 8,4.")
-@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True,
-              help="Quantization group size.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-              help="Weights and activations, MLX and PyTorch alike. Default: float32 on CPU, bfloat16 on a GPU.")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="quick", show_default=True,
-              help="quick: speed at 256->32, batch 1 and 4, and 6 bundled CNN/DailyMail examples at 512->32. "
-                   "paper: speed at 512->256 and 2048->512, quality on cnn_dailymail (512->256), arxiv and "
-                   "pubmed (2048->512) from the hub, greedy. "
-                   "Options given explicitly override the preset.")
+@click.option(
+    "--model",
+    default="random:t5-small",
+    show_default=True,
+    help="Multi-head T5 checkpoint: hub id (google/t5-base), local Hugging Face directory, or "
+    "random:<shape> for deterministic random weights of a real shape "
+    "(t5-small, t5-base, t5-large, flan-t5-*, t5-v1_1-large, t5-large-lm-adapt).",
+)
+@click.option(
+    "--layers",
+    type=int,
+    default=None,
+    help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo "
+    "run without --model).",
+)
+@click.option(
+    "--kv-heads",
+    default=None,
+    help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
+    "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.",
+)
+@click.option(
+    "--quantize",
+    default="",
+    help="Also benchmark quantized MLX copies of every --kv-heads variant at these bit widths, e.g. 8,4.",
+)
+@click.option(
+    "--q-group-size",
+    type=click.Choice(["32", "64", "128"]),
+    default="64",
+    show_default=True,
+    help="Quantization group size.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default=None,
+    help="Weights and activations, MLX and PyTorch alike. Default: float32 on CPU, bfloat16 on a GPU.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="quick",
+    show_default=True,
+    help="quick: speed at 256->32, batch 1 and 4, and 6 bundled CNN/DailyMail examples at 512->32. "
+    "paper: speed at 512->256 and 2048->512, quality on cnn_dailymail (512->256), arxiv and "
+    "pubmed (2048->512) from the hub, greedy. "
+    "Options given explicitly override the preset.",
+)
 @click.option("--batch-sizes", default=None, help="Comma list of batch sizes for the speed sweep [preset].")
-@click.option("--lengths", default=None, help="Speed sweep INPUTxOUTPUT token lengths, comma list, e.g. "
-              "512x64,2048x64. Output length is forced (EOS ignored) [preset].")
+@click.option(
+    "--lengths",
+    default=None,
+    help="Speed sweep INPUTxOUTPUT token lengths, comma list, e.g. "
+    "512x64,2048x64. Output length is forced (EOS ignored) [preset].",
+)
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs per variant and setting.")
-@click.option("--repeats", type=int, default=3, show_default=True,
-              help="Timed runs per variant and setting, interleaved across variants; medians with min-max.")
+@click.option(
+    "--repeats",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Timed runs per variant and setting, interleaved across variants; medians with min-max.",
+)
 @click.option("--speed/--no-speed", default=True, show_default=True, help="Run the speed sweep.")
-@click.option("--quality/--no-quality", default=True, show_default=True,
-              help="Run generation + ROUGE (needs rouge-score and nltk: pip install 'mlx-mqa[bench]').")
-@click.option("--dataset", default=None,
-              help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (streamed from the hub), or bundled:<name> for "
-                   "the few real examples shipped with mlx_mqa (offline) [preset].")
-@click.option("--data", "data_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Local JSON Lines file with fields id, document, summary (repeatable); replaces the preset's "
-                   "--dataset unless --dataset is also given.")
+@click.option(
+    "--quality/--no-quality",
+    default=True,
+    show_default=True,
+    help="Run generation + ROUGE (needs rouge-score and nltk: pip install 'mlx-mqa[bench]').",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (streamed from the hub), or bundled:<name> for "
+    "the few real examples shipped with mlx_mqa (offline) [preset].",
+)
+@click.option(
+    "--data",
+    "data_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Local JSON Lines file with fields id, document, summary (repeatable); replaces the preset's "
+    "--dataset unless --dataset is also given.",
+)
 @click.option("--split", default="test", show_default=True, help="Hub dataset split.")
 @click.option("--limit", type=int, default=None, help="Examples per dataset (quick preset: 6; paper: all).")
 @click.option("--prefix", default="summarize: ", show_default=True, help="Task prefix put before every document.")
-@click.option("--quality-lengths", default=None,
-              help="INPUTxOUTPUT for generation (input truncated). Default: each dataset's paper setting "
-                   "(cnn_dailymail 512x256, arxiv/pubmed 2048x512, xsum 512x64), JSONL 512x128; the quick preset's "
-                   "bundled demo: 512x32.")
+@click.option(
+    "--quality-lengths",
+    default=None,
+    help="INPUTxOUTPUT for generation (input truncated). Default: each dataset's paper setting "
+    "(cnn_dailymail 512x256, arxiv/pubmed 2048x512, xsum 512x64), JSONL 512x128; the quick preset's "
+    "bundled demo: 512x32.",
+)
 @click.option("--quality-batch-size", type=int, default=8, show_default=True)
-@click.option("--num-beams", default="1", show_default=True,
-              help="Beam width(s) for the quality runs, comma list: e.g. 1,4 runs greedy and 4-beam search on the "
-                   "same examples (time per sample and ROUGE of each); speed runs are always greedy.")
+@click.option(
+    "--num-beams",
+    default="1",
+    show_default=True,
+    help="Beam width(s) for the quality runs, comma list: e.g. 1,4 runs greedy and 4-beam search on the "
+    "same examples (time per sample and ROUGE of each); speed runs are always greedy.",
+)
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% intervals.")
-@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True,
-              help="Run the PyTorch reference (needs torch: pip install 'mlx-mqa[torch]').")
-@click.option("--torch-device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
-              help="auto: mps > cuda > cpu.")
-@click.option("--torch-quality", type=click.Choice(["all", "mha", "none"]), default="all", show_default=True,
-              help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated), only MHA, none.")
-@click.option("--decode", "decode_path", type=click.Choice(["auto", "eager", "compiled"]), default="auto",
-              show_default=True, help="MLX decode loop for speed runs: compiled (the library's compiled step with a "
-              "fixed-capacity cache; auto) or eager (model.decode + KVCache).")
+@click.option(
+    "--torch/--no-torch",
+    "use_torch",
+    default=True,
+    show_default=True,
+    help="Run the PyTorch reference (needs torch: pip install 'mlx-mqa[torch]').",
+)
+@click.option(
+    "--torch-device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="auto: mps > cuda > cpu.",
+)
+@click.option(
+    "--torch-quality",
+    type=click.Choice(["all", "mha", "none"]),
+    default="all",
+    show_default=True,
+    help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated), only MHA, none.",
+)
+@click.option(
+    "--decode",
+    "decode_path",
+    type=click.Choice(["auto", "eager", "compiled"]),
+    default="auto",
+    show_default=True,
+    help="MLX decode loop for speed runs: compiled (the library's compiled step with a "
+    "fixed-capacity cache; auto) or eager (model.decode + KVCache).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output directory [results/bench-YYYYmmdd-HHMMSS].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Random checkpoints and conversions are cached here [$MLX_MQA_CACHE, else "
-                   "$XDG_CACHE_HOME/mlx_mqa, else ~/.cache/mlx_mqa].")
-@click.option("--plots/--no-plots", default=True, show_default=True,
-              help="Figures (matplotlib; without it they are skipped with a note).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/bench-YYYYmmdd-HHMMSS]."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Random checkpoints and conversions are cached here [$MLX_MQA_CACHE, else "
+    "$XDG_CACHE_HOME/mlx_mqa, else ~/.cache/mlx_mqa].",
+)
+@click.option(
+    "--plots/--no-plots",
+    default=True,
+    show_default=True,
+    help="Figures (matplotlib; without it they are skipped with a note).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
 def main(**opts):
     """Benchmark T5 with multi-head, grouped-query and multi-query attention (Ainslie et al. 2023).
@@ -153,30 +249,59 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
     else:
         datasets = [d.strip() for d in dataset.split(",") if d.strip()]
     # The quick preset's short generation is for its bundled demo; named datasets get their own lengths.
-    ql = o["quality_lengths"] if o["quality_lengths"] is not None else \
-        p["quality_lengths"] if dataset is None else None
+    ql = o["quality_lengths"] if o["quality_lengths"] is not None else p["quality_lengths"] if dataset is None else None
     quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
     if any(b not in QUANTIZE_BITS for b in quantize):
-        raise click.BadParameter(f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}",
-                                 param_hint="--quantize")
+        raise click.BadParameter(
+            f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}", param_hint="--quantize"
+        )
     return BenchConfig(
-        model=o["model"], layers=layers, seed=o["seed"], kv_heads=o["kv_heads"], quantize=quantize,
-        q_group_size=int(o["q_group_size"]), dtype=o["dtype"], torch=o["use_torch"], torch_device=o["torch_device"],
-        torch_quality=o["torch_quality"], batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),
-        lengths=parse_lengths(o["lengths"] or p["lengths"]), warmup=o["warmup"], repeats=o["repeats"],
-        speed=o["speed"], quality=o["quality"], datasets=datasets, data_files=list(o["data_files"]), split=o["split"],
-        limit=o["limit"] if o["limit"] is not None else p["limit"], prefix=o["prefix"],
-        quality_lengths=parse_lengths(ql)[0] if ql else None, quality_batch_size=o["quality_batch_size"],
-        num_beams=parse_ints(o["num_beams"], "--num-beams"), bootstrap=o["bootstrap"], decode_path=o["decode_path"],
-        out=o["out"] or time.strftime("results/bench-%Y%m%d-%H%M%S"), cache_dir=o["cache_dir"], plots=o["plots"],
-        progress=o["progress"], command=command_line(ctx))
+        model=o["model"],
+        layers=layers,
+        seed=o["seed"],
+        kv_heads=o["kv_heads"],
+        quantize=quantize,
+        q_group_size=int(o["q_group_size"]),
+        dtype=o["dtype"],
+        torch=o["use_torch"],
+        torch_device=o["torch_device"],
+        torch_quality=o["torch_quality"],
+        batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),
+        lengths=parse_lengths(o["lengths"] or p["lengths"]),
+        warmup=o["warmup"],
+        repeats=o["repeats"],
+        speed=o["speed"],
+        quality=o["quality"],
+        datasets=datasets,
+        data_files=list(o["data_files"]),
+        split=o["split"],
+        limit=o["limit"] if o["limit"] is not None else p["limit"],
+        prefix=o["prefix"],
+        quality_lengths=parse_lengths(ql)[0] if ql else None,
+        quality_batch_size=o["quality_batch_size"],
+        num_beams=parse_ints(o["num_beams"], "--num-beams"),
+        bootstrap=o["bootstrap"],
+        decode_path=o["decode_path"],
+        out=o["out"] or time.strftime("results/bench-%Y%m%d-%H%M%S"),
+        cache_dir=o["cache_dir"],
+        plots=o["plots"],
+        progress=o["progress"],
+        command=command_line(ctx),
+    )
 
 
 def interrupted(cfg: Optional[BenchConfig]):
     """Ctrl-C: say where the settings finished so far are (results.json is written after each one)."""
     saved = Path(cfg.out) / "results.json" if cfg is not None else None
-    click.echo("interrupted" + (f"; the settings finished so far are in {saved} (\"complete\": false)"
-                                if saved is not None and saved.exists() else ""), err=True)
+    click.echo(
+        "interrupted"
+        + (
+            f'; the settings finished so far are in {saved} ("complete": false)'
+            if saved is not None and saved.exists()
+            else ""
+        ),
+        err=True,
+    )
     raise SystemExit(130)
 
 

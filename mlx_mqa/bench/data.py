@@ -69,13 +69,13 @@ def bundled_datasets() -> List[str]:
 
 def dataset_lengths(name: str) -> Optional[Tuple[int, int]]:
     """The paper's (input, output) lengths for a dataset name (`bundled:x` counts as `x`)."""
-    base = name[len(BUNDLED_PREFIX):] if name.startswith(BUNDLED_PREFIX) else name
+    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
     spec = HUB_DATASETS.get(base)
     return spec.lengths if spec else None
 
 
 def _offline_hint(name: str) -> str:
-    base = name[len(BUNDLED_PREFIX):] if name.startswith(BUNDLED_PREFIX) else name
+    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
     hint = "pass --data FILE.jsonl (one JSON object per line with fields id, document, summary)"
     if base in bundled_datasets():
         hint += f", or --dataset {BUNDLED_PREFIX}{base} for the few real examples bundled with mlx_mqa"
@@ -95,8 +95,10 @@ def load_jsonl(path, limit: Optional[int] = None) -> List[Example]:
             raise DataError(f"{path}:{lineno}: expected a JSON object with fields {', '.join(JSONL_FIELDS)}")
         missing = [f for f in ("document", "summary") if not isinstance(rec.get(f), str)]
         if missing:
-            raise DataError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}; "
-                            f"each line needs {', '.join(JSONL_FIELDS)}")
+            raise DataError(
+                f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}; "
+                f"each line needs {', '.join(JSONL_FIELDS)}"
+            )
         if not rec["document"].strip():
             raise DataError(f"{path}:{lineno}: empty document")
         out.append(Example(str(rec.get("id", f"{path.stem}-{lineno}")), rec["document"], rec["summary"]))
@@ -119,11 +121,13 @@ def _records(path: Path) -> Iterator[Tuple[int, object]]:
 
 def load_bundled(name: str, limit: Optional[int] = None) -> List[Example]:
     """The few real examples shipped in mlx_mqa/assets/data (see its README for their provenance)."""
-    base = name[len(BUNDLED_PREFIX):] if name.startswith(BUNDLED_PREFIX) else name
+    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
     path = DATA_DIR / f"{base}.jsonl"
     if not path.exists():
-        raise DataError(f"no bundled sample {base!r}; bundled: {', '.join(bundled_datasets())}. "
-                        f"For other data pass --data FILE.jsonl (fields id, document, summary)")
+        raise DataError(
+            f"no bundled sample {base!r}; bundled: {', '.join(bundled_datasets())}. "
+            f"For other data pass --data FILE.jsonl (fields id, document, summary)"
+        )
     return load_jsonl(path, limit)
 
 
@@ -141,18 +145,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_hub(name: str, split: str = "test", limit: Optional[int] = None,
-             check_network: bool = True) -> List[Example]:
+def load_hub(name: str, split: str = "test", limit: Optional[int] = None, check_network: bool = True) -> List[Example]:
     """Stream the first `limit` examples of a known dataset from the hub."""
     spec = HUB_DATASETS.get(name)
     if spec is None:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}; bundled offline samples: "
-                        f"{', '.join(BUNDLED_PREFIX + b for b in bundled_datasets())}. "
-                        f"For other data pass --data FILE.jsonl (fields id, document, summary)")
+        raise DataError(
+            f"unknown dataset {name!r}; known: {', '.join(known_datasets())}; bundled offline samples: "
+            f"{', '.join(BUNDLED_PREFIX + b for b in bundled_datasets())}. "
+            f"For other data pass --data FILE.jsonl (fields id, document, summary)"
+        )
     where = f"{spec.path}" + (f" ({spec.config})" if spec.config else "")
     if check_network and not hub_reachable():
-        raise DataError(f"dataset {name!r} ({where}) needs the Hugging Face hub, which is not reachable; "
-                        f"{_offline_hint(name)}")
+        raise DataError(
+            f"dataset {name!r} ({where}) needs the Hugging Face hub, which is not reachable; {_offline_hint(name)}"
+        )
     try:
         import datasets
 
@@ -167,15 +173,21 @@ def load_hub(name: str, split: str = "test", limit: Optional[int] = None,
         raise
     except Exception as e:  # offline, unknown split, changed schema...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"cannot read dataset {name!r} ({where}, split {split!r}): {type(e).__name__}: {msg}; "
-                        f"{_offline_hint(name)}") from None
+        raise DataError(
+            f"cannot read dataset {name!r} ({where}, split {split!r}): {type(e).__name__}: {msg}; {_offline_hint(name)}"
+        ) from None
     if not out:
         raise DataError(f"dataset {name!r} ({where}, split {split!r}) gave no examples")
     return out
 
 
-def load_examples(dataset: Optional[str] = None, data_file=None, split: str = "test",
-                  limit: Optional[int] = None, check_network: bool = True) -> Tuple[str, List[Example]]:
+def load_examples(
+    dataset: Optional[str] = None,
+    data_file=None,
+    split: str = "test",
+    limit: Optional[int] = None,
+    check_network: bool = True,
+) -> Tuple[str, List[Example]]:
     """(source label, examples) from exactly one of `data_file`, `bundled:NAME` or a hub dataset name."""
     if data_file is not None:
         return f"file:{Path(data_file).name}", load_jsonl(data_file, limit)

@@ -52,16 +52,23 @@ def check_dependencies(cfg) -> List[str]:
     if cfg.torch:
         _require(["torch"], "torch", "torch", "the PyTorch reference", "or pass --no-torch")
     if cfg.quality and (cfg.datasets or cfg.data_files):
-        _require(["rouge_score", "nltk"], "rouge-score and nltk", "bench", "the quality runs (ROUGE)",
-                 "or pass --no-quality")
+        _require(
+            ["rouge_score", "nltk"], "rouge-score and nltk", "bench", "the quality runs (ROUGE)", "or pass --no-quality"
+        )
         hub = hub_datasets_requested(cfg.datasets)
         if hub:
-            _require(["datasets"], "datasets", "bench", f"dataset {', '.join(hub)} from the Hugging Face hub",
-                     "or pass --data FILE.jsonl, a bundled:<name> sample, or --no-quality")
+            _require(
+                ["datasets"],
+                "datasets",
+                "bench",
+                f"dataset {', '.join(hub)} from the Hugging Face hub",
+                "or pass --data FILE.jsonl, a bundled:<name> sample, or --no-quality",
+            )
     notes = []
     if cfg.plots and not has_module("matplotlib"):
-        notes.append("matplotlib is not installed: no figures this run (pip install 'mlx-mqa[bench]'; "
-                     "--no-plots silences this)")
+        notes.append(
+            "matplotlib is not installed: no figures this run (pip install 'mlx-mqa[bench]'; --no-plots silences this)"
+        )
     return notes
 
 

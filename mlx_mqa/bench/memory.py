@@ -52,16 +52,29 @@ def current_rss() -> int:
 # ----------------------------------------------------------------------------------------------- KV bytes / traffic
 
 
-def kv_cache_bytes(num_layers: int, kv_heads: int, d_kv: int, batch_size: int, input_len: int,
-                   output_len: int, itemsize: int) -> Dict[str, int]:
+def kv_cache_bytes(
+    num_layers: int, kv_heads: int, d_kv: int, batch_size: int, input_len: int, output_len: int, itemsize: int
+) -> Dict[str, int]:
     """Analytic K/V bytes after decoding `output_len` tokens: self-attention cache and cross-attention K/V."""
     per_token = 2 * num_layers * batch_size * kv_heads * d_kv * itemsize  # keys + values
-    return {"self": per_token * output_len, "cross": per_token * input_len,
-            "total": per_token * (output_len + input_len)}
+    return {
+        "self": per_token * output_len,
+        "cross": per_token * input_len,
+        "total": per_token * (output_len + input_len),
+    }
 
 
-def traffic_per_step(decoder_weight_bytes: int, num_layers: int, kv_heads: int, d_kv: int, batch_size: int,
-                     input_len: int, output_len: int, itemsize: int, self_kv: str = "mean") -> Dict[str, float]:
+def traffic_per_step(
+    decoder_weight_bytes: int,
+    num_layers: int,
+    kv_heads: int,
+    d_kv: int,
+    batch_size: int,
+    input_len: int,
+    output_len: int,
+    itemsize: int,
+    self_kv: str = "mean",
+) -> Dict[str, float]:
     """Bytes one decoder step reads: decoder weights + self K/V + cross K/V (averaged over the decode).
 
     self_kv='mean': the self cache is read up to the current position (mean (output_len+1)/2 tokens);
@@ -71,8 +84,12 @@ def traffic_per_step(decoder_weight_bytes: int, num_layers: int, kv_heads: int, 
     self_len = (output_len + 1) / 2.0 if self_kv == "mean" else float(output_len)
     kv_self = per_token * self_len
     kv_cross = per_token * input_len
-    return {"weights": float(decoder_weight_bytes), "kv_self": kv_self, "kv_cross": float(kv_cross),
-            "total": float(decoder_weight_bytes) + kv_self + kv_cross}
+    return {
+        "weights": float(decoder_weight_bytes),
+        "kv_self": kv_self,
+        "kv_cross": float(kv_cross),
+        "total": float(decoder_weight_bytes) + kv_self + kv_cross,
+    }
 
 
 def mlx_weight_bytes(model) -> Dict[str, int]:

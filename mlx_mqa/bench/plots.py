@@ -39,23 +39,37 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optiona
         rows = sorted(rows, key=lambda r: r["kv_heads"])
         xs = [r["kv_heads"] for r in rows]
         ys = [r["time_per_sample_s"]["median"] for r in rows]
-        err = [[y - r["time_per_sample_s"]["min"] for y, r in zip(ys, rows)],
-               [r["time_per_sample_s"]["max"] - y for y, r in zip(ys, rows)]]
+        err = [
+            [y - r["time_per_sample_s"]["min"] for y, r in zip(ys, rows)],
+            [r["time_per_sample_s"]["max"] - y for y, r in zip(ys, rows)],
+        ]
         B, i_len, o_len, q = key
         label = f"MLX B={B} {i_len}->{o_len}" + (f" q{q}" if q else "")
         line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
         color = line[0].get_color()
         colors[(B, i_len, o_len)] = color
         if all(r.get("measured_decode_speedup") for r in rows):
-            ax_speedup.plot(xs, [r["measured_decode_speedup"] for r in rows], marker="o", color=color,
-                            label=label + " measured")
-            ax_speedup.plot(xs, [r["predicted_decode_speedup"] for r in rows], ls=":", marker="x", color=color,
-                            label=label + " predicted")
+            ax_speedup.plot(
+                xs, [r["measured_decode_speedup"] for r in rows], marker="o", color=color, label=label + " measured"
+            )
+            ax_speedup.plot(
+                xs,
+                [r["predicted_decode_speedup"] for r in rows],
+                ls=":",
+                marker="x",
+                color=color,
+                label=label + " predicted",
+            )
     for r in speed:
         if r["backend"] == "torch" and r["kv_heads"] == r["num_heads"]:
             c = colors.get((r["batch_size"], r["input_len"], r["output_len"]), "gray")
-            ax.axhline(r["time_per_sample_s"]["median"], ls="--", color=c, lw=1,
-                       label=f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}")
+            ax.axhline(
+                r["time_per_sample_s"]["median"],
+                ls="--",
+                color=c,
+                lw=1,
+                label=f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}",
+            )
     groups = sorted({r["kv_heads"] for r in mlx_rows})
     for a in (ax, ax_speedup):
         a.set_xscale("log", base=2)
@@ -84,21 +98,40 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
     several = len({x["dataset"] for x in quality}) > 1
     for i, q in enumerate(sorted(quality, key=lambda q: (q["time_per_sample_s"], q["mean_rouge"]))):
         torch_ref = q["backend"] == "torch"
-        ax.scatter([q["time_per_sample_s"]], [q["mean_rouge"]], marker="s" if torch_ref else "o",
-                   color="tab:orange" if torch_ref else "tab:blue")
+        ax.scatter(
+            [q["time_per_sample_s"]],
+            [q["mean_rouge"]],
+            marker="s" if torch_ref else "o",
+            color="tab:orange" if torch_ref else "tab:blue",
+        )
         beams = f" {q['num_beams']}b" if q.get("num_beams", 1) > 1 else ""
         label = ("torch " if torch_ref else "") + q["variant"] + beams + (f" ({q['dataset']})" if several else "")
         # Stagger the labels: variants of equal ROUGE and similar time would print on top of each other.
-        ax.annotate(label, (q["time_per_sample_s"], q["mean_rouge"]), fontsize=7, xytext=(5, -10 + 9 * (i % 4)),
-                    textcoords="offset points")
+        ax.annotate(
+            label,
+            (q["time_per_sample_s"], q["mean_rouge"]),
+            fontsize=7,
+            xytext=(5, -10 + 9 * (i % 4)),
+            textcoords="offset points",
+        )
     top = max(q["mean_rouge"] for q in quality)
     ax.set_ylim(bottom=0, top=max(1.0, top * 1.15))
     ax.set_xlabel("time per sample (s), generation on the evaluation examples")
     ax.set_ylabel("mean of ROUGE-1/2/L F1 (%)")
     ax.set_title(title or "ROUGE vs time per sample (circles: MLX, squares: PyTorch)", fontsize=9)
     if random_weights:
-        ax.text(0.5, 0.5, RANDOM_NOTE, transform=ax.transAxes, ha="center", va="center", fontsize=10,
-                color="red", alpha=0.6, rotation=20)
+        ax.text(
+            0.5,
+            0.5,
+            RANDOM_NOTE,
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="red",
+            alpha=0.6,
+            rotation=20,
+        )
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = Path(path)

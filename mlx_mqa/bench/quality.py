@@ -32,33 +32,73 @@ def batches(n: int, batch_size: int) -> List[range]:
     return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def _encode(tokenizer, prompts: Sequence[str], max_input_tokens: int):
-    return encode_prompts(tokenizer, list(prompts), max_input_tokens=max_input_tokens, truncate=True)
-
-
-def generate_mlx(model, tokenizer, prompts: Sequence[str], max_input_tokens: int, max_new_tokens: int,
-                 batch_size: int = 8, num_beams: int = 1, warmup: bool = True,
-                 progress: Optional[Callable[[int], None]] = None) -> Generation:
-    kw = {"num_beams": num_beams} if num_beams > 1 else {}
-    if warmup:
-        generate(model, tokenizer, list(prompts[:batch_size]), max_new_tokens=2, max_input_tokens=max_input_tokens,
-                 truncate=True, **kw)
+def _timed_batches(
+    n: int,
+    batch_size: int,
+    run: Callable[[range], Sequence[Sequence[int]]],
+    progress: Optional[Callable[[int], None]],
+    sync: Callable[[], None] = lambda: None,
+) -> Generation:
+    """`run(rows)` on every batch of the `n` prompts, each timed apart (`sync` waits for the device first and
+    last); the generated ids become plain int lists after the clock stops."""
     tokens: List[List[int]] = []
     times = []
-    for rows in batches(len(prompts), batch_size):
+    for rows in batches(n, batch_size):
+        sync()
         t0 = time.perf_counter()
-        res = generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
-                       max_input_tokens=max_input_tokens, truncate=True, return_result=True, **kw)
+        out = run(rows)
+        sync()
         times.append(time.perf_counter() - t0)
-        tokens.extend([list(map(int, t)) for t in res.tokens])
+        tokens.extend([list(map(int, t)) for t in out])
         if progress:
             progress(len(rows))
     return Generation(tokens, float(sum(times)), times)
 
 
-def generate_torch(model, tokenizer, prompts: Sequence[str], max_input_tokens: int, max_new_tokens: int,
-                   batch_size: int = 8, num_beams: int = 1, device: str = "cpu", warmup: bool = True,
-                   progress: Optional[Callable[[int], None]] = None) -> Generation:
+def _encode(tokenizer, prompts: Sequence[str], max_input_tokens: int):
+    return encode_prompts(tokenizer, list(prompts), max_input_tokens=max_input_tokens, truncate=True)
+
+
+def generate_mlx(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_input_tokens: int,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    num_beams: int = 1,
+    warmup: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Generation:
+    kw = {"num_beams": num_beams} if num_beams > 1 else {}
+
+    def run(texts, n, **extra):
+        return generate(
+            model, tokenizer, texts, max_new_tokens=n, max_input_tokens=max_input_tokens, truncate=True, **kw, **extra
+        )
+
+    if warmup:
+        run(list(prompts[:batch_size]), 2)
+    return _timed_batches(
+        len(prompts),
+        batch_size,
+        lambda rows: run([prompts[i] for i in rows], max_new_tokens, return_result=True).tokens,
+        progress,
+    )
+
+
+def generate_torch(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_input_tokens: int,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    num_beams: int = 1,
+    device: str = "cpu",
+    warmup: bool = True,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Generation:
     from .torch_reference import generate as torch_generate
     from .torch_reference import synchronize
 
@@ -67,31 +107,27 @@ def generate_torch(model, tokenizer, prompts: Sequence[str], max_input_tokens: i
     def run(rows, n):
         enc = _encode(tokenizer, [prompts[i] for i in rows], max_input_tokens)
         mask = None if enc.attention_mask is None else np.array(enc.attention_mask)
-        return torch_generate(model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams,
-                              eos_token_id=eos)
+        return torch_generate(
+            model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams, eos_token_id=eos
+        )
 
     if warmup:
         run(range(min(batch_size, len(prompts))), 2)
-    tokens: List[List[int]] = []
-    times = []
-    for rows in batches(len(prompts), batch_size):
-        synchronize(device)
-        t0 = time.perf_counter()
-        out = run(rows, max_new_tokens)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        tokens.extend(out)
-        if progress:
-            progress(len(rows))
-    return Generation(tokens, float(sum(times)), times)
+    return _timed_batches(
+        len(prompts), batch_size, lambda rows: run(rows, max_new_tokens), progress, sync=lambda: synchronize(device)
+    )
 
 
 def compare_tokens(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> Dict[str, object]:
     """How many examples got identical generated ids, and the first example index that did not."""
     same = [list(x) == list(y) for x, y in zip(a, b)]
     first = next((i for i, s in enumerate(same) if not s), None)
-    return {"identical": int(sum(same)), "total": len(same), "all_identical": all(same) and len(a) == len(b),
-            "first_mismatch": first}
+    return {
+        "identical": int(sum(same)),
+        "total": len(same),
+        "all_identical": all(same) and len(a) == len(b),
+        "first_mismatch": first,
+    }
 
 
 @dataclass
@@ -124,24 +160,57 @@ class QualityResult:
         return d
 
 
-def evaluate(variant: str, backend: str, kv_heads: int, num_heads: int, quantize_bits: Optional[int], dataset: str,
-             examples: Sequence[Example], generation: Generation, tokenizer, input_len: int, output_len: int,
-             num_beams: int, batch_size: int, bootstrap: int = 1000, seed: int = 0,
-             rouge_meaningful: bool = True) -> QualityResult:
+def evaluate(
+    variant: str,
+    backend: str,
+    kv_heads: int,
+    num_heads: int,
+    quantize_bits: Optional[int],
+    dataset: str,
+    examples: Sequence[Example],
+    generation: Generation,
+    tokenizer,
+    input_len: int,
+    output_len: int,
+    num_beams: int,
+    batch_size: int,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    rouge_meaningful: bool = True,
+) -> QualityResult:
     """Decode, score and package one variant's generations (`rouge_meaningful=False` for random weights)."""
     texts = tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)
     texts = [t.strip() for t in texts]
     refs = [e.summary for e in examples]
     summary, per = score(texts, refs, use_stemmer=True, n_resamples=bootstrap, seed=seed)
-    preds = [{"id": e.id, "prediction": t, "reference": e.summary, "tokens": tok,
-              **{m: float(per[m][i]) for m in METRICS}, **({} if rouge_meaningful else {"rouge_meaningful": False})}
-             for i, (e, t, tok) in enumerate(zip(examples, texts, generation.tokens))]
+    preds = [
+        {
+            "id": e.id,
+            "prediction": t,
+            "reference": e.summary,
+            "tokens": tok,
+            **{m: float(per[m][i]) for m in METRICS},
+            **({} if rouge_meaningful else {"rouge_meaningful": False}),
+        }
+        for i, (e, t, tok) in enumerate(zip(examples, texts, generation.tokens))
+    ]
     return QualityResult(
-        variant=variant, backend=backend, kv_heads=kv_heads, num_heads=num_heads, quantize_bits=quantize_bits,
-        dataset=dataset, n=len(examples), input_len=input_len, output_len=output_len, num_beams=num_beams,
-        batch_size=batch_size, rouge={m: s.to_dict() for m, s in summary.items()},
+        variant=variant,
+        backend=backend,
+        kv_heads=kv_heads,
+        num_heads=num_heads,
+        quantize_bits=quantize_bits,
+        dataset=dataset,
+        n=len(examples),
+        input_len=input_len,
+        output_len=output_len,
+        num_beams=num_beams,
+        batch_size=batch_size,
+        rouge={m: s.to_dict() for m, s in summary.items()},
         mean_rouge=float(np.mean([summary[m].mean for m in ("rouge1", "rouge2", "rougeL")])),
         time_per_sample_s=generation.seconds / max(len(examples), 1),
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
-        sentence_splitter=sentence_splitter(), rouge_meaningful=rouge_meaningful, predictions=preds)
-
+        sentence_splitter=sentence_splitter(),
+        rouge_meaningful=rouge_meaningful,
+        predictions=preds,
+    )

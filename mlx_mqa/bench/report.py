@@ -6,8 +6,10 @@ from typing import List, Optional, Sequence
 
 from .rouge import METRICS
 
-RANDOM_ROUGE_WARNING = ("ROUGE of random weights is MEANINGLESS: it only shows that the pipeline runs and whether "
-                        "MLX and PyTorch produce the same tokens.")
+RANDOM_ROUGE_WARNING = (
+    "ROUGE of random weights is MEANINGLESS: it only shows that the pipeline runs and whether "
+    "MLX and PyTorch produce the same tokens."
+)
 REAL_CHECKPOINT_HINT = """\
 To benchmark a real checkpoint (needs the model hub, or a local copy of the checkpoint):
   python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --kv-heads 12,4,1
@@ -17,8 +19,7 @@ Note: GQA/MQA made by mean pooling need uptraining (Ainslie et al. 2023) before 
 
 
 def _table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[str] = None) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(headers)]
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
     align = align or "l" + "r" * (len(headers) - 1)
 
     def fmt(cells):
@@ -32,7 +33,7 @@ def _ms(x: float) -> str:
 
 
 def _mb(x) -> str:
-    return "-" if x is None else f"{x / 2 ** 20:.1f}"
+    return "-" if x is None else f"{x / 2**20:.1f}"
 
 
 def _x(v) -> str:
@@ -40,33 +41,70 @@ def _x(v) -> str:
 
 
 def speed_table(speed: Sequence[dict]) -> str:
-    headers = ["variant", "B", "in->out", "encoder ms", "decode ms/step [min-max]", "ms/sample", "gen tok/s",
-               "peak MiB", "KV MiB", "decode speedup", "predicted"]
+    headers = [
+        "variant",
+        "B",
+        "in->out",
+        "encoder ms",
+        "decode ms/step [min-max]",
+        "ms/sample",
+        "gen tok/s",
+        "peak MiB",
+        "KV MiB",
+        "decode speedup",
+        "predicted",
+    ]
     rows = []
     for r in speed:
         d = r["decode_step_s"]
         torch_prefix = r["backend"] == "torch" and not r["variant"].startswith("torch")
-        rows.append([("torch " if torch_prefix else "") + r["variant"],
-                     r["batch_size"], f"{r['input_len']}->{r['output_len']}", _ms(r["encoder_s"]["median"]),
-                     f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]", _ms(r["time_per_sample_s"]["median"]),
-                     f"{r['tokens_per_s']['median']:.0f}", _mb(r["peak_memory_bytes"]), _mb(r["kv_cache_bytes"]),
-                     _x(r.get("measured_decode_speedup")) if r["backend"] == "mlx" else "-",
-                     _x(r.get("predicted_decode_speedup")) if r["backend"] == "mlx" else "-"])
+        rows.append(
+            [
+                ("torch " if torch_prefix else "") + r["variant"],
+                r["batch_size"],
+                f"{r['input_len']}->{r['output_len']}",
+                _ms(r["encoder_s"]["median"]),
+                f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]",
+                _ms(r["time_per_sample_s"]["median"]),
+                f"{r['tokens_per_s']['median']:.0f}",
+                _mb(r["peak_memory_bytes"]),
+                _mb(r["kv_cache_bytes"]),
+                _x(r.get("measured_decode_speedup")) if r["backend"] == "mlx" else "-",
+                _x(r.get("predicted_decode_speedup")) if r["backend"] == "mlx" else "-",
+            ]
+        )
     return _table(headers, rows)
 
 
 def traffic_table(speed: Sequence[dict]) -> str:
     """The memory-traffic model next to the measurement, MLX variants only."""
-    headers = ["variant", "B", "in->out", "weights MiB/step", "KV MiB/step", "total MiB/step", "predicted speedup",
-               "measured speedup"]
+    headers = [
+        "variant",
+        "B",
+        "in->out",
+        "weights MiB/step",
+        "KV MiB/step",
+        "total MiB/step",
+        "predicted speedup",
+        "measured speedup",
+    ]
     rows = []
     for r in speed:
         if r["backend"] != "mlx":
             continue
         t = r["traffic_bytes_per_step"]
-        rows.append([r["variant"], r["batch_size"], f"{r['input_len']}->{r['output_len']}", _mb(t["weights"]),
-                     _mb(t["kv_self"] + t["kv_cross"]), _mb(t["total"]), _x(r.get("predicted_decode_speedup")),
-                     _x(r.get("measured_decode_speedup"))])
+        rows.append(
+            [
+                r["variant"],
+                r["batch_size"],
+                f"{r['input_len']}->{r['output_len']}",
+                _mb(t["weights"]),
+                _mb(t["kv_self"] + t["kv_cross"]),
+                _mb(t["total"]),
+                _x(r.get("predicted_decode_speedup")),
+                _x(r.get("measured_decode_speedup")),
+            ]
+        )
     return _table(headers, rows)
 
 
@@ -75,27 +113,43 @@ def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
     for r in rows:
         ratio = r["torch_over_mlx"]
         verdict = f"MLX {ratio:.2f}x faster" if ratio >= 1 else f"PyTorch {1 / ratio:.2f}x faster"
-        out.append(f"B={r['batch_size']} {r['input_len']}->{r['output_len']}: MLX {r['mlx_variant']} "
-                   f"{r['mlx_time_per_sample_s']:.3f} s/sample, "
-                   f"PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
-                   f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
-                   f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)")
+        out.append(
+            f"B={r['batch_size']} {r['input_len']}->{r['output_len']}: MLX {r['mlx_variant']} "
+            f"{r['mlx_time_per_sample_s']:.3f} s/sample, "
+            f"PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
+            f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
+            f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)"
+        )
     return "\n".join(out)
 
 
 def quality_table(quality: Sequence[dict]) -> str:
     short = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
-    headers = ["dataset", "variant", "beams", "n", "in->out"] + [short[m] + " [95% CI]" for m in METRICS] + \
-              ["s/sample", "tokens = torch"]
+    headers = (
+        ["dataset", "variant", "beams", "n", "in->out"]
+        + [short[m] + " [95% CI]" for m in METRICS]
+        + ["s/sample", "tokens = torch"]
+    )
     rows = []
     for q in quality:
         name = ("torch " if q["backend"] == "torch" else "") + q["variant"]
         match = q.get("tokens_match_reference")
         m = "-" if not match else f"{match['identical']}/{match['total']}"
-        rouge = [f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]"
-                 for k in METRICS]
-        rows.append([q["dataset"], name, q["num_beams"], q["n"], f"{q['input_len']}->{q['output_len']}", *rouge,
-                     f"{q['time_per_sample_s']:.3f}", m])
+        rouge = [
+            f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]" for k in METRICS
+        ]
+        rows.append(
+            [
+                q["dataset"],
+                name,
+                q["num_beams"],
+                q["n"],
+                f"{q['input_len']}->{q['output_len']}",
+                *rouge,
+                f"{q['time_per_sample_s']:.3f}",
+                m,
+            ]
+        )
     return _table(headers, rows, "ll" + "r" * (len(headers) - 2))
 
 
@@ -105,23 +159,47 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
     for q in quality:
         if q["backend"] != "mlx" or q["kv_heads"] != q["num_heads"] or q.get("quantize_bits"):
             continue
-        ref = next((t for t in quality if t["backend"] == "torch" and t["dataset"] == q["dataset"]
-                    and t["kv_heads"] == q["kv_heads"] and t["num_beams"] == q["num_beams"]), None)
+        ref = next(
+            (
+                t
+                for t in quality
+                if t["backend"] == "torch"
+                and t["dataset"] == q["dataset"]
+                and t["kv_heads"] == q["kv_heads"]
+                and t["num_beams"] == q["num_beams"]
+            ),
+            None,
+        )
         if ref is None:
             continue
         match = q.get("tokens_match_reference") or {}
         same = all(abs(q["rouge"][m]["mean"] - ref["rouge"][m]["mean"]) < 1e-9 for m in METRICS)
-        out.append(f"{q['dataset']} ({q['num_beams']} beam(s)): MLX MHA vs PyTorch MHA: tokens identical on "
-                   f"{match.get('identical')}/{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
-                   f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})")
+        out.append(
+            f"{q['dataset']} ({q['num_beams']} beam(s)): MLX MHA vs PyTorch MHA: tokens identical on "
+            f"{match.get('identical')}/{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
+            f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})"
+        )
     return "\n".join(out)
 
 
 def agreement_table(rows: Sequence[dict]) -> str:
     headers = ["variant", "vs", "dataset", "positions", "top-1 agreement", "max |diff|", "logit scale"]
-    return _table(headers, [[r["variant"], r["reference"], r["dataset"], r["positions"],
-                             f"{100 * r['top1_agreement']:.1f}%", f"{r['max_abs_diff']:.3g}",
-                             f"{r['reference_logit_scale']:.3g}"] for r in rows], "lll" + "r" * 4)
+    return _table(
+        headers,
+        [
+            [
+                r["variant"],
+                r["reference"],
+                r["dataset"],
+                r["positions"],
+                f"{100 * r['top1_agreement']:.1f}%",
+                f"{r['max_abs_diff']:.3g}",
+                f"{r['reference_logit_scale']:.3g}",
+            ]
+            for r in rows
+        ],
+        "lll" + "r" * 4,
+    )
 
 
 def environment_line(res: dict) -> str:
@@ -129,9 +207,11 @@ def environment_line(res: dict) -> str:
     env, prov = res["environment"], res["model"]["provenance"]
     weights = f"RANDOM weights, seed {prov['random_weights_seed']}" if prov["kind"] == "random" else "real checkpoint"
     torch = f", PyTorch {env['packages'].get('torch')} on {env['torch_device']}" if env["torch_device"] else ""
-    return (f"model {res['model']['spec']} ({weights}), dtype {res['model']['dtype']}, "
-            f"MLX {env['packages'].get('mlx')} on {env['mlx_device']}{torch}, BLAS {env['blas'] or 'bundled'}, "
-            f"{env['cpu']} ({env['cpu_count']} cores)")
+    return (
+        f"model {res['model']['spec']} ({weights}), dtype {res['model']['dtype']}, "
+        f"MLX {env['packages'].get('mlx')} on {env['mlx_device']}{torch}, BLAS {env['blas'] or 'bundled'}, "
+        f"{env['cpu']} ({env['cpu_count']} cores)"
+    )
 
 
 def summary(res: dict) -> str:
@@ -139,18 +219,32 @@ def summary(res: dict) -> str:
     random_weights = res["model"]["provenance"]["kind"] == "random"
     out = ["", environment_line(res)]
     if res["speed"]:
-        out += ["", "Speed (medians; decode step [min-max]; speedups vs MHA of the same backend):",
-                speed_table(res["speed"]), "",
-                "Memory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
-                "predicted speedup = traffic(MHA) / traffic(G):", traffic_table(res["speed"])]
+        out += [
+            "",
+            "Speed (medians; decode step [min-max]; speedups vs MHA of the same backend):",
+            speed_table(res["speed"]),
+            "",
+            "Memory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
+            "predicted speedup = traffic(MHA) / traffic(G):",
+            traffic_table(res["speed"]),
+        ]
         if res["mlx_vs_torch"]:
             out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
     if res["quality"]:
         warning = ["!! " + RANDOM_ROUGE_WARNING] if random_weights else []
         parity = mha_parity_lines(res["quality"])
-        out += ["", "Quality (ROUGE F1 %, bootstrap 95% CI):", *warning, quality_table(res["quality"]),
-                *([parity] if parity else []), *warning]
+        out += [
+            "",
+            "Quality (ROUGE F1 %, bootstrap 95% CI):",
+            *warning,
+            quality_table(res["quality"]),
+            *([parity] if parity else []),
+            *warning,
+        ]
     if res.get("quantization_agreement"):
-        out += ["", "Quantized vs float logits (teacher-forced on the reference summaries):",
-                agreement_table(res["quantization_agreement"])]
+        out += [
+            "",
+            "Quantized vs float logits (teacher-forced on the reference summaries):",
+            agreement_table(res["quantization_agreement"]),
+        ]
     return "\n".join(out)

@@ -17,29 +17,99 @@ from .rouge import METRICS
 
 SCHEMA = "mlx_mqa.bench/1"
 PACKAGES = ("mlx", "mlx-mqa", "torch", "transformers", "numpy", "tokenizers", "datasets", "rouge-score", "nltk")
-ENV_COLUMNS = ["weights", "dtype", "git_commit", "mlx_version", "torch_version", "transformers_version",
-               "mlx_device", "torch_device", "cpu", "blas"]
+ENV_COLUMNS = [
+    "weights",
+    "dtype",
+    "git_commit",
+    "mlx_version",
+    "torch_version",
+    "transformers_version",
+    "mlx_device",
+    "torch_device",
+    "cpu",
+    "blas",
+]
 SPEED_COLUMNS = [
-    "variant", "backend", "kv_heads", "num_heads", "quantize_bits", "decode_path", "device", "batch_size",
-    "input_len", "output_len", "repeats",
-    "encoder_s", "encoder_s_min", "encoder_s_max",
-    "decode_step_s", "decode_step_s_min", "decode_step_s_max",
-    "time_per_sample_s", "time_per_sample_s_min", "time_per_sample_s_max",
-    "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max",
-    "peak_memory_bytes", "peak_memory_process_bytes", "memory_method",
-    "kv_cache_bytes", "kv_self_bytes", "kv_cross_bytes", "kv_cache_bytes_formula", "weight_bytes",
-    "traffic_weights_bytes", "traffic_kv_bytes", "traffic_bytes_per_step",
-    "predicted_decode_speedup", "measured_decode_speedup", "measured_sample_speedup", "baseline",
+    "variant",
+    "backend",
+    "kv_heads",
+    "num_heads",
+    "quantize_bits",
+    "decode_path",
+    "device",
+    "batch_size",
+    "input_len",
+    "output_len",
+    "repeats",
+    "encoder_s",
+    "encoder_s_min",
+    "encoder_s_max",
+    "decode_step_s",
+    "decode_step_s_min",
+    "decode_step_s_max",
+    "time_per_sample_s",
+    "time_per_sample_s_min",
+    "time_per_sample_s_max",
+    "tokens_per_s",
+    "tokens_per_s_min",
+    "tokens_per_s_max",
+    "peak_memory_bytes",
+    "peak_memory_process_bytes",
+    "memory_method",
+    "kv_cache_bytes",
+    "kv_self_bytes",
+    "kv_cross_bytes",
+    "kv_cache_bytes_formula",
+    "weight_bytes",
+    "traffic_weights_bytes",
+    "traffic_kv_bytes",
+    "traffic_bytes_per_step",
+    "predicted_decode_speedup",
+    "measured_decode_speedup",
+    "measured_sample_speedup",
+    "baseline",
 ] + ENV_COLUMNS
-QUALITY_COLUMNS = [
-    "variant", "backend", "kv_heads", "num_heads", "quantize_bits", "dataset", "n", "input_len", "output_len",
-    "num_beams", "batch_size",
-] + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")] + [
-    "mean_rouge", "time_per_sample_s", "generated_tokens_mean", "reference_variant", "tokens_identical",
-    "tokens_total", "rouge_meaningful", "sentence_splitter",
-] + ENV_COLUMNS
-TOP_LEVEL = ("schema", "created", "command", "environment", "model", "settings", "variants", "speed",
-             "mlx_vs_torch", "quality", "files", "notes")
+QUALITY_COLUMNS = (
+    [
+        "variant",
+        "backend",
+        "kv_heads",
+        "num_heads",
+        "quantize_bits",
+        "dataset",
+        "n",
+        "input_len",
+        "output_len",
+        "num_beams",
+        "batch_size",
+    ]
+    + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")]
+    + [
+        "mean_rouge",
+        "time_per_sample_s",
+        "generated_tokens_mean",
+        "reference_variant",
+        "tokens_identical",
+        "tokens_total",
+        "rouge_meaningful",
+        "sentence_splitter",
+    ]
+    + ENV_COLUMNS
+)
+TOP_LEVEL = (
+    "schema",
+    "created",
+    "command",
+    "environment",
+    "model",
+    "settings",
+    "variants",
+    "speed",
+    "mlx_vs_torch",
+    "quality",
+    "files",
+    "notes",
+)
 
 
 # ----------------------------------------------------------------------------------------------- environment
@@ -65,8 +135,9 @@ def cpu_name() -> str:
         pass
     if platform.system() == "Darwin":
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip()
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
     return platform.processor() or platform.machine()
@@ -146,11 +217,18 @@ def weights_label(provenance: dict) -> str:
 def env_row(results: dict) -> dict:
     env = results["environment"]
     pk = env.get("packages", {})
-    return {"weights": weights_label(results["model"]["provenance"]), "dtype": env.get("dtype"),
-            "git_commit": (env.get("git") or {}).get("commit"), "mlx_version": pk.get("mlx"),
-            "torch_version": pk.get("torch"), "transformers_version": pk.get("transformers"),
-            "mlx_device": env.get("mlx_device"), "torch_device": env.get("torch_device"), "cpu": env.get("cpu"),
-            "blas": env.get("blas")}
+    return {
+        "weights": weights_label(results["model"]["provenance"]),
+        "dtype": env.get("dtype"),
+        "git_commit": (env.get("git") or {}).get("commit"),
+        "mlx_version": pk.get("mlx"),
+        "torch_version": pk.get("torch"),
+        "transformers_version": pk.get("transformers"),
+        "mlx_device": env.get("mlx_device"),
+        "torch_device": env.get("torch_device"),
+        "cpu": env.get("cpu"),
+        "blas": env.get("blas"),
+    }
 
 
 def speed_row(r: dict, env: dict) -> dict:
@@ -196,15 +274,27 @@ def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
         with open(pred_dir / name, "w", encoding="utf-8") as f:
             for p in q.predictions:
                 f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        files[f"{q.backend}:{q.variant}:{q.dataset}" + (f":beams{q.num_beams}" if beams else "")] = \
-            str(Path("predictions") / name)
+        files[f"{q.backend}:{q.variant}:{q.dataset}" + (f":beams{q.num_beams}" if beams else "")] = str(
+            Path("predictions") / name
+        )
     return files
 
 
 def new_results(command: str, environment_: dict, model: dict, settings: dict) -> dict:
-    return {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "environment": environment_, "model": model, "settings": settings,
-            "variants": [], "speed": [], "mlx_vs_torch": [], "quality": [], "files": {}, "notes": []}
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "environment": environment_,
+        "model": model,
+        "settings": settings,
+        "variants": [],
+        "speed": [],
+        "mlx_vs_torch": [],
+        "quality": [],
+        "files": {},
+        "notes": [],
+    }
 
 
 def write_results(results: dict, out_dir) -> Dict[str, str]:
@@ -213,8 +303,11 @@ def write_results(results: dict, out_dir) -> Dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = env_row(results)
     meaningful = results["model"]["provenance"].get("kind") != "random"
-    paths = {"json": str(out_dir / "results.json"), "speed_csv": str(out_dir / "speed.csv"),
-             "quality_csv": str(out_dir / "quality.csv")}
+    paths = {
+        "json": str(out_dir / "results.json"),
+        "speed_csv": str(out_dir / "speed.csv"),
+        "quality_csv": str(out_dir / "quality.csv"),
+    }
     results["files"].update({k: Path(v).name for k, v in paths.items()})
     _write_csv(out_dir / "speed.csv", SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
     _write_csv(out_dir / "quality.csv", QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
@@ -249,9 +342,21 @@ def validate_results(d: dict) -> List[str]:
     if prov.get("kind") == "random" and "random_weights_seed" not in prov:
         problems.append("random weights without random_weights_seed")
     for i, r in enumerate(d["speed"]):
-        for k in ("variant", "backend", "kv_heads", "batch_size", "input_len", "output_len", "encoder_s",
-                  "decode_step_s", "time_per_sample_s", "tokens_per_s", "peak_memory_bytes", "kv_cache_bytes",
-                  "traffic_bytes_per_step"):
+        for k in (
+            "variant",
+            "backend",
+            "kv_heads",
+            "batch_size",
+            "input_len",
+            "output_len",
+            "encoder_s",
+            "decode_step_s",
+            "time_per_sample_s",
+            "tokens_per_s",
+            "peak_memory_bytes",
+            "kv_cache_bytes",
+            "traffic_bytes_per_step",
+        ):
             if k not in r:
                 problems.append(f"speed[{i}] lacks {k!r}")
         for k in ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s"):

@@ -19,10 +19,33 @@ METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before whitespace and
 # an upper-case letter, a digit or an opening quote/bracket; not after a common title or a single initial
 # ("Mr. Smith", "J. K. Rowling", "U.S. officials" stay whole).
-_NOT_AFTER = "".join(f"(?<!\\b{a}\\.)" for a in ("Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "Prof", "Gen", "Rep",
-                                                     "Sen", "Gov", "Lt", "Col", "Sgt", "Capt", "No", "vs", "[A-Z]"))
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))" + _NOT_AFTER +
-                           r"\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+_NOT_AFTER = "".join(
+    f"(?<!\\b{a}\\.)"
+    for a in (
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Dr",
+        "St",
+        "Jr",
+        "Sr",
+        "Prof",
+        "Gen",
+        "Rep",
+        "Sen",
+        "Gov",
+        "Lt",
+        "Col",
+        "Sgt",
+        "Capt",
+        "No",
+        "vs",
+        "[A-Z]",
+    )
+)
+_SENTENCE_END = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))" + _NOT_AFTER + r"\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])"
+)
 
 
 @lru_cache(maxsize=1)
@@ -74,8 +97,9 @@ def _scorer(use_stemmer: bool):
     return rouge_scorer.RougeScorer(list(METRICS), use_stemmer=use_stemmer)
 
 
-def rouge_per_example(predictions: Sequence[str], references: Sequence[str],
-                      use_stemmer: bool = True) -> Dict[str, np.ndarray]:
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True
+) -> Dict[str, np.ndarray]:
     """F1 in [0, 1] of every metric for every (prediction, reference) pair."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -88,8 +112,7 @@ def rouge_per_example(predictions: Sequence[str], references: Sequence[str],
     return out
 
 
-def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> Tuple[float, float]:
+def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values`."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -111,8 +134,9 @@ class MetricSummary:
         return {"mean": self.mean, "low": self.low, "high": self.high}
 
 
-def summarize(per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95,
-              seed: int = 0) -> Dict[str, MetricSummary]:
+def summarize(
+    per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> Dict[str, MetricSummary]:
     """Mean F1 with a bootstrap interval per metric, in percent (the paper's scale)."""
     out = {}
     for m, v in per_example.items():
@@ -121,9 +145,14 @@ def summarize(per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confi
     return out
 
 
-def score(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True,
-          n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-          ) -> Tuple[Dict[str, MetricSummary], Dict[str, np.ndarray]]:
+def score(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    use_stemmer: bool = True,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Tuple[Dict[str, MetricSummary], Dict[str, np.ndarray]]:
     """(summary per metric, per-example F1 per metric)."""
     per = rouge_per_example(predictions, references, use_stemmer)
     return summarize(per, n_resamples, confidence, seed), per

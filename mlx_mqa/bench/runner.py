@@ -2,17 +2,15 @@
 
 `run(BenchConfig)` returns the results dict (see `mlx_mqa.bench.results`) and writes it to `config.out`, in
 steps: `prepare` (optional dependencies, settings, data, converted variants, the PyTorch device), `run_speed`,
-`run_quality`, `run_agreement` (quantized vs float logits) and `write`. Progress goes to tqdm bars on stderr
-and to an optional `log` callback; nothing is printed here.
+`run_quality`, `run_agreement` (quantized vs float logits; both in `mlx_mqa.bench.quality_steps`) and `write`.
+The state the steps share: `mlx_mqa.bench.state`. Progress goes to tqdm bars on stderr and to an optional
+`log` callback; nothing is printed here.
 """
 
 from __future__ import annotations
 
-import gc
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import paths
 from ..checkpoint.load import load_model, load_tokenizer
@@ -22,79 +20,30 @@ from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
 from . import speed as sp
 from .config import BenchConfig
-from .data import Example, dataset_lengths, load_examples, with_prefix
+from .data import dataset_lengths, load_examples
 from .deps import check_dependencies, plots_available
 from .memory import mlx_weight_bytes
+from .quality_steps import run_agreement, run_quality
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
-from .variants import (
-    ModelSource,
-    VariantSpec,
-    converted_path,
-    ensure_converted,
-    parse_kv_heads,
-    prepare_source,
-    variant_specs,
-)
+from .state import Bench, MlxVariant, QualityJob, progress_bar
+from .sweep import SpeedResult, SpeedVariant, mlx_vs_torch, sweep
+from .variants import converted_path, ensure_converted, parse_kv_heads, prepare_source, variant_specs
 
 DEFAULT_QUALITY_LENGTHS = (512, 128)
-MODEL_CONFIG_KEYS = ("d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers", "vocab_size",
-                     "feed_forward_proj", "tie_word_embeddings")
+MODEL_CONFIG_KEYS = (
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_heads",
+    "num_layers",
+    "num_decoder_layers",
+    "vocab_size",
+    "feed_forward_proj",
+    "tie_word_embeddings",
+)
 MLX_MEMORY = "mlx: this variant's weights + (mx.get_peak_memory() - active memory before the run)"
 TORCH_MEMORY = {"cuda": "torch.cuda.max_memory_allocated()", "mps": "torch.mps.driver_allocated_memory() after the run"}
 TORCH_CPU_MEMORY = "process RSS: torch weights + (peak RSS - RSS before the run)"
-
-
-@dataclass
-class QualityJob:
-    label: str
-    examples: List[Example]
-    input_len: int
-    output_len: int
-
-
-@dataclass
-class MlxVariant:
-    spec: VariantSpec
-    path: Path
-    model: object = None
-    weights: Dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class Bench:
-    """One run's state, shared by its steps."""
-
-    cfg: BenchConfig
-    say: Callable[[str], None]
-    dtype: str
-    decode_path: str
-    jobs: List[QualityJob]
-    source: ModelSource
-    kv: List[int]
-    tokenizer: object
-    variants: List[MlxVariant] = field(default_factory=list)
-    device: Optional[str] = None  # the PyTorch reference's device; None without it
-    results: dict = field(default_factory=dict)
-    torch_models: Dict[int, object] = field(default_factory=dict)
-
-    @property
-    def num_heads(self) -> int:
-        return self.source.num_heads
-
-    def torch_model(self, kv_heads: int):
-        """The PyTorch reference for `kv_heads` (group-mean K/V), loaded on first use."""
-        from .torch_reference import load_reference
-
-        if kv_heads not in self.torch_models:
-            self.torch_models[kv_heads] = load_reference(self.source.path, kv_heads=kv_heads, dtype=self.dtype,
-                                                         device=self.device)
-        return self.torch_models[kv_heads]
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def resolve_decode_path(choice: str) -> str:
@@ -179,8 +128,10 @@ def torch_device(cfg: BenchConfig, say: Callable[[str], None]) -> Tuple[Optional
 
     device = pick_device(cfg.torch_device)
     if device == "cpu" and backend.blas_scope == "global":
-        msg = ("OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
-               "matmuls run through it too and its timings are pessimistic; install a C compiler")
+        msg = (
+            "OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
+            "matmuls run through it too and its timings are pessimistic; install a C compiler"
+        )
         say("warning: " + msg)
         return device, msg
     return device, None
@@ -189,14 +140,32 @@ def torch_device(cfg: BenchConfig, say: Callable[[str], None]) -> Tuple[Optional
 def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence[str]) -> dict:
     """The results dict before any measurement: command, environment, model, settings, variants, notes."""
     cfg, source = bench.cfg, bench.source
-    results = new_results(cfg.command, environment(bench.dtype, bench.device), {
-        "spec": cfg.model, "path": str(source.path), "provenance": source.provenance(), "num_heads": bench.num_heads,
-        "config": {k: source.config.get(k) for k in MODEL_CONFIG_KEYS}, "dtype": bench.dtype}, cfg.to_dict())
+    results = new_results(
+        cfg.command,
+        environment(bench.dtype, bench.device),
+        {
+            "spec": cfg.model,
+            "path": str(source.path),
+            "provenance": source.provenance(),
+            "num_heads": bench.num_heads,
+            "config": {k: source.config.get(k) for k in MODEL_CONFIG_KEYS},
+            "dtype": bench.dtype,
+        },
+        cfg.to_dict(),
+    )
     results["settings"]["decode_path_resolved"] = bench.decode_path
-    results["variants"] = [{"name": v.spec.name, "backend": "mlx", "kv_heads": v.spec.kv_heads,
-                            "quantize_bits": v.spec.quantize_bits, "path": str(v.path),
-                            "weight_bytes": v.weights["total"], "weights": weights_provenance(v.path)}
-                           for v in bench.variants]
+    results["variants"] = [
+        {
+            "name": v.spec.name,
+            "backend": "mlx",
+            "kv_heads": v.spec.kv_heads,
+            "quantize_bits": v.spec.quantize_bits,
+            "path": str(v.path),
+            "weight_bytes": v.weights["total"],
+            "weights": weights_provenance(v.path),
+        }
+        for v in bench.variants
+    ]
     results["complete"] = False  # until every step has run; partial results are written as they come
     results["notes"].extend(first_notes)
     if source.is_random:
@@ -208,30 +177,49 @@ def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence
 # ----------------------------------------------------------------------------------------------- speed
 
 
-def speed_variants(bench: Bench) -> List[sp.SpeedVariant]:
+def speed_variants(bench: Bench) -> List[SpeedVariant]:
     """What the sweep times: every MLX variant, then the PyTorch multi-head reference."""
     args, H = bench.variants[0].model.args, bench.num_heads
-    common = dict(num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv,
-                  itemsize=DTYPES[bench.dtype].size)
+    common = dict(
+        num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv, itemsize=DTYPES[bench.dtype].size
+    )
     path = bench.decode_path
-    out = [sp.SpeedVariant(
-        name=v.spec.name, backend="mlx", kv_heads=v.spec.kv_heads, weight_bytes=v.weights["total"],
-        decoder_step_bytes=v.weights["decoder_step"],
-        run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, path)),
-        quantize_bits=v.spec.quantize_bits, self_kv="full" if path == "compiled" else "mean", decode_path=path,
-        device=bench.results["environment"]["mlx_device"], memory_method=MLX_MEMORY, **common)
-        for v in bench.variants]
+    out = [
+        SpeedVariant(
+            name=v.spec.name,
+            backend="mlx",
+            kv_heads=v.spec.kv_heads,
+            weight_bytes=v.weights["total"],
+            decoder_step_bytes=v.weights["decoder_step"],
+            run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, path)),
+            quantize_bits=v.spec.quantize_bits,
+            self_kv="full" if path == "compiled" else "mean",
+            decode_path=path,
+            device=bench.results["environment"]["mlx_device"],
+            memory_method=MLX_MEMORY,
+            **common,
+        )
+        for v in bench.variants
+    ]
     if bench.cfg.torch:
         from .torch_reference import weight_bytes
 
         tm, device = bench.torch_model(H), bench.device
         tw = weight_bytes(tm)
-        out.append(sp.SpeedVariant(
-            name="torch MHA", backend="torch", kv_heads=H, weight_bytes=tw["total"],
-            decoder_step_bytes=tw["decoder_step"],
-            run=(lambda ids, n, m=tm, w=tw["total"]: sp.torch_run(m, ids, n, device, w)),
-            decode_path="transformers DynamicCache", device=device,
-            memory_method=TORCH_MEMORY.get(device, TORCH_CPU_MEMORY), **common))
+        out.append(
+            SpeedVariant(
+                name="torch MHA",
+                backend="torch",
+                kv_heads=H,
+                weight_bytes=tw["total"],
+                decoder_step_bytes=tw["decoder_step"],
+                run=(lambda ids, n, m=tm, w=tw["total"]: sp.torch_run(m, ids, n, device, w)),
+                decode_path="transformers DynamicCache",
+                device=device,
+                memory_method=TORCH_MEMORY.get(device, TORCH_CPU_MEMORY),
+                **common,
+            )
+        )
     return out
 
 
@@ -241,113 +229,35 @@ def run_speed(bench: Bench) -> None:
     variants = speed_variants(bench)
     settings = sp.settings_grid(cfg.batch_sizes, cfg.lengths)
     total = len(settings) * (cfg.warmup + cfg.repeats) * len(variants)
-    bench.say(f"speed: {len(variants)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + "
-              f"{cfg.repeats} repeats)")
+    bench.say(
+        f"speed: {len(variants)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + {cfg.repeats} repeats)"
+    )
 
-    def save(done: List[sp.SpeedResult]) -> None:
+    def save(done: List[SpeedResult]) -> None:
         results["speed"] = [r.to_dict() for r in done]
-        results["mlx_vs_torch"] = sp.mlx_vs_torch(done)
+        results["mlx_vs_torch"] = mlx_vs_torch(done)
 
-    def save_partial(done: List[sp.SpeedResult]) -> None:
+    def save_partial(done: List[SpeedResult]) -> None:
         save(done)
         write_results(results, cfg.out)
 
     args = bench.variants[0].model.args
-    with _bar(total, "speed", cfg.progress) as bar:
-        speed = sp.sweep(variants, settings, vocab=min(args.vocab_size, len(bench.tokenizer)), warmup=cfg.warmup,
-                         repeats=cfg.repeats, seed=cfg.seed, eos_token_id=args.eos_token_id,
-                         progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
-                         on_setting=save_partial)
+    with progress_bar(total, "speed", cfg.progress) as bar:
+        speed = sweep(
+            variants,
+            settings,
+            vocab=min(args.vocab_size, len(bench.tokenizer)),
+            warmup=cfg.warmup,
+            repeats=cfg.repeats,
+            seed=cfg.seed,
+            eos_token_id=args.eos_token_id,
+            progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
+            on_setting=save_partial,
+        )
     save(speed)
 
 
-# ----------------------------------------------------------------------------------------------- quality
-
-
-def torch_quality_heads(bench: Bench) -> List[int]:
-    """K/V head counts that get a PyTorch quality reference (--torch-quality)."""
-    if not bench.cfg.torch or bench.cfg.torch_quality == "none":
-        return []
-    return list(bench.kv) if bench.cfg.torch_quality == "all" else [bench.num_heads]
-
-
-def _evaluate(bench: Bench, name: str, backend: str, kv_heads: int, bits: Optional[int], job: QualityJob,
-              num_beams: int, gen: ql.Generation) -> ql.QualityResult:
-    cfg = bench.cfg
-    return ql.evaluate(name, backend, kv_heads, bench.num_heads, bits, job.label, job.examples, gen, bench.tokenizer,
-                       job.input_len, job.output_len, num_beams, cfg.quality_batch_size, cfg.bootstrap, cfg.seed,
-                       rouge_meaningful=not bench.source.is_random)
-
-
-def run_quality(bench: Bench) -> List[ql.QualityResult]:
-    """Generation + ROUGE of every variant (and PyTorch reference) on every dataset, per beam width."""
-    out: List[ql.QualityResult] = []
-    refs = torch_quality_heads(bench)
-    for job, nb in [(j, b) for j in bench.jobs for b in bench.cfg.num_beams]:
-        prompts = with_prefix(job.examples, bench.cfg.prefix)
-        bench.say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, "
-                  f"{nb} beam(s)")
-        total = (len(bench.variants) + len(refs)) * len(prompts)
-        with _bar(total, f"quality {job.label}", bench.cfg.progress) as bar:
-            mlx_tokens = quality_mlx(bench, job, nb, prompts, bar, out)
-            for g in refs:
-                quality_torch(bench, job, nb, prompts, g, bar, out, mlx_tokens)
-    bench.results["quality"] = [q.to_dict() for q in out]
-    return out
-
-
-def quality_mlx(bench: Bench, job: QualityJob, nb: int, prompts: List[str], bar,
-                out: List[ql.QualityResult]) -> Dict[tuple, List[List[int]]]:
-    """Every MLX variant on one job; returns the generated ids by (kv_heads, quantize_bits)."""
-    tokens: Dict[tuple, List[List[int]]] = {}
-    for v in bench.variants:
-        bar.set_postfix_str(v.spec.name, refresh=False)
-        gen = ql.generate_mlx(v.model, bench.tokenizer, prompts, job.input_len, job.output_len,
-                              bench.cfg.quality_batch_size, nb, progress=bar.update)
-        tokens[(v.spec.kv_heads, v.spec.quantize_bits)] = gen.tokens
-        out.append(_evaluate(bench, v.spec.name, "mlx", v.spec.kv_heads, v.spec.quantize_bits, job, nb, gen))
-    return tokens
-
-
-def quality_torch(bench: Bench, job: QualityJob, nb: int, prompts: List[str], g: int, bar,
-                  out: List[ql.QualityResult], mlx_tokens: Dict[tuple, List[List[int]]]) -> None:
-    """The PyTorch reference with G K/V groups on one job; the MLX variants of G are compared with it."""
-    H = bench.num_heads
-    name = "torch " + VariantSpec(g, H).name
-    bar.set_postfix_str(name, refresh=False)
-    gen = ql.generate_torch(bench.torch_model(g), bench.tokenizer, prompts, job.input_len, job.output_len,
-                            bench.cfg.quality_batch_size, nb, bench.device, progress=bar.update)
-    out.append(_evaluate(bench, VariantSpec(g, H).name, "torch", g, None, job, nb, gen))
-    for q in out:
-        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb:
-            q.reference_variant = name
-            q.tokens_match_reference = ql.compare_tokens(mlx_tokens[(g, q.quantize_bits)], gen.tokens)
-    if g != H:  # keep only the multi-head reference in memory
-        bench.torch_models.pop(g, None)
-        gc.collect()
-
-
-# ----------------------------------------------------------------------------------------------- agreement, files
-
-
-def run_agreement(bench: Bench) -> None:
-    """Teacher-forced logits of every quantized variant vs its float variant, on the first dataset."""
-    results = bench.results
-    results["quantization_agreement"] = []
-    if not bench.jobs or not any(v.spec.quantize_bits for v in bench.variants):
-        return
-    from .agreement import logits_agreement
-
-    job = bench.jobs[0]
-    floats = {v.spec.kv_heads: v for v in bench.variants if not v.spec.quantize_bits}
-    for v in bench.variants:
-        ref = floats.get(v.spec.kv_heads)
-        if v.spec.quantize_bits and ref is not None:
-            bench.say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
-            a = logits_agreement(v.model, ref.model, bench.tokenizer, with_prefix(job.examples, bench.cfg.prefix),
-                                 [e.summary for e in job.examples], job.input_len, job.output_len)
-            results["quantization_agreement"].append(
-                {"variant": v.spec.name, "reference": ref.spec.name, "dataset": job.label, **a})
+# ----------------------------------------------------------------------------------------------- files
 
 
 def write(bench: Bench, quality: List[ql.QualityResult]) -> dict:
@@ -371,8 +281,9 @@ def write_plots(bench: Bench, out: Path) -> None:
 
     results = bench.results
     title = f"{bench.cfg.model} ({bench.dtype}, {results['environment']['mlx_device']})"
-    p = plot_time_vs_groups(results["speed"], out / "time_vs_groups.png",
-                            title=f"Time per sample vs K/V groups\n{title}")
+    p = plot_time_vs_groups(
+        results["speed"], out / "time_vs_groups.png", title=f"Time per sample vs K/V groups\n{title}"
+    )
     if p:
         results["files"]["plot_time_vs_groups"] = p.name
     p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=bench.source.is_random)

@@ -78,8 +78,9 @@ def group_mean_kv_(model, kv_heads: int, groups_in: str = "decoder") -> None:
             w.copy_(torch.from_numpy(np.ascontiguousarray(full)).to(w.dtype))
 
 
-def load_reference(path, kv_heads: Optional[int] = None, dtype: str = "float32", device: str = "cpu",
-                   groups_in: str = "decoder"):
+def load_reference(
+    path, kv_heads: Optional[int] = None, dtype: str = "float32", device: str = "cpu", groups_in: str = "decoder"
+):
     """transformers T5 from a Hugging Face checkpoint directory, K/V group-mean pooled for kv_heads < H."""
     from transformers import T5ForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -103,8 +104,7 @@ def weight_bytes(model) -> dict:
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
-    dec = sum(p.numel() * p.element_size() for n, p in model.decoder.named_parameters()
-              if "embed_tokens" not in n)
+    dec = sum(p.numel() * p.element_size() for n, p in model.decoder.named_parameters() if "embed_tokens" not in n)
     head = model.get_output_embeddings().weight
     return {"total": int(total), "decoder_step": int(dec + head.numel() * head.element_size())}
 
@@ -156,19 +156,37 @@ def cache_nbytes(cache) -> Tuple[int, int]:
     return size(cache.self_attention_cache), size(cache.cross_attention_cache)
 
 
-def generate(model, input_ids: np.ndarray, attention_mask: Optional[np.ndarray], max_new_tokens: int,
-             device: str = "cpu", num_beams: int = 1, eos_token_id: int = 1) -> List[List[int]]:
+def generate(
+    model,
+    input_ids: np.ndarray,
+    attention_mask: Optional[np.ndarray],
+    max_new_tokens: int,
+    device: str = "cpu",
+    num_beams: int = 1,
+    eos_token_id: int = 1,
+) -> List[List[int]]:
     """Greedy (or beam) generation with transformers; EOS honoured; ids per row without the start token."""
     import torch
 
     ids = torch.tensor(np.asarray(input_ids), dtype=torch.long, device=device)
-    mask = torch.ones_like(ids) if attention_mask is None else \
-        torch.tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
+    mask = (
+        torch.ones_like(ids)
+        if attention_mask is None
+        else torch.tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
+    )
     with torch.inference_mode():
         # Plain greedy (or beam) search: no sampling, repetition or n-gram constraints a checkpoint's
         # generation_config.json might carry.
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=0,
-                             num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id,
-                             repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            length_penalty=1.0,
+        )
     return cut_after_eos(out[:, 1:].tolist(), eos_token_id)  # as mlx_mqa's generate returns them
-

@@ -49,11 +49,16 @@ class ModelSource:
     def provenance(self) -> dict:
         """What the weights are: a real checkpoint (hub id or directory) or random (with its seed)."""
         if self.is_random:
-            return {"kind": "random", "spec": self.spec, "random_weights_seed": self.random_seed,
-                    "shape_from": self.spec[len(RANDOM_PREFIX):], "overrides": self.overrides,
-                    "path": str(self.path), "note": "random weights: speed is meaningful, ROUGE is not"}
-        return {"kind": "checkpoint", "spec": self.spec, "path": str(self.path),
-                "fingerprint": fingerprint(self.path)}
+            return {
+                "kind": "random",
+                "spec": self.spec,
+                "random_weights_seed": self.random_seed,
+                "shape_from": self.spec[len(RANDOM_PREFIX) :],
+                "overrides": self.overrides,
+                "path": str(self.path),
+                "note": "random weights: speed is meaningful, ROUGE is not",
+            }
+        return {"kind": "checkpoint", "spec": self.spec, "path": str(self.path), "fingerprint": fingerprint(self.path)}
 
 
 def random_config(name: str, layers: Optional[int] = None, decoder_layers: Optional[int] = None) -> dict:
@@ -69,8 +74,14 @@ def random_config(name: str, layers: Optional[int] = None, decoder_layers: Optio
     return cfg
 
 
-def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, decoder_layers: Optional[int] = None,
-                   seed: int = 0, shared_std: float = 0.05) -> ModelSource:
+def prepare_source(
+    spec: str,
+    cache_dir=None,
+    layers: Optional[int] = None,
+    decoder_layers: Optional[int] = None,
+    seed: int = 0,
+    shared_std: float = 0.05,
+) -> ModelSource:
     """Resolve a model spec to a local multi-head checkpoint directory (building a random one if asked).
 
     Random checkpoints use a small std for the shared embedding so greedy decoding gives varied
@@ -78,10 +89,11 @@ def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, deco
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX):]
+        name = spec[len(RANDOM_PREFIX) :]
         cfg = random_config(name, layers, decoder_layers)
-        overrides = {k: v for k, v in (("num_layers", layers), ("num_decoder_layers", decoder_layers or layers))
-                     if v is not None}
+        overrides = {
+            k: v for k, v in (("num_layers", layers), ("num_decoder_layers", decoder_layers or layers)) if v is not None
+        }
         tag = f"{name}-L{cfg['num_layers']}x{cfg['num_decoder_layers']}-seed{seed}-std{shared_std:g}"
         out = cache_dir / "random" / tag
         if not (out / "config.json").exists():
@@ -103,8 +115,10 @@ def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, deco
     path = resolve(spec)
     cfg = read_config(path)
     if "conversion" in cfg:
-        raise ConfigError(f"{spec} is already a converted MLX model; pass the multi-head Hugging Face checkpoint "
-                          f"it came from ({cfg['conversion'].get('source')})")
+        raise ConfigError(
+            f"{spec} is already a converted MLX model; pass the multi-head Hugging Face checkpoint "
+            f"it came from ({cfg['conversion'].get('source')})"
+        )
     if "num_heads" not in cfg:
         raise ConfigError(f"{path}/config.json is not a T5 config")
     seed_in_config = cfg.get("random_weights_seed")
@@ -180,8 +194,9 @@ class VariantSpec:
         return variant_name(self.kv_heads, self.num_heads, self.quantize_bits)
 
 
-def variant_specs(kv_heads: Sequence[int], num_heads: int, quantize: Sequence[int] = (),
-                  q_group_size: int = 64) -> List[VariantSpec]:
+def variant_specs(
+    kv_heads: Sequence[int], num_heads: int, quantize: Sequence[int] = (), q_group_size: int = 64
+) -> List[VariantSpec]:
     """Every kv-heads value in float, then its quantized copies."""
     specs = [VariantSpec(g, num_heads) for g in kv_heads]
     for bits in quantize:
@@ -196,8 +211,12 @@ def _slug(text: str) -> str:
 def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     q = f"-q{spec.quantize_bits}g{spec.q_group_size}" if spec.quantize_bits else ""
-    return (cache_dir / "converted" / f"{_slug(source.spec)}-{fingerprint(source.path)}"
-            / f"kv{spec.kv_heads}-{dtype}{q}-v{CACHE_VERSION}")
+    return (
+        cache_dir
+        / "converted"
+        / f"{_slug(source.spec)}-{fingerprint(source.path)}"
+        / f"kv{spec.kv_heads}-{dtype}{q}-v{CACHE_VERSION}"
+    )
 
 
 def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
@@ -208,9 +227,15 @@ def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_d
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     try:
-        convert(str(source.path), str(out), kv_heads=spec.kv_heads, dtype=dtype,
-                quantize=spec.quantize_bits is not None, q_bits=spec.quantize_bits or 4,
-                q_group_size=spec.q_group_size)
+        convert(
+            str(source.path),
+            str(out),
+            kv_heads=spec.kv_heads,
+            dtype=dtype,
+            quantize=spec.quantize_bits is not None,
+            q_bits=spec.quantize_bits or 4,
+            q_group_size=spec.q_group_size,
+        )
     except CheckpointError:
         if not (out / "config.json").exists():  # a concurrent conversion may have finished first
             raise

@@ -57,15 +57,26 @@ def remove_partial(run_dir: Path) -> None:
 
 def prune(run_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` (at least 1) checkpoints."""
-    for old in list_checkpoints(run_dir)[:-max(keep, 1)]:
+    for old in list_checkpoints(run_dir)[: -max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def model_signature(args: ModelArgs) -> Dict[str, Any]:
     """The shape-defining settings a resumed run's model must share with the checkpoint's."""
-    keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-            "num_key_value_heads", "encoder_num_key_value_heads", "feed_forward_proj", "tie_word_embeddings",
-            "relative_attention_num_buckets")
+    keys = (
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_layers",
+        "num_decoder_layers",
+        "num_heads",
+        "num_key_value_heads",
+        "encoder_num_key_value_heads",
+        "feed_forward_proj",
+        "tie_word_embeddings",
+        "relative_attention_num_buckets",
+    )
     d = args.to_dict()
     return {k: d[k] for k in keys}
 
@@ -81,8 +92,9 @@ def checkpoint_config(args: ModelArgs, dtype: str, step: int) -> dict:
     return cfg
 
 
-def save_checkpoint(target: Path, model: Model, optimizer_state: Dict[str, mx.array], state: dict, dtype: str,
-                    tokenizer=None) -> Path:
+def save_checkpoint(
+    target: Path, model: Model, optimizer_state: Dict[str, mx.array], state: dict, dtype: str, tokenizer=None
+) -> Path:
     """Write checkpoint `target` atomically (replacing one of the same step)."""
     with atomic_directory(target, overwrite=True) as tmp:
         save_mlx_weights(tmp, dict(tree_flatten(model.parameters())))
@@ -92,8 +104,9 @@ def save_checkpoint(target: Path, model: Model, optimizer_state: Dict[str, mx.ar
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         # Written last: its presence marks the checkpoint's contents complete.
-        (tmp / STATE_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state,
-                                                  "mlx_mqa_version": __version__}))
+        (tmp / STATE_FILE).write_text(
+            json.dumps({"format_version": FORMAT_VERSION, **state, "mlx_mqa_version": __version__})
+        )
     return Path(target)
 
 
@@ -115,9 +128,11 @@ def read_weights(path: Path, expected: Dict[str, mx.array]) -> Dict[str, mx.arra
     shape_bad = [k for k in expected if k not in weights or tuple(weights[k].shape) != tuple(expected[k].shape)]
     unexpected = set(weights) - set(expected)
     if shape_bad or unexpected:
-        raise CheckpointError(f"the weights in {path} do not match the model: "
-                              f"{len(shape_bad)} missing/misshapen tensors (e.g. {shape_bad[:3]}), "
-                              f"{len(unexpected)} unexpected")
+        raise CheckpointError(
+            f"the weights in {path} do not match the model: "
+            f"{len(shape_bad)} missing/misshapen tensors (e.g. {shape_bad[:3]}), "
+            f"{len(unexpected)} unexpected"
+        )
     return weights
 
 
@@ -126,8 +141,7 @@ def read_optimizer_state(path: Path, expected: Dict[str, mx.array], optimizer: s
     file = Path(path) / OPT_DIR / OPT_FILE
     opt = _read_safetensors(file)
     if set(opt) != set(expected) or any(tuple(opt[k].shape) != tuple(expected[k].shape) for k in opt):
-        raise CheckpointError(f"{file} does not match this optimizer ({optimizer}); "
-                              f"was the run made with another one?")
+        raise CheckpointError(f"{file} does not match this optimizer ({optimizer}); was the run made with another one?")
     return opt
 
 
@@ -139,8 +153,10 @@ def _read_safetensors(file: Path) -> Dict[str, mx.array]:
         mx.eval(arrays)
         return arrays
     except Exception as e:
-        raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({e}); "
-                              f"delete {file.parent} to resume from an older checkpoint") from None
+        raise CheckpointError(
+            f"cannot read {file}: it is truncated or corrupt ({e}); "
+            f"delete {file.parent} to resume from an older checkpoint"
+        ) from None
 
 
 def truncate_log(log: Path, step: int) -> None:

@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 # ---------------------------------------------------------------- corpus reading -----
 
+
 def corpus_files(src: str, suffixes: Sequence[str] = (".jsonl", ".txt")) -> List[Path]:
     """A file, a glob, or a directory (every file with one of `suffixes` inside, recursively)."""
     p = Path(src)
@@ -65,8 +66,9 @@ def _jsonl_texts(path: Path, field: str) -> List[str]:
                 texts.append(rec[field])
     if records and not texts:
         found = ", ".join(map(repr, sorted(fields))) or "none (the records are not JSON objects)"
-        raise InputError(f"{path}: no record has the text field {field!r}; fields found: {found} "
-                         f"(choose one with --source-field)")
+        raise InputError(
+            f"{path}: no record has the text field {field!r}; fields found: {found} (choose one with --source-field)"
+        )
     return texts
 
 
@@ -77,13 +79,15 @@ def _read_hf(spec: str, field: str) -> List[str]:
     name, _, config = name.partition(":")
     ds = datasets.load_dataset(name, config or None, split=split or "train")
     if field not in ds.column_names:
-        raise InputError(f"hf:{spec} has no column {field!r}; columns: {', '.join(ds.column_names)} "
-                         f"(choose one with --source-field)")
+        raise InputError(
+            f"hf:{spec} has no column {field!r}; columns: {', '.join(ds.column_names)} (choose one with --source-field)"
+        )
     return [t for t in ds[field] if isinstance(t, str) and t.strip()]
 
 
-def read_pairs(sources: Sequence[str], source_field: str = "document",
-               target_field: str = "summary") -> List[Tuple[str, str]]:
+def read_pairs(
+    sources: Sequence[str], source_field: str = "document", target_field: str = "summary"
+) -> List[Tuple[str, str]]:
     """(source, target) pairs from JSONL files, globs, or directories (every *.jsonl inside)."""
     pairs = []
     for src in sources:
@@ -92,8 +96,10 @@ def read_pairs(sources: Sequence[str], source_field: str = "document",
                 missing = [k for k in (source_field, target_field) if not isinstance(rec, dict) or k not in rec]
                 if missing:
                     found = ", ".join(map(repr, sorted(rec))) if isinstance(rec, dict) else "not a JSON object"
-                    raise InputError(f"{f}:{lineno} lacks the field {missing[0]!r}; fields found: {found} "
-                                     f"(choose them with --source-field / --target-field)")
+                    raise InputError(
+                        f"{f}:{lineno} lacks the field {missing[0]!r}; fields found: {found} "
+                        f"(choose them with --source-field / --target-field)"
+                    )
                 pairs.append((rec[source_field], rec[target_field]))
     if not pairs:
         raise InputError(f"{', '.join(sources)} holds no examples")
@@ -114,7 +120,7 @@ def tokenize_stream(tokenizer, texts: Sequence[str], batch: int = 64) -> np.ndar
     """All documents' tokens, concatenated (no special tokens, as T5 packs its corpus)."""
     parts = []
     for i in range(0, len(texts), batch):
-        enc = tokenizer(list(texts[i:i + batch]), add_special_tokens=False)["input_ids"]
+        enc = tokenizer(list(texts[i : i + batch]), add_special_tokens=False)["input_ids"]
         parts.extend(np.asarray(e, np.int32) for e in enc)
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -135,6 +141,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 # ---------------------------------------------------------------- batch streams -----
 
+
 def _shift_right(labels: np.ndarray, start_id: int, pad_id: int) -> np.ndarray:
     dec = np.full_like(labels, pad_id)
     dec[:, 0] = start_id
@@ -142,8 +149,9 @@ def _shift_right(labels: np.ndarray, start_id: int, pad_id: int) -> np.ndarray:
     return np.where(dec == IGNORE, pad_id, dec)
 
 
-def collate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int = 0,
-            start_id: int = 0) -> Dict[str, np.ndarray]:
+def collate(
+    pairs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int = 0, start_id: int = 0
+) -> Dict[str, np.ndarray]:
     """Right-padded arrays: input_ids, attention_mask, decoder_input_ids, labels (IGNORE = no loss)."""
     B = len(pairs)
     Li = max(len(p[0]) for p in pairs)
@@ -152,11 +160,15 @@ def collate(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int = 0,
     att = np.zeros((B, Li), np.int32)
     lab = np.full((B, Lt), IGNORE, np.int32)
     for b, (x, y) in enumerate(pairs):
-        inp[b, :len(x)] = x
-        att[b, :len(x)] = 1
-        lab[b, :len(y)] = y
-    return {"input_ids": inp, "attention_mask": att, "decoder_input_ids": _shift_right(lab, start_id, pad_id),
-            "labels": lab}
+        inp[b, : len(x)] = x
+        att[b, : len(x)] = 1
+        lab[b, : len(y)] = y
+    return {
+        "input_ids": inp,
+        "attention_mask": att,
+        "decoder_input_ids": _shift_right(lab, start_id, pad_id),
+        "labels": lab,
+    }
 
 
 class EpochSampler:
@@ -179,7 +191,7 @@ class EpochSampler:
         while k:
             perm = self._perm()
             m = min(k, self.n - self.pos)
-            out.append(perm[self.pos:self.pos + m])
+            out.append(perm[self.pos : self.pos + m])
             self.pos += m
             k -= m
             if self.pos == self.n:
@@ -199,8 +211,15 @@ class SpanCorruptionData:
 
     objective = "span_corruption"
 
-    def __init__(self, windows: np.ndarray, tokenizer, batch_size: int, seed: int = 0,
-                 noise_density: float = NOISE_DENSITY, mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH):
+    def __init__(
+        self,
+        windows: np.ndarray,
+        tokenizer,
+        batch_size: int,
+        seed: int = 0,
+        noise_density: float = NOISE_DENSITY,
+        mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+    ):
         self.windows = windows
         self.batch_size = batch_size
         self.sentinels = sentinel_ids(tokenizer)
@@ -221,7 +240,7 @@ class SpanCorruptionData:
     def eval_batches(self, windows: np.ndarray, batch_size: int, seed: int = 1234) -> List[Dict[str, np.ndarray]]:
         """A fixed held-out set: the same corruption every time it is built with the same seed."""
         rng = np.random.default_rng([seed, 2])
-        return [self.batch_from(windows[i:i + batch_size], rng) for i in range(0, len(windows), batch_size)]
+        return [self.batch_from(windows[i : i + batch_size], rng) for i in range(0, len(windows), batch_size)]
 
     def state(self) -> dict:
         return {"sampler": self.sampler.state(), "rng": self.rng.bit_generator.state}
@@ -231,19 +250,26 @@ class SpanCorruptionData:
         self.rng.bit_generator.state = s["rng"]
 
     def describe(self) -> dict:
-        return {"objective": self.objective, "windows": list(self.windows.shape), "batch_size": self.batch_size,
-                "seed": self.seed, "noise_density": self.noise_density, "mean_noise_span_length": self.mean_span,
-                "data_fingerprint": fingerprint(self.windows)}
+        return {
+            "objective": self.objective,
+            "windows": list(self.windows.shape),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "noise_density": self.noise_density,
+            "mean_noise_span_length": self.mean_span,
+            "data_fingerprint": fingerprint(self.windows),
+        }
 
 
-def encode_pairs(tokenizer, pairs: Sequence[Tuple[str, str]], max_source: int, max_target: int,
-                 prefix: str = "summarize: ") -> List[Tuple[np.ndarray, np.ndarray]]:
+def encode_pairs(
+    tokenizer, pairs: Sequence[Tuple[str, str]], max_source: int, max_target: int, prefix: str = "summarize: "
+) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Tokenized (source, target), truncated so that each still ends with EOS."""
     eos = tokenizer.eos_token_id
     out = []
     for src, tgt in pairs:
-        s = tokenizer(prefix + src, add_special_tokens=False)["input_ids"][:max_source - 1] + [eos]
-        t = tokenizer(tgt, add_special_tokens=False)["input_ids"][:max_target - 1] + [eos]
+        s = tokenizer(prefix + src, add_special_tokens=False)["input_ids"][: max_source - 1] + [eos]
+        t = tokenizer(tgt, add_special_tokens=False)["input_ids"][: max_target - 1] + [eos]
         out.append((np.asarray(s, np.int32), np.asarray(t, np.int32)))
     return out
 
@@ -264,8 +290,9 @@ class SupervisedData:
         return collate([self.examples[i] for i in self.sampler.take(self.batch_size)], self.pad_id, self.pad_id)
 
     def eval_batches(self, examples, batch_size: int) -> List[Dict[str, np.ndarray]]:
-        return [collate(examples[i:i + batch_size], self.pad_id, self.pad_id)
-                for i in range(0, len(examples), batch_size)]
+        return [
+            collate(examples[i : i + batch_size], self.pad_id, self.pad_id) for i in range(0, len(examples), batch_size)
+        ]
 
     def state(self) -> dict:
         return {"sampler": self.sampler.state()}
@@ -275,5 +302,10 @@ class SupervisedData:
 
     def describe(self) -> dict:
         fp = fingerprint(*[np.concatenate([s, [-1], t]) for s, t in self.examples[:1000]])
-        return {"objective": self.objective, "examples": len(self.examples), "batch_size": self.batch_size,
-                "seed": self.seed, "data_fingerprint": fp}
+        return {
+            "objective": self.objective,
+            "examples": len(self.examples),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "data_fingerprint": fp,
+        }

@@ -33,8 +33,12 @@ def loss_terms(model: Model, batch: Dict[str, mx.array]) -> Tuple[mx.array, mx.a
     return (ce * mask).sum(), mask.sum()
 
 
-def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density: float = NOISE_DENSITY,
-                            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int,
+    rng: np.random.Generator,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> np.ndarray:
     """Boolean [length] mask of noise tokens, as T5's `random_spans_noise_mask` (random_roll=False)."""
     orig_length = length
     length = max(length, 2)
@@ -60,8 +64,9 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator, noise_density
     return is_noise[:orig_length]
 
 
-def span_lengths(inputs_length: int, noise_density: float = NOISE_DENSITY,
-                 mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> Tuple[int, int]:
+def span_lengths(
+    inputs_length: int, noise_density: float = NOISE_DENSITY, mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
+) -> Tuple[int, int]:
     """(raw tokens per window, targets length) so that corrupted inputs are exactly `inputs_length`
     (EOS included), as T5's `random_spans_helper` with one sentinel per span."""
 
@@ -85,17 +90,21 @@ def sentinel_ids(tokenizer, n: int = 100) -> np.ndarray:
     return np.asarray(ids, np.int32)
 
 
-def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinels: np.ndarray, eos_id: int,
-            noise_density: float = NOISE_DENSITY,
-            mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> Tuple[np.ndarray, np.ndarray]:
+def corrupt(
+    tokens: np.ndarray,
+    rng: np.random.Generator,
+    sentinels: np.ndarray,
+    eos_id: int,
+    noise_density: float = NOISE_DENSITY,
+    mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
+) -> Tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) of one token window, both ending with EOS."""
     tokens = np.asarray(tokens, np.int32)
     mask = random_spans_noise_mask(len(tokens), rng, noise_density, mean_noise_span_length)
-    starts = mask & ~np.concatenate([[False], mask[:-1]])       # first token of each noise span
+    starts = mask & ~np.concatenate([[False], mask[:-1]])  # first token of each noise span
     span_index = np.cumsum(starts) - 1
     if span_index[-1] >= len(sentinels):
-        raise InputError(f"{span_index[-1] + 1} noise spans but only {len(sentinels)} sentinels; "
-                         f"use shorter windows")
+        raise InputError(f"{span_index[-1] + 1} noise spans but only {len(sentinels)} sentinels; use shorter windows")
     # inputs: non-noise tokens, and a sentinel in place of each noise span
     inp = np.where(starts, sentinels[np.maximum(span_index, 0)], tokens)
     inp = inp[~mask | starts]
@@ -108,8 +117,7 @@ def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinels: np.ndarray,
     # T5's mask, which ends in noise) would carry nothing, so it is dropped, as T5 does with EOS.
     if not mask[-1]:
         tgt = tgt[:-1]
-    return (np.concatenate([inp, [eos_id]]).astype(np.int32),
-            np.concatenate([tgt, [eos_id]]).astype(np.int32))
+    return (np.concatenate([inp, [eos_id]]).astype(np.int32), np.concatenate([tgt, [eos_id]]).astype(np.int32))
 
 
 def uncorrupt(inputs: Sequence[int], targets: Sequence[int], sentinels: Sequence[int], eos_id: int) -> List[int]:

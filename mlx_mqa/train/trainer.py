@@ -42,11 +42,23 @@ from .objectives import loss_terms
 
 TRAIN_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("constant", "cosine", "rsqrt", "linear")
-DECAYING = ("cosine", "linear")     # the schedules with a horizon
+DECAYING = ("cosine", "linear")  # the schedules with a horizon
 # Settings that must not change when a run is resumed (others, e.g. eval_every, may). The schedule's
 # horizon is compared separately (schedule_horizon): `steps` may change as long as the horizon does not.
-RESUME_INVARIANT = ("optimizer", "lr", "schedule", "warmup_steps", "min_lr_ratio", "weight_decay", "batch_size",
-                    "grad_accum", "dtype", "seed", "beta1", "clip_grad_norm")
+RESUME_INVARIANT = (
+    "optimizer",
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "min_lr_ratio",
+    "weight_decay",
+    "batch_size",
+    "grad_accum",
+    "dtype",
+    "seed",
+    "beta1",
+    "clip_grad_norm",
+)
 
 
 @dataclass
@@ -54,19 +66,19 @@ class TrainConfig:
     steps: int
     batch_size: int = 8
     grad_accum: int = 1
-    optimizer: str = "adafactor"          # adafactor | adamw
+    optimizer: str = "adafactor"  # adafactor | adamw
     lr: float = 1e-3
-    schedule: str = "constant"             # constant | cosine | rsqrt | linear (after warm-up)
+    schedule: str = "constant"  # constant | cosine | rsqrt | linear (after warm-up)
     warmup_steps: int = 0
-    total_steps_for_schedule: Optional[int] = None   # cosine/linear horizon (default: steps)
+    total_steps_for_schedule: Optional[int] = None  # cosine/linear horizon (default: steps)
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
-    beta1: Optional[float] = None          # Adafactor first moment (None: T5's setting, none)
+    beta1: Optional[float] = None  # Adafactor first moment (None: T5's setting, none)
     clip_grad_norm: Optional[float] = None
     dtype: str = "float32"
     seed: int = 0
-    eval_every: int = 0                     # 0: only at the end
-    save_every: int = 0                     # 0: only at the end
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     log_every: int = 1
 
@@ -121,8 +133,13 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     sched = make_schedule(cfg)
     if cfg.optimizer == "adafactor":
         # T5: no relative step (we give the schedule), parameter-scaled updates, clip threshold 1.
-        return optim.Adafactor(learning_rate=sched, relative_step=False, scale_parameter=True,
-                               beta_1=cfg.beta1, weight_decay=cfg.weight_decay)
+        return optim.Adafactor(
+            learning_rate=sched,
+            relative_step=False,
+            scale_parameter=True,
+            beta_1=cfg.beta1,
+            weight_decay=cfg.weight_decay,
+        )
     return optim.AdamW(learning_rate=sched, betas=[cfg.beta1 or 0.9, 0.999], weight_decay=cfg.weight_decay)
 
 
@@ -130,8 +147,9 @@ def check_trainable(model: Model) -> None:
     """Refuse quantized models: only their norms and position biases would train, and the checkpoints
     could not record how the rest was quantized."""
     if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()):
-        raise ConfigError("the model is quantized and cannot be uptrained; "
-                          "convert without -q for uptraining, quantize afterwards")
+        raise ConfigError(
+            "the model is quantized and cannot be uptrained; convert without -q for uptraining, quantize afterwards"
+        )
 
 
 def _to_mx(batch: Dict[str, np.ndarray]) -> Dict[str, mx.array]:
@@ -145,9 +163,17 @@ class Trainer:
     {"event": "checkpoint", ...}; the library itself prints nothing.
     """
 
-    def __init__(self, model: Model, data, cfg: TrainConfig, run_dir, tokenizer=None,
-                 eval_batches: Optional[List[Dict[str, np.ndarray]]] = None,
-                 callback: Optional[Callable[[dict], None]] = None, extra_state: Optional[dict] = None):
+    def __init__(
+        self,
+        model: Model,
+        data,
+        cfg: TrainConfig,
+        run_dir,
+        tokenizer=None,
+        eval_batches: Optional[List[Dict[str, np.ndarray]]] = None,
+        callback: Optional[Callable[[dict], None]] = None,
+        extra_state: Optional[dict] = None,
+    ):
         check_trainable(model)
         cfg.validate()
         self.model, self.data, self.cfg = model, data, cfg
@@ -228,9 +254,15 @@ class Trainer:
             self.losses.append(loss)
             self.tokens_seen += tokens
             self.train_seconds += dt
-            rec = {"event": "step", "step": self.step, "loss": loss, "lr": self.current_lr(),
-                   "tokens": self.tokens_seen, "tok_s": tokens / dt if dt > 0 else 0.0,
-                   "elapsed": self.train_seconds}
+            rec = {
+                "event": "step",
+                "step": self.step,
+                "loss": loss,
+                "lr": self.current_lr(),
+                "tokens": self.tokens_seen,
+                "tok_s": tokens / dt if dt > 0 else 0.0,
+                "elapsed": self.train_seconds,
+            }
             if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps:
                 self._log(rec)
             self.callback(rec)
@@ -238,11 +270,16 @@ class Trainer:
                 self._record_eval()
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps or self._stop:
                 self.save()
-        return {"step": self.step, "stopped": self._stop and self.step < cfg.steps,
-                "final_loss": self.losses[-1] if self.losses else None,
-                "eval": self.evals[-1] if self.evals else None, "wall_s": time.perf_counter() - t_start,
-                "train_seconds": self.train_seconds, "tokens": self.tokens_seen,
-                "tokens_per_s": self.tokens_seen / self.train_seconds if self.train_seconds else 0.0}
+        return {
+            "step": self.step,
+            "stopped": self._stop and self.step < cfg.steps,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "eval": self.evals[-1] if self.evals else None,
+            "wall_s": time.perf_counter() - t_start,
+            "train_seconds": self.train_seconds,
+            "tokens": self.tokens_seen,
+            "tokens_per_s": self.tokens_seen / self.train_seconds if self.train_seconds else 0.0,
+        }
 
     def _record_eval(self):
         t0 = time.perf_counter()
@@ -265,11 +302,24 @@ class Trainer:
         return {"train": asdict(self.cfg), "data": self.data.describe(), "model": model_signature(self.model.args)}
 
     def save(self) -> Path:
-        state = {"step": self.step, "data_state": self.data.state(), "losses": self.losses, "evals": self.evals,
-                 "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                 "settings": self.settings(), "extra": self.extra_state}
-        target = save_checkpoint(checkpoint_dir(self.run_dir, self.step), self.model,
-                                 dict(tree_flatten(self.optimizer.state)), state, self.cfg.dtype, self.tokenizer)
+        state = {
+            "step": self.step,
+            "data_state": self.data.state(),
+            "losses": self.losses,
+            "evals": self.evals,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "settings": self.settings(),
+            "extra": self.extra_state,
+        }
+        target = save_checkpoint(
+            checkpoint_dir(self.run_dir, self.step),
+            self.model,
+            dict(tree_flatten(self.optimizer.state)),
+            state,
+            self.cfg.dtype,
+            self.tokenizer,
+        )
         prune(self.run_dir, self.cfg.keep_checkpoints)
         self.callback({"event": "checkpoint", "step": self.step, "path": str(target)})
         return target
@@ -308,17 +358,25 @@ class Trainer:
         saved_model, saved_train, saved_data = saved.get("model", {}), saved.get("train", {}), saved.get("data", {})
         if saved_model != mine["model"]:
             diff = {k: (saved_model.get(k), v) for k, v in mine["model"].items() if saved_model.get(k) != v}
-            raise CheckpointError(f"checkpoint {path} is for a different model (checkpoint vs this run: {diff}); "
-                                  f"use another --run-dir or the matching model")
-        bad = {k: (saved_train.get(k), mine["train"][k]) for k in RESUME_INVARIANT
-               if saved_train.get(k) != mine["train"][k]}
+            raise CheckpointError(
+                f"checkpoint {path} is for a different model (checkpoint vs this run: {diff}); "
+                f"use another --run-dir or the matching model"
+            )
+        bad = {
+            k: (saved_train.get(k), mine["train"][k])
+            for k in RESUME_INVARIANT
+            if saved_train.get(k) != mine["train"][k]
+        }
         bad.update({f"data.{k}": (saved_data.get(k), v) for k, v in mine["data"].items() if saved_data.get(k) != v})
         if bad:
-            raise CheckpointError(f"checkpoint {path} was made with other settings (checkpoint vs this run: {bad}); "
-                                  f"resume with the same settings or use another --run-dir")
+            raise CheckpointError(
+                f"checkpoint {path} was made with other settings (checkpoint vs this run: {bad}); "
+                f"resume with the same settings or use another --run-dir"
+            )
         old, new = schedule_horizon(saved_train), schedule_horizon(mine["train"])
         if old != new:
             raise CheckpointError(
                 f"checkpoint {path} was made with a {self.cfg.schedule} learning-rate schedule decaying over {old} "
                 f"steps, this run's decays over {new} (its number of steps): the learning rate would jump. "
-                f"Pass --schedule-steps {old} to continue on the same schedule, or use another --run-dir")
+                f"Pass --schedule-steps {old} to continue on the same schedule, or use another --run-dir"
+            )

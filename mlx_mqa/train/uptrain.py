@@ -51,15 +51,20 @@ def span_data(tokenizer, sources, eval_sources, o):
     stream = tokenize_stream(tokenizer, train_texts)
     train = make_windows(stream, raw)
     if len(train) == 0:
-        raise InputError(f"the training texts hold {len(stream)} tokens, fewer than the {raw} of one window "
-                         f"(--input-length {o['input_length']})")
+        raise InputError(
+            f"the training texts hold {len(stream)} tokens, fewer than the {raw} of one window "
+            f"(--input-length {o['input_length']})"
+        )
     held = make_windows(tokenize_stream(tokenizer, held_texts), raw) if held_texts else train[:0]
     if len(held) > o["eval_examples"]:
         held = held[np.sort(np.random.default_rng(0).choice(len(held), o["eval_examples"], replace=False))]
     data = SpanCorruptionData(train, tokenizer, o["batch_size"], seed=o["seed"])
     evals = data.eval_batches(held, o["batch_size"]) if len(held) else []
-    return data, evals, f"{len(train)} windows of {raw} tokens ({o['input_length']} after corruption), " \
-                        f"{len(held)} held out"
+    return (
+        data,
+        evals,
+        f"{len(train)} windows of {raw} tokens ({o['input_length']} after corruption), {len(held)} held out",
+    )
 
 
 def supervised_data(tokenizer, sources, eval_sources, o):
@@ -74,7 +79,7 @@ def supervised_data(tokenizer, sources, eval_sources, o):
         raise InputError(f"no training pairs left after holding out --eval-fraction {o['eval_fraction']}")
     lengths = (o["max_source_length"], o["max_target_length"], o["prefix"])
     enc = encode_pairs(tokenizer, pairs, *lengths)
-    held = encode_pairs(tokenizer, held_pairs[:o["eval_examples"]], *lengths)
+    held = encode_pairs(tokenizer, held_pairs[: o["eval_examples"]], *lengths)
     data = SupervisedData(enc, tokenizer, o["batch_size"], seed=o["seed"])
     return data, data.eval_batches(held, o["batch_size"]), f"{len(enc)} training pairs, {len(held)} held out"
 
@@ -84,8 +89,10 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
     existing = list_checkpoints(run_dir)
     if existing and not (resume or overwrite):
-        raise ConfigError(f"{run_dir} already has checkpoints (newest {existing[-1].name}); "
-                          f"pass --resume to continue or --overwrite to start over")
+        raise ConfigError(
+            f"{run_dir} already has checkpoints (newest {existing[-1].name}); "
+            f"pass --resume to continue or --overwrite to start over"
+        )
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -106,24 +113,46 @@ def progress(bar):
             bar.write(f"step {e['step']}: held-out loss {e['eval_loss']:.4f}")
         elif e["event"] == "checkpoint":
             bar.write(f"checkpoint {e['path']}")
+
     return callback
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--model", "model_path", required=True, help="converted MLX model dir (or HF T5 dir / hub id); "
-              "not quantized (convert without -q, quantize after uptraining)")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    help="converted MLX model dir (or HF T5 dir / hub id); "
+    "not quantized (convert without -q, quantize after uptraining)",
+)
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="checkpoints and log.jsonl")
-@click.option("--data", "sources", multiple=True, required=True,
-              help="span: .jsonl/.txt files, dirs, globs or hf:NAME[:CONFIG][@SPLIT]; supervised: .jsonl files, "
-              "dirs (every *.jsonl inside) or globs; repeatable")
+@click.option(
+    "--data",
+    "sources",
+    multiple=True,
+    required=True,
+    help="span: .jsonl/.txt files, dirs, globs or hf:NAME[:CONFIG][@SPLIT]; supervised: .jsonl files, "
+    "dirs (every *.jsonl inside) or globs; repeatable",
+)
 @click.option("--eval-data", "eval_sources", multiple=True, help="held-out data (default: split off --eval-fraction)")
-@click.option("--objective", type=click.Choice(["span", "supervised"]), default="span", show_default=True,
-              help="T5 span corruption (density 0.15, mean span 3) or document -> summary fine-tuning")
+@click.option(
+    "--objective",
+    type=click.Choice(["span", "supervised"]),
+    default="span",
+    show_default=True,
+    help="T5 span corruption (density 0.15, mean span 3) or document -> summary fine-tuning",
+)
 @click.option("--eval-fraction", default=0.05, show_default=True, help="documents held out when no --eval-data")
 @click.option("--eval-examples", default=256, show_default=True, help="at most this many held-out windows/pairs")
 @click.option("--input-length", default=128, show_default=True, help="span corruption: encoder length after corruption")
-@click.option("--source-field", "--text-field", "source_field", default="document", show_default=True,
-              help="JSONL (or hf: column) field holding the text (span) or the source (supervised)")
+@click.option(
+    "--source-field",
+    "--text-field",
+    "source_field",
+    default="document",
+    show_default=True,
+    help="JSONL (or hf: column) field holding the text (span) or the source (supervised)",
+)
 @click.option("--target-field", default="summary", show_default=True, help="JSONL target field (supervised)")
 @click.option("--prefix", default="summarize: ", show_default=True, help="supervised: prepended to sources")
 @click.option("--max-source-length", default=512, show_default=True)
@@ -135,25 +164,43 @@ def progress(bar):
 @click.option("--grad-accum", default=1, show_default=True, help="micro-batches per update")
 @click.option("--optimizer", type=click.Choice(["adafactor", "adamw"]), default="adafactor", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="peak learning rate")
-@click.option("--schedule", type=click.Choice(["constant", "cosine", "rsqrt", "linear"]), default="constant",
-              show_default=True, help="after the linear warm-up")
-@click.option("--schedule-steps", type=int, default=None,
-              help="cosine/linear: steps the decay spans (default: the run's steps); keep it when resuming "
-              "with more --steps, so the schedule does not change")
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine", "rsqrt", "linear"]),
+    default="constant",
+    show_default=True,
+    help="after the linear warm-up",
+)
+@click.option(
+    "--schedule-steps",
+    type=int,
+    default=None,
+    help="cosine/linear: steps the decay spans (default: the run's steps); keep it when resuming "
+    "with more --steps, so the schedule does not change",
+)
 @click.option("--warmup", default=0, show_default=True, help="linear warm-up steps")
 @click.option("--min-lr-ratio", default=0.0, show_default=True, help="cosine/linear floor, as a fraction of --lr")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--clip-grad-norm", type=float, default=None)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="weights and compute (float32 is much faster on the Linux CPU backend)")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="weights and compute (float32 is much faster on the Linux CPU backend)",
+)
 @click.option("--seed", default=0, show_default=True, help="data order and span-corruption noise")
 @click.option("--eval-every", default=0, show_default=True, help="steps between held-out evaluations (0: end only)")
 @click.option("--save-every", default=100, show_default=True, help="steps between checkpoints (0: end only)")
 @click.option("--keep", default=2, show_default=True, help="checkpoints kept")
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in --run-dir")
 @click.option("--overwrite", is_flag=True, help="delete --run-dir's checkpoints and start over")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="also write the final model (no optimizer state) here")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="also write the final model (no optimizer state) here",
+)
 def main(**options):
     """Continue training a converted T5 (GQA uptraining, Ainslie et al. 2023)."""
     try:
@@ -169,12 +216,24 @@ def run(o: dict) -> None:
     from .trainer import TrainConfig, Trainer, check_trainable
 
     total = steps_from(o["steps"], o["alpha"], o["pretrain_steps"])
-    cfg = TrainConfig(steps=total, batch_size=o["batch_size"], grad_accum=o["grad_accum"], optimizer=o["optimizer"],
-                      lr=o["lr"], schedule=o["schedule"], warmup_steps=o["warmup"],
-                      total_steps_for_schedule=o["schedule_steps"], min_lr_ratio=o["min_lr_ratio"],
-                      weight_decay=o["weight_decay"], clip_grad_norm=o["clip_grad_norm"], dtype=o["dtype"],
-                      seed=o["seed"], eval_every=o["eval_every"], save_every=o["save_every"],
-                      keep_checkpoints=o["keep"])
+    cfg = TrainConfig(
+        steps=total,
+        batch_size=o["batch_size"],
+        grad_accum=o["grad_accum"],
+        optimizer=o["optimizer"],
+        lr=o["lr"],
+        schedule=o["schedule"],
+        warmup_steps=o["warmup"],
+        total_steps_for_schedule=o["schedule_steps"],
+        min_lr_ratio=o["min_lr_ratio"],
+        weight_decay=o["weight_decay"],
+        clip_grad_norm=o["clip_grad_norm"],
+        dtype=o["dtype"],
+        seed=o["seed"],
+        eval_every=o["eval_every"],
+        save_every=o["save_every"],
+        keep_checkpoints=o["keep"],
+    )
     cfg.validate()
     run_dir = Path(o["run_dir"])
     check_run_dir(run_dir, o["resume"], o["overwrite"])
@@ -187,14 +246,24 @@ def run(o: dict) -> None:
     click.echo(f"data: {desc}")
     if o["overwrite"]:
         clear_run_dir(run_dir)
-    trainer = Trainer(model, data, cfg, run_dir, tokenizer=tokenizer, eval_batches=eval_batches,
-                      extra_state={"source_model": str(o["model_path"]), "objective": o["objective"]})
+    trainer = Trainer(
+        model,
+        data,
+        cfg,
+        run_dir,
+        tokenizer=tokenizer,
+        eval_batches=eval_batches,
+        extra_state={"source_model": str(o["model_path"]), "objective": o["objective"]},
+    )
     if o["resume"]:
         restored = trainer.resume()
         if restored and trainer.step > total:
             raise ConfigError(f"{restored} is at step {trainer.step}, past --steps {total}")
-        click.echo(f"resumed from {restored} (step {trainer.step})" if restored
-                   else f"no checkpoint in {run_dir}; starting at step 0")
+        click.echo(
+            f"resumed from {restored} (step {trainer.step})"
+            if restored
+            else f"no checkpoint in {run_dir}; starting at step 0"
+        )
     with tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True) as bar:
         trainer.callback = progress(bar)
         summary = train_interruptibly(trainer, bar, run_dir)
@@ -217,8 +286,10 @@ def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
     except KeyboardInterrupt:
         bar.close()
         last = list_checkpoints(run_dir)
-        click.echo(f"interrupted; last complete checkpoint: {last[-1] if last else 'none'}. "
-                   f"Rerun with --resume to continue.", err=True)
+        click.echo(
+            f"interrupted; last complete checkpoint: {last[-1] if last else 'none'}. Rerun with --resume to continue.",
+            err=True,
+        )
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, old)
@@ -228,9 +299,11 @@ def finish(summary: dict, total: int, run_dir: Path, output) -> None:
     from .checkpoints import export_model, list_checkpoints
 
     ev = summary["eval"]
-    click.echo(f"step {summary['step']}/{total}: train loss {summary['final_loss']:.4f}"
-               + (f", held-out loss {ev['eval_loss']:.4f}" if ev else "")
-               + f", {summary['tokens_per_s']:.0f} tokens/s")
+    click.echo(
+        f"step {summary['step']}/{total}: train loss {summary['final_loss']:.4f}"
+        + (f", held-out loss {ev['eval_loss']:.4f}" if ev else "")
+        + f", {summary['tokens_per_s']:.0f} tokens/s"
+    )
     if summary["stopped"]:
         click.echo(f"stopped early; rerun with --resume to continue from step {summary['step']}")
         sys.exit(130)

@@ -13,17 +13,14 @@ from click.testing import CliRunner
 from mlx_mqa.bench.cli import main as bench_main
 from mlx_mqa.bench.results import QUALITY_COLUMNS, SPEED_COLUMNS, validate_results, weights_provenance
 from mlx_mqa.bench.rouge import METRICS
-from mlx_mqa.checkpoint.random_init import save_random_checkpoint
-from tests.helpers import t5_config
 
-TINY = dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2, vocab_size=4100)
+from .tiny import TINY, run_speed_only
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer):
+def tiny_model(tmp_path_factory, hf_checkpoint):
     root = tmp_path_factory.mktemp("bench_cli")
-    model = save_random_checkpoint(t5_config("t5-small", **TINY), root / "tiny-hf", seed=2, tokenizer=tokenizer,
-                                   shared_std=0.05)
+    model = hf_checkpoint("t5-small", shared_std=0.05, seed=2, **TINY)
     return root, model
 
 
@@ -31,10 +28,35 @@ def tiny_model(tmp_path_factory, tokenizer):
 def run_cli(tiny_model):
     root, model = tiny_model
     out = root / "out"
-    args = ["--model", str(model), "--kv-heads", "H,2,1", "--batch-sizes", "1,2", "--lengths", "32x4",
-            "--warmup", "1", "--repeats", "2", "--dataset", "bundled:cnn_dailymail", "--limit", "3",
-            "--quality-lengths", "96x12", "--quality-batch-size", "2", "--bootstrap", "200",
-            "--out", str(out), "--cache-dir", str(root / "cache"), "--no-progress"]
+    args = [
+        "--model",
+        str(model),
+        "--kv-heads",
+        "H,2,1",
+        "--batch-sizes",
+        "1,2",
+        "--lengths",
+        "32x4",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--dataset",
+        "bundled:cnn_dailymail",
+        "--limit",
+        "3",
+        "--quality-lengths",
+        "96x12",
+        "--quality-batch-size",
+        "2",
+        "--bootstrap",
+        "200",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--no-progress",
+    ]
     result = CliRunner().invoke(bench_main, args)
     return result, out
 
@@ -43,8 +65,17 @@ def test_cli_end_to_end(run_cli):
     result, out = run_cli
     assert result.exit_code == 0, result.output + repr(result.exception)
     text = result.output
-    for needle in ("Speed (medians", "Memory-traffic model", "MLX vs PyTorch, multi-head", "Quality (ROUGE F1 %",
-                   "MEANINGLESS", "To benchmark a real checkpoint", "GQA-2", "MQA", "torch MHA"):
+    for needle in (
+        "Speed (medians",
+        "Memory-traffic model",
+        "MLX vs PyTorch, multi-head",
+        "Quality (ROUGE F1 %",
+        "MEANINGLESS",
+        "To benchmark a real checkpoint",
+        "GQA-2",
+        "MQA",
+        "torch MHA",
+    ):
         assert needle in text, needle
     assert "tokens identical on 3/3 examples; ROUGE equal" in text
     for name in ("results.json", "speed.csv", "quality.csv", "time_vs_groups.png", "rouge_vs_time.png"):
@@ -81,8 +112,11 @@ def test_predictions_saved_per_example(run_cli):
     assert len(files) == 6
     mlx = [json.loads(line) for line in (out / files["mlx:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
     ref = [json.loads(line) for line in (out / files["torch:MHA:bundled:cnn_dailymail"]).read_text().splitlines()]
-    assert [p["id"] for p in mlx] == ["cnn_dailymail-test-helm0000", "cnn_dailymail-test-helm0001",
-                                      "cnn_dailymail-test-helm0002"]
+    assert [p["id"] for p in mlx] == [
+        "cnn_dailymail-test-helm0000",
+        "cnn_dailymail-test-helm0001",
+        "cnn_dailymail-test-helm0002",
+    ]
     assert all(set(p) >= {"id", "prediction", "reference", "tokens", "rouge1", "rougeLsum"} for p in mlx)
     assert all(p["rouge_meaningful"] is False for p in mlx + ref)
     assert all(q["rouge_meaningful"] is False for q in res["quality"])
@@ -101,8 +135,10 @@ def test_results_schema_json_and_csv(run_cli):
     with open(out / "speed.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == SPEED_COLUMNS and len(rows) == len(res["speed"])
-    assert all(float(r["time_per_sample_s_min"]) <= float(r["time_per_sample_s"]) <= float(r["time_per_sample_s_max"])
-               for r in rows)
+    assert all(
+        float(r["time_per_sample_s_min"]) <= float(r["time_per_sample_s"]) <= float(r["time_per_sample_s_max"])
+        for r in rows
+    )
     assert {r["weights"] for r in rows} == {"random(seed=2)"}
     assert {r["mlx_version"] for r in rows} == {env["packages"]["mlx"]}
     with open(out / "quality.csv") as f:
@@ -149,8 +185,9 @@ def test_cli_offline_dataset_error_names_data_and_fails_fast(tmp_path, monkeypat
     monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
     cache = tmp_path / "cache"
     for name, needle in (("cnn_dailymail", "cannot read dataset 'cnn_dailymail'"), ("nosuch", "unknown dataset")):
-        r = CliRunner().invoke(bench_main, ["--dataset", name, "--cache-dir", str(cache), "--out", str(tmp_path / "o"),
-                                      "--no-progress"])
+        r = CliRunner().invoke(
+            bench_main, ["--dataset", name, "--cache-dir", str(cache), "--out", str(tmp_path / "o"), "--no-progress"]
+        )
         assert r.exit_code == 4, r.output
         assert needle in r.output and "--data FILE.jsonl" in r.output
         assert "Traceback" not in r.output
@@ -168,14 +205,15 @@ def test_cli_help_and_bad_options():
 
 def test_cli_quantized_variants_without_torch(tiny_model, tmp_path):
     root, model = tiny_model
-    r = CliRunner().invoke(bench_main, ["--model", str(model), "--kv-heads", "H,1", "--quantize", "8", "--no-torch",
-                                        "--no-quality", "--batch-sizes", "2", "--lengths", "16x3", "--warmup", "0",
-                                        "--repeats", "1", "--out", str(tmp_path), "--cache-dir", str(root / "cache"),
-                                        "--no-progress", "--no-plots"])
+    r = run_speed_only(model, tmp_path, root / "cache", "2", "--quantize", "8", "--no-plots")
     assert r.exit_code == 0, r.output + repr(r.exception)
     res = json.loads((tmp_path / "results.json").read_text())
     assert [(v["name"], v["quantize_bits"]) for v in res["variants"]] == [
-        ("MHA", None), ("MQA", None), ("MHA-q8", 8), ("MQA-q8", 8)]
+        ("MHA", None),
+        ("MQA", None),
+        ("MHA-q8", 8),
+        ("MQA-q8", 8),
+    ]
     w = {v["name"]: v["weight_bytes"] for v in res["variants"]}
     assert w["MHA-q8"] < 0.5 * w["MHA"] and w["MQA-q8"] < w["MHA-q8"]
     assert all(v["weights"]["kind"] == "random" for v in res["variants"])
@@ -200,10 +238,7 @@ def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeyp
         return real_run(model, ids, *a, **k)
 
     monkeypatch.setattr(speed, "mlx_run", run_then_interrupt)
-    r = CliRunner().invoke(bench_main, ["--model", str(model), "--kv-heads", "H,1", "--no-torch", "--no-quality",
-                                        "--batch-sizes", "1,2", "--lengths", "16x3", "--warmup", "0", "--repeats", "1",
-                                        "--out", str(tmp_path), "--cache-dir", str(root / "cache"), "--no-progress",
-                                        "--no-plots"])
+    r = run_speed_only(model, tmp_path, root / "cache", "1,2", "--no-plots")
     assert r.exit_code == 130 and "complete" in r.output, r.output
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["complete"] is False
@@ -215,8 +250,10 @@ def test_interrupted_sweep_keeps_finished_settings(tiny_model, tmp_path, monkeyp
 
 def test_module_and_script_entry_points():
     root = Path(__file__).resolve().parents[2]
-    for cmd, usage in (([sys.executable, "-m", "mlx_mqa.bench", "--help"], "Usage: python -m mlx_mqa.bench"),
-                       ([sys.executable, "bench.py", "--help"], "Usage: bench.py")):
+    for cmd, usage in (
+        ([sys.executable, "-m", "mlx_mqa.bench", "--help"], "Usage: python -m mlx_mqa.bench"),
+        ([sys.executable, "bench.py", "--help"], "Usage: bench.py"),
+    ):
         r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(usage) and "--kv-heads" in r.stdout and "--no-torch" in r.stdout

@@ -85,9 +85,14 @@ def test_unknown_dataset_names_data_option():
 
 
 def test_jsonl_loader(tmp_path):
-    file = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "document": "Doc one.", "summary": "S1.", "extra": 1},
-                                             {"id": 7, "document": "Doc two.", "summary": "S2."},
-                                             {"document": "Doc three.", "summary": "S3."}])
+    file = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a", "document": "Doc one.", "summary": "S1.", "extra": 1},
+            {"id": 7, "document": "Doc two.", "summary": "S2."},
+            {"document": "Doc three.", "summary": "S3."},
+        ],
+    )
     ex = load_jsonl(file)
     assert [e.id for e in ex] == ["a", "7", "d-3"]
     assert ex[0] == Example("a", "Doc one.", "S1.")
@@ -95,11 +100,17 @@ def test_jsonl_loader(tmp_path):
     assert load_examples(data_file=file, limit=1) == ("file:d.jsonl", ex[:1])
 
 
-@pytest.mark.parametrize("records,match", [
-    ([{"id": "a", "document": "x"}], r"d\.jsonl:1: missing .*summary"),
-    ([{"id": "a", "document": "x", "summary": "y"}, {"id": "a", "document": "z", "summary": "w"}], "more than once"),
-    ([{"id": "a", "document": "  ", "summary": "y"}], "empty document"),
-])
+@pytest.mark.parametrize(
+    "records,match",
+    [
+        ([{"id": "a", "document": "x"}], r"d\.jsonl:1: missing .*summary"),
+        (
+            [{"id": "a", "document": "x", "summary": "y"}, {"id": "a", "document": "z", "summary": "w"}],
+            "more than once",
+        ),
+        ([{"id": "a", "document": "  ", "summary": "y"}], "empty document"),
+    ],
+)
 def test_jsonl_errors(tmp_path, records, match):
     with pytest.raises(DataError, match=match):
         load_jsonl(write_jsonl(tmp_path / "d.jsonl", records))

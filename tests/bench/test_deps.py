@@ -11,6 +11,8 @@ from mlx_mqa.bench.cli import main as bench_main
 from mlx_mqa.bench.config import BenchConfig
 from mlx_mqa.bench.deps import MissingDependency, check_dependencies, has_module, plots_available
 
+from .tiny import run_speed_only
+
 
 def without(monkeypatch, *modules):
     """Simulate uninstalled packages: a None entry in sys.modules makes both import and find_spec fail."""
@@ -26,12 +28,17 @@ def test_has_module(monkeypatch):
         import rouge_score  # noqa: F401
 
 
-@pytest.mark.parametrize("module,needle", [
-    ("torch", "the PyTorch reference needs torch (pip install 'mlx-mqa[torch]'); or pass --no-torch"),
-    ("rouge_score", "the quality runs (ROUGE) needs rouge-score and nltk (pip install 'mlx-mqa[bench]'); "
-                    "or pass --no-quality"),
-    ("nltk", "pip install 'mlx-mqa[bench]'"),
-])
+@pytest.mark.parametrize(
+    "module,needle",
+    [
+        ("torch", "the PyTorch reference needs torch (pip install 'mlx-mqa[torch]'); or pass --no-torch"),
+        (
+            "rouge_score",
+            "the quality runs (ROUGE) needs rouge-score and nltk (pip install 'mlx-mqa[bench]'); or pass --no-quality",
+        ),
+        ("nltk", "pip install 'mlx-mqa[bench]'"),
+    ],
+)
 def test_missing_required_package_is_an_error(monkeypatch, module, needle):
     without(monkeypatch, module)
     with pytest.raises(MissingDependency) as e:
@@ -52,8 +59,11 @@ def test_datasets_only_for_hub_datasets(monkeypatch):
     assert check_dependencies(BenchConfig(torch=False, datasets=(), data_files=("x.jsonl",), plots=False)) == []
     # An unknown name is the data loader's error (it lists the known ones), not a missing package.
     assert check_dependencies(BenchConfig(torch=False, datasets=("nosuch",), plots=False)) == []
-    with pytest.raises(MissingDependency, match=r"dataset arxiv, pubmed from the Hugging Face hub needs datasets "
-                                                r"\(pip install 'mlx-mqa\[bench\]'\); or pass --data FILE.jsonl"):
+    with pytest.raises(
+        MissingDependency,
+        match=r"dataset arxiv, pubmed from the Hugging Face hub needs datasets "
+        r"\(pip install 'mlx-mqa\[bench\]'\); or pass --data FILE.jsonl",
+    ):
         check_dependencies(BenchConfig(torch=False, datasets=("bundled:xsum", "arxiv", "pubmed")))
     assert deps.hub_datasets_requested(["bundled:arxiv", "arxiv", "nosuch", "xsum"]) == ["arxiv", "xsum"]
 
@@ -74,7 +84,8 @@ def test_cli_missing_torch_fails_before_any_work(monkeypatch, tmp_path):
     r = CliRunner().invoke(bench_main, ["--cache-dir", str(cache), "--out", str(tmp_path / "o"), "--no-progress"])
     assert r.exit_code == 2, r.output
     assert r.output.strip().splitlines() == [
-        "error: the PyTorch reference needs torch (pip install 'mlx-mqa[torch]'); or pass --no-torch"]
+        "error: the PyTorch reference needs torch (pip install 'mlx-mqa[torch]'); or pass --no-torch"
+    ]
     assert not cache.exists() and not (tmp_path / "o").exists()  # nothing built, converted or written
 
 
@@ -91,9 +102,7 @@ def test_cli_without_matplotlib_writes_everything_but_figures(monkeypatch, tmp_p
     source, _ = tiny
     without(monkeypatch, "matplotlib")
     out = tmp_path / "out"
-    r = CliRunner().invoke(bench_main, ["--model", str(source.path), "--kv-heads", "H,1", "--no-torch", "--no-quality",
-                                        "--batch-sizes", "1", "--lengths", "16x3", "--warmup", "0", "--repeats", "1",
-                                        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    r = run_speed_only(source.path, out, tmp_path / "cache")
     assert r.exit_code == 0, r.output + repr(r.exception)
     assert "[bench] note: matplotlib is not installed: no figures this run" in r.output
     assert (out / "results.json").exists() and (out / "speed.csv").exists()

@@ -17,16 +17,22 @@ def test_known_value():
 
 
 def test_matches_rouge_score_with_stemming_and_lsum():
-    preds = ["Police arrested two men. They were charged with burglary on Monday.",
-             "The company reported rising profits! Shares jumped 5% in early trading.",
-             "Nothing relevant here."]
-    refs = ["Two men were arrested by police.\nThey are charged with burglaries.",
-            "Profits rose at the company. Its shares jumped in trading.",
-            "A storm hit the coast.\nThousands lost power."]
+    preds = [
+        "Police arrested two men. They were charged with burglary on Monday.",
+        "The company reported rising profits! Shares jumped 5% in early trading.",
+        "Nothing relevant here.",
+    ]
+    refs = [
+        "Two men were arrested by police.\nThey are charged with burglaries.",
+        "Profits rose at the company. Its shares jumped in trading.",
+        "A storm hit the coast.\nThousands lost power.",
+    ]
     # What the wrapper must amount to: one sentence per line (for Lsum), stemming on, (target, prediction).
-    split_preds = ["Police arrested two men.\nThey were charged with burglary on Monday.",
-                   "The company reported rising profits!\nShares jumped 5% in early trading.",
-                   "Nothing relevant here."]
+    split_preds = [
+        "Police arrested two men.\nThey were charged with burglary on Monday.",
+        "The company reported rising profits!\nShares jumped 5% in early trading.",
+        "Nothing relevant here.",
+    ]
     split_refs = [refs[0], "Profits rose at the company.\nIts shares jumped in trading.", refs[2]]
     ours = rouge_per_example(preds, refs)
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
@@ -52,8 +58,13 @@ def test_lsum_uses_sentence_split():
 
 def test_regex_sentence_splitter():
     text = 'Mr. Smith went to Washington. He left! "Why?" she asked. J. K. Rowling wrote it. U.S. officials said 3.5 m.'
-    assert regex_sentences(text) == ["Mr. Smith went to Washington.", "He left!", '"Why?" she asked.',
-                                     "J. K. Rowling wrote it.", "U.S. officials said 3.5 m."]
+    assert regex_sentences(text) == [
+        "Mr. Smith went to Washington.",
+        "He left!",
+        '"Why?" she asked.',
+        "J. K. Rowling wrote it.",
+        "U.S. officials said 3.5 m.",
+    ]
     assert rouge.split_sentences("one line . two\n\nThree. Four.") == ["one line . two", "Three.", "Four."]
 
 

@@ -25,7 +25,9 @@ def test_settings_checks():
 def test_quality_jobs_lengths():
     jobs = load_quality_jobs(BenchConfig(datasets=("bundled:cnn_dailymail", "bundled:arxiv"), limit=2))
     assert [(j.label, len(j.examples), j.input_len, j.output_len) for j in jobs] == [
-        ("bundled:cnn_dailymail", 2, 512, 256), ("bundled:arxiv", 2, 2048, 512)]
+        ("bundled:cnn_dailymail", 2, 512, 256),
+        ("bundled:arxiv", 2, 2048, 512),
+    ]
     jobs = load_quality_jobs(BenchConfig(datasets=("bundled:xsum",), limit=1, quality_lengths=(96, 12)))
     assert [(j.input_len, j.output_len) for j in jobs] == [(96, 12)]
 

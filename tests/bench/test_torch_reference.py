@@ -15,8 +15,11 @@ from mlx_mqa.models.dtypes import DTYPES
 
 def test_group_mean_reference_generates_like_converted_model(tiny, tokenizer):
     source, models = tiny
-    prompts = ["summarize: The cat sat on the mat and watched the dog in the garden for a long while.",
-               "summarize: Stocks fell sharply on Monday.", "summarize: Rain is expected."]
+    prompts = [
+        "summarize: The cat sat on the mat and watched the dog in the garden for a long while.",
+        "summarize: Stocks fell sharply on Monday.",
+        "summarize: Rain is expected.",
+    ]
     for g in (2, 1):
         ref = generate_torch(load_reference(source.path, kv_heads=g), tokenizer, prompts, 32, 10, batch_size=3)
         ours = generate_mlx(models[g], tokenizer, prompts, 32, 10, batch_size=3)

@@ -11,16 +11,12 @@ from mlx_mqa.checkpoint import files
 from mlx_mqa.errors import CheckpointError
 from mlx_mqa.train import checkpoints
 from mlx_mqa.train.checkpoints import OPT_DIR, STATE_FILE, export_model, list_checkpoints
-from mlx_mqa.train.data import SpanCorruptionData
-from mlx_mqa.train.trainer import TrainConfig, Trainer
 
-from .tiny import tiny_model, windows
+from .tiny import span_trainer, tiny_model
 
 
 def _saved(tokenizer, run_dir, model=None, steps=2):
-    data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
-    tr = Trainer(model or tiny_model(2), data, TrainConfig(steps=steps, batch_size=4), run_dir, tokenizer=tokenizer)
-    tr.train()
+    span_trainer(tokenizer, run_dir, model=model, steps=steps, keep_tokenizer=True).train()
     return list_checkpoints(run_dir)[-1]
 
 
@@ -46,8 +42,7 @@ def test_sharded_checkpoint_resumes_and_loads(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "save_mlx_weights", lambda d, w: files.save_mlx_weights(d, w, max_bytes=1))
     ckpt = _saved(tokenizer, tmp_path / "r")
     assert (ckpt / "model.safetensors.index.json").exists() and not (ckpt / "model.safetensors").exists()
-    tr = Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 4, seed=7), TrainConfig(steps=3, batch_size=4),
-                 tmp_path / "r")
+    tr = span_trainer(tokenizer, tmp_path / "r", steps=3)
     assert tr.resume() == ckpt and tr.step == 2
     loaded = mlx_mqa.load_model(ckpt)
     for (k, a), (_, b) in zip(tree_flatten(tr.model.parameters()), tree_flatten(loaded.parameters())):

@@ -15,7 +15,7 @@ def test_corruption_is_deterministic_given_seed(tokenizer):
     windows = make_windows(np.arange(3, 3 + 141 * 10, dtype=np.int32) % 3900 + 3, 141)
     a = SpanCorruptionData(windows, tokenizer, batch_size=4, seed=5)
     b = SpanCorruptionData(windows, tokenizer, batch_size=4, seed=5)
-    for _ in range(4):                                            # crosses an epoch boundary
+    for _ in range(4):  # crosses an epoch boundary
         x, y = a.next_batch(), b.next_batch()
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
@@ -61,8 +61,11 @@ def test_texts_from_files_directories_and_globs(tmp_path):
 
 def test_a_missing_text_field_is_named_with_the_fields_found(tmp_path):
     path = write_corpus(tmp_path / "c.jsonl", n=3, fields=("text", "title"))
-    with pytest.raises(InputError, match=r"no record has the text field 'document'; fields found: "
-                                         r"'id', 'text', 'title'.*--source-field"):
+    with pytest.raises(
+        InputError,
+        match=r"no record has the text field 'document'; fields found: "
+        r"'id', 'text', 'title'.*--source-field",
+    ):
         read_texts([str(path)])
     assert len(read_texts([str(path)], field="text")) == 3
 
@@ -73,8 +76,11 @@ def test_pairs_from_a_directory_and_a_missing_field(tmp_path):
     write_corpus(tmp_path / "d" / "b.jsonl", n=2)
     pairs = read_pairs([str(tmp_path / "d")])
     assert len(pairs) == 5 and all(isinstance(s, str) and isinstance(t, str) for s, t in pairs)
-    with pytest.raises(InputError, match=r"a.jsonl:1 lacks the field 'abstract'; fields found: 'document', 'id', "
-                                         r"'summary'"):
+    with pytest.raises(
+        InputError,
+        match=r"a.jsonl:1 lacks the field 'abstract'; fields found: 'document', 'id', "
+        r"'summary'",
+    ):
         read_pairs([str(tmp_path / "d")], target_field="abstract")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "notes.txt").write_text("text\n")

@@ -37,7 +37,7 @@ def test_noise_mask_counts_and_shape():
             assert m.sum() == n_noise
             starts = m & ~np.concatenate([[False], m[:-1]])
             assert starts.sum() == max(int(round(n_noise / 3)), 1)
-            assert not m[0] and m[-1]          # T5: starts with a kept span, ends with a noise span
+            assert not m[0] and m[-1]  # T5: starts with a kept span, ends with a noise span
 
 
 def test_density_and_mean_span_length_over_many_samples():
@@ -53,7 +53,7 @@ def test_density_and_mean_span_length_over_many_samples():
 
 
 def test_lengths_match_t5_helper():
-    assert span_lengths(512) == (568, 114)       # T5's span_corruption default
+    assert span_lengths(512) == (568, 114)  # T5's span_corruption default
     raw, tgt = span_lengths(128)
     rng = np.random.default_rng(0)
     tokens = np.arange(10, 10 + raw)
@@ -69,9 +69,9 @@ def test_inputs_targets_sentinels_and_reconstruction(sentinels):
     in_sent = [t for t in inp if t in set(sentinels.tolist())]
     tgt_sent = [t for t in tgt if t in set(sentinels.tolist())]
     n_spans = int(round(round(141 * 0.15) / 3))
-    assert in_sent == tgt_sent == sentinels[:n_spans].tolist()    # <extra_id_0>, <extra_id_1>, ... in order
+    assert in_sent == tgt_sent == sentinels[:n_spans].tolist()  # <extra_id_0>, <extra_id_1>, ... in order
     assert tgt[0] == sentinels[0]
-    assert len(tgt) - n_spans - 1 == round(141 * 0.15)            # the noise tokens, each once
+    assert len(tgt) - n_spans - 1 == round(141 * 0.15)  # the noise tokens, each once
     assert uncorrupt(inp, tgt, sentinels, 1) == tokens.tolist()
 
 
@@ -81,10 +81,17 @@ def test_loss_counts_only_real_target_tokens():
     inp = mx.array(rng.integers(3, 3900, (1, 12)).astype(np.int32))
     labels = rng.integers(3, 3900, (1, 5)).astype(np.int32)
     dec = np.concatenate([[[0]], labels[:, :-1]], axis=1)
-    one = {"input_ids": inp, "attention_mask": mx.ones((1, 12), mx.int32), "decoder_input_ids": mx.array(dec),
-           "labels": mx.array(labels)}
-    padded = dict(one, decoder_input_ids=mx.array(np.pad(dec, ((0, 0), (0, 3)))),
-                  labels=mx.array(np.pad(labels, ((0, 0), (0, 3)), constant_values=IGNORE)))
+    one = {
+        "input_ids": inp,
+        "attention_mask": mx.ones((1, 12), mx.int32),
+        "decoder_input_ids": mx.array(dec),
+        "labels": mx.array(labels),
+    }
+    padded = dict(
+        one,
+        decoder_input_ids=mx.array(np.pad(dec, ((0, 0), (0, 3)))),
+        labels=mx.array(np.pad(labels, ((0, 0), (0, 3)), constant_values=IGNORE)),
+    )
     (s1, n1), (s2, n2) = loss_terms(model, one), loss_terms(model, padded)
     assert n1.item() == n2.item() == 5
     assert abs(s1.item() - s2.item()) < 1e-4 * abs(s1.item())

@@ -13,7 +13,7 @@ from mlx_mqa.train.checkpoints import list_checkpoints
 from mlx_mqa.train.data import SpanCorruptionData
 from mlx_mqa.train.trainer import TrainConfig, Trainer, make_schedule
 
-from .tiny import tiny_model, windows
+from .tiny import span_trainer, tiny_model, windows
 
 
 class OneBatch:
@@ -46,10 +46,18 @@ def test_loss_falls_when_overfitting_one_batch(tokenizer, tmp_path, optimizer, l
 
 def test_gradient_accumulation_equals_one_large_batch(tokenizer, tmp_path):
     w = windows(8)
-    big = Trainer(tiny_model(), SpanCorruptionData(w, tokenizer, 8, seed=3),
-                  TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3), tmp_path / "a")
-    acc = Trainer(tiny_model(), SpanCorruptionData(w, tokenizer, 4, seed=3),
-                  TrainConfig(steps=1, batch_size=4, grad_accum=2, optimizer="adamw", lr=1e-3), tmp_path / "b")
+    big = Trainer(
+        tiny_model(),
+        SpanCorruptionData(w, tokenizer, 8, seed=3),
+        TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3),
+        tmp_path / "a",
+    )
+    acc = Trainer(
+        tiny_model(),
+        SpanCorruptionData(w, tokenizer, 4, seed=3),
+        TrainConfig(steps=1, batch_size=4, grad_accum=2, optimizer="adamw", lr=1e-3),
+        tmp_path / "b",
+    )
     # Same 8 windows, same corruption: equal-length targets, so the token means coincide.
     big.data.rng = np.random.default_rng(0)
     acc.data.rng = np.random.default_rng(0)
@@ -77,8 +85,18 @@ class Crash(Exception):
 
 def _run(tokenizer, run_dir, crash_at=None, resume=False):
     data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
-    cfg = TrainConfig(steps=8, batch_size=4, grad_accum=2, optimizer="adafactor", lr=1e-2, warmup_steps=2,
-                      schedule="cosine", save_every=3, keep_checkpoints=2, eval_every=4)
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=4,
+        grad_accum=2,
+        optimizer="adafactor",
+        lr=1e-2,
+        warmup_steps=2,
+        schedule="cosine",
+        save_every=3,
+        keep_checkpoints=2,
+        eval_every=4,
+    )
 
     def cb(e):
         if crash_at and e["event"] == "step" and e["step"] == crash_at:
@@ -95,9 +113,9 @@ def _run(tokenizer, run_dir, crash_at=None, resume=False):
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tokenizer, tmp_path):
     straight = _run(tokenizer, tmp_path / "a")
     with pytest.raises(Crash):
-        _run(tokenizer, tmp_path / "b", crash_at=5)         # checkpoint at 3; steps 4-5 are lost
+        _run(tokenizer, tmp_path / "b", crash_at=5)  # checkpoint at 3; steps 4-5 are lost
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["ckpt-0000003"]
-    (tmp_path / "b" / ".ckpt-0000006.partial-x").mkdir()           # as a kill during a save leaves it
+    (tmp_path / "b" / ".ckpt-0000006.partial-x").mkdir()  # as a kill during a save leaves it
     resumed = _run(tokenizer, tmp_path / "b", resume=True)
     assert resumed.losses == straight.losses
     assert [e["eval_loss"] for e in resumed.evals] == [e["eval_loss"] for e in straight.evals]
@@ -109,17 +127,14 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tokenizer, tmp_path):
 
 
 def test_stop_request_saves_at_a_step_boundary(tokenizer, tmp_path):
-    data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
-    tr = Trainer(tiny_model(), data, TrainConfig(steps=10, batch_size=4, save_every=0), tmp_path / "r")
+    tr = span_trainer(tokenizer, tmp_path / "r", kv_heads=4, steps=10, save_every=0)
     tr.callback = lambda e: tr.request_stop() if e["event"] == "step" and e["step"] == 2 else None
     out = tr.train()
     assert out["stopped"] and [p.name for p in list_checkpoints(tmp_path / "r")] == ["ckpt-0000002"]
 
 
 def _saved(tokenizer, run_dir, kv_heads=2, batch_size=4):
-    data = SpanCorruptionData(windows(), tokenizer, batch_size=batch_size, seed=7)
-    tr = Trainer(tiny_model(kv_heads), data, TrainConfig(steps=2, batch_size=batch_size), run_dir, tokenizer=tokenizer)
-    tr.train()
+    span_trainer(tokenizer, run_dir, kv_heads=kv_heads, batch_size=batch_size, steps=2, keep_tokenizer=True).train()
     return list_checkpoints(run_dir)[-1]
 
 
@@ -127,8 +142,7 @@ def test_corrupt_checkpoint_is_refused(tokenizer, tmp_path):
     ckpt = _saved(tokenizer, tmp_path / "r")
     f = ckpt / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    tr = Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 4, seed=7),
-                 TrainConfig(steps=4, batch_size=4), tmp_path / "r")
+    tr = span_trainer(tokenizer, tmp_path / "r")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         tr.resume()
     (ckpt / "trainer_state.json").write_text("{not json")
@@ -138,12 +152,10 @@ def test_corrupt_checkpoint_is_refused(tokenizer, tmp_path):
 
 def test_mismatched_checkpoint_is_refused(tokenizer, tmp_path):
     _saved(tokenizer, tmp_path / "r", kv_heads=2)
-    other_model = Trainer(tiny_model(1), SpanCorruptionData(windows(), tokenizer, 4, seed=7),
-                          TrainConfig(steps=4, batch_size=4), tmp_path / "r")
+    other_model = span_trainer(tokenizer, tmp_path / "r", kv_heads=1)
     with pytest.raises(CheckpointError, match="different model.*num_key_value_heads"):
         other_model.resume()
-    other_settings = Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 8, seed=7),
-                             TrainConfig(steps=4, batch_size=8), tmp_path / "r")
+    other_settings = span_trainer(tokenizer, tmp_path / "r", batch_size=8)
     with pytest.raises(CheckpointError, match="other settings.*batch_size"):
         other_settings.resume()
 
@@ -151,9 +163,7 @@ def test_mismatched_checkpoint_is_refused(tokenizer, tmp_path):
 def test_bfloat16_training_and_checkpoint(tokenizer, tmp_path):
     import mlx_mqa
 
-    data = SpanCorruptionData(windows(), tokenizer, batch_size=4, seed=7)
-    tr = Trainer(tiny_model(), data, TrainConfig(steps=3, batch_size=4, dtype="bfloat16", lr=1e-2), tmp_path / "r",
-                 tokenizer=tokenizer)
+    tr = span_trainer(tokenizer, tmp_path / "r", kv_heads=4, steps=3, keep_tokenizer=True, dtype="bfloat16", lr=1e-2)
     tr.train()
     assert all(np.isfinite(tr.losses)) and tr.model.shared.weight.dtype == mx.bfloat16
     model, _ = mlx_mqa.load(list_checkpoints(tmp_path / "r")[-1])
@@ -162,8 +172,8 @@ def test_bfloat16_training_and_checkpoint(tokenizer, tmp_path):
 
 def test_resume_refuses_another_schedule_horizon(tokenizer, tmp_path):
     def trainer(run, steps, horizon=None):
-        cfg = TrainConfig(steps=steps, batch_size=4, schedule="cosine", total_steps_for_schedule=horizon, lr=1e-2)
-        return Trainer(tiny_model(2), SpanCorruptionData(windows(), tokenizer, 4, seed=7), cfg, tmp_path / run)
+        cosine = dict(schedule="cosine", total_steps_for_schedule=horizon, lr=1e-2)
+        return span_trainer(tokenizer, tmp_path / run, steps=steps, **cosine)
 
     def lrs(run):
         log = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
@@ -172,7 +182,7 @@ def test_resume_refuses_another_schedule_horizon(tokenizer, tmp_path):
     trainer("a", 2).train()
     with pytest.raises(CheckpointError, match=r"decaying over 2 steps, this run's decays over 4.*--schedule-steps 2"):
         trainer("a", 4).resume()
-    assert trainer("a", 4, horizon=2).resume() is not None          # the same horizon, named
+    assert trainer("a", 4, horizon=2).resume() is not None  # the same horizon, named
     # Planned for 4 steps from the start: resuming with --steps 4 keeps the schedule exactly.
     trainer("b", 2, horizon=4).train()
     resumed = trainer("b", 4)
@@ -183,15 +193,13 @@ def test_resume_refuses_another_schedule_horizon(tokenizer, tmp_path):
 
 
 def test_resume_with_more_steps_keeps_a_schedule_without_horizon(tokenizer, tmp_path):
-    data = lambda: SpanCorruptionData(windows(), tokenizer, 4, seed=7)  # noqa: E731
-    Trainer(tiny_model(2), data(), TrainConfig(steps=2, batch_size=4), tmp_path / "r").train()
-    tr = Trainer(tiny_model(2), data(), TrainConfig(steps=4, batch_size=4), tmp_path / "r")
+    span_trainer(tokenizer, tmp_path / "r", steps=2).train()
+    tr = span_trainer(tokenizer, tmp_path / "r")
     assert tr.resume() is not None and tr.train()["step"] == 4
 
 
 def test_a_quantized_model_is_refused_before_training(tokenizer, tmp_path):
     model = quantize_model(tiny_model(2), bits=4, group_size=32)
     with pytest.raises(ConfigError, match="quantized.*convert without -q for uptraining, quantize afterwards"):
-        Trainer(model, SpanCorruptionData(windows(), tokenizer, 4, seed=7), TrainConfig(steps=2, batch_size=4),
-                tmp_path / "r")
+        span_trainer(tokenizer, tmp_path / "r", model=model, steps=2)
     assert not (tmp_path / "r").exists()

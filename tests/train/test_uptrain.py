@@ -14,8 +14,9 @@ from .conftest import write_corpus
 
 
 def span_args(model, run, corpus, *extra):
-    return ["--model", str(model), "--run-dir", str(run), "--data", str(corpus), "--input-length", "32",
-            "--batch-size", "4", *map(str, extra)]
+    """The uptrain options of a span-corruption run of `model` on `corpus`: 32-token inputs, batches of 4."""
+    args = ["--model", str(model), "--run-dir", str(run), "--data", str(corpus), "--input-length", "32"]
+    return [*args, "--batch-size", "4", *map(str, extra)]
 
 
 def one_line_error(r, exit_code, pattern):
@@ -29,13 +30,28 @@ def one_line_error(r, exit_code, pattern):
 
 def test_cli_span_uptraining_resume_and_load(converted, corpus, tmp_path):
     run = tmp_path / "run"
-    base = span_args(converted, run, corpus, "--eval-fraction", "0.2", "--eval-every", "2", "--save-every", "2",
-                     "--lr", "1e-2", "--warmup", "2", "--pretrain-steps", "80")
-    r = CliRunner().invoke(main, base + ["--alpha", "0.05"])          # 4 steps
+    base = span_args(
+        converted,
+        run,
+        corpus,
+        "--eval-fraction",
+        "0.2",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "2",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "2",
+        "--pretrain-steps",
+        "80",
+    )
+    r = CliRunner().invoke(main, base + ["--alpha", "0.05"])  # 4 steps
     assert r.exit_code == 0, r.output
     assert "held-out loss" in r.output and "tokens/s" in r.output
     assert [p.name for p in list_checkpoints(run)] == ["ckpt-0000002", "ckpt-0000004"]
-    r = CliRunner().invoke(main, base + ["--alpha", "0.1"])           # existing run, no --resume
+    r = CliRunner().invoke(main, base + ["--alpha", "0.1"])  # existing run, no --resume
     assert r.exit_code != 0 and "--resume" in r.output
     r = CliRunner().invoke(main, base + ["--alpha", "0.1", "--resume", "--output", str(tmp_path / "final")])
     assert r.exit_code == 0, r.output
@@ -54,12 +70,39 @@ def test_cli_supervised_from_a_directory(converted, tmp_path):
     (tmp_path / "pairs").mkdir()
     write_corpus(tmp_path / "pairs" / "a.jsonl", n=20, fields=("article", "highlights"))
     write_corpus(tmp_path / "pairs" / "b.jsonl", n=20, fields=("article", "highlights"), seed=1)
-    r = CliRunner().invoke(main, ["--model", str(converted), "--run-dir", str(tmp_path / "sup"),
-                                  "--data", str(tmp_path / "pairs"), "--source-field", "article",
-                                  "--target-field", "highlights", "--eval-fraction", "0.1",
-                                  "--objective", "supervised", "--steps", "3", "--batch-size", "4",
-                                  "--optimizer", "adamw", "--lr", "1e-3", "--max-source-length", "64",
-                                  "--max-target-length", "16", "--schedule", "cosine"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "--model",
+            str(converted),
+            "--run-dir",
+            str(tmp_path / "sup"),
+            "--data",
+            str(tmp_path / "pairs"),
+            "--source-field",
+            "article",
+            "--target-field",
+            "highlights",
+            "--eval-fraction",
+            "0.1",
+            "--objective",
+            "supervised",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1e-3",
+            "--max-source-length",
+            "64",
+            "--max-target-length",
+            "16",
+            "--schedule",
+            "cosine",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "held-out loss" in r.output and "36 training pairs, 4 held out" in r.output
 
@@ -71,10 +114,15 @@ def test_cli_sigint_checkpoints_and_resumes(converted, corpus, tmp_path):
     import time
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mlx_mqa.uptrain", "--model", str(converted), "--run-dir", str(run), "--data",
-           str(corpus), "--input-length", "32", "--batch-size", "4", "--steps", "100000", "--save-every", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_mqa.uptrain",
+        *span_args(converted, run, corpus, "--steps", 100000, "--save-every", 0),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not ((run / "log.jsonl").exists() and (run / "log.jsonl").stat().st_size):
         time.sleep(0.2)
@@ -85,14 +133,17 @@ def test_cli_sigint_checkpoints_and_resumes(converted, corpus, tmp_path):
     assert len(ckpts) == 1, out
     state = json.loads((ckpts[0] / "trainer_state.json").read_text())
     assert state["step"] == int(ckpts[0].name.split("-")[1]) and len(state["losses"]) == state["step"]
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]           # no half-written checkpoint
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no half-written checkpoint
 
 
-@pytest.mark.parametrize("args,code,pattern", [
-    (["--steps", "0"], 2, r"^error: --steps must be at least 1, not 0$"),
-    (["--alpha", "0.05"], 2, r"--alpha needs --pretrain-steps"),
-    (["--steps", "2", "--alpha", "0.05"], 2, r"not both"),
-])
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["--steps", "0"], 2, r"^error: --steps must be at least 1, not 0$"),
+        (["--alpha", "0.05"], 2, r"--alpha needs --pretrain-steps"),
+        (["--steps", "2", "--alpha", "0.05"], 2, r"not both"),
+    ],
+)
 def test_cli_bad_step_counts_are_one_line_errors(converted, corpus, tmp_path, args, code, pattern):
     r = CliRunner().invoke(main, span_args(converted, tmp_path / "run", corpus, *args))
     one_line_error(r, code, pattern)
@@ -110,8 +161,7 @@ def test_cli_names_a_missing_text_field(converted, tmp_path):
 def test_cli_supervised_data_errors(converted, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no pairs here\n")
-    base = ["--model", str(converted), "--run-dir", str(tmp_path / "run"), "--objective", "supervised",
-            "--steps", "2"]
+    base = ["--model", str(converted), "--run-dir", str(tmp_path / "run"), "--objective", "supervised", "--steps", "2"]
     r = CliRunner().invoke(main, base + ["--data", str(tmp_path / "empty")])
     one_line_error(r, 4, r"no data files at .*empty.*\.jsonl")
     corpus = write_corpus(tmp_path / "c.jsonl", fields=("document", "abstract"))
@@ -129,7 +179,7 @@ def test_cli_refuses_a_quantized_model(tokenizer, corpus, tmp_path):
     q = convert(str(hf), str(tmp_path / "q"), kv_heads=2, dtype="float32", quantize=True, q_group_size=32)
     r = CliRunner().invoke(main, span_args(q, tmp_path / "run", corpus, "--steps", "2"))
     one_line_error(r, 2, r"quantized.*convert without -q for uptraining, quantize afterwards")
-    assert not list_checkpoints(tmp_path / "run") and "data:" not in r.output     # refused before any work
+    assert not list_checkpoints(tmp_path / "run") and "data:" not in r.output  # refused before any work
 
 
 def test_cli_resume_with_more_steps_keeps_or_refuses_the_schedule(converted, corpus, tmp_path):
@@ -138,13 +188,17 @@ def test_cli_resume_with_more_steps_keeps_or_refuses_the_schedule(converted, cor
         return [r["lr"] for r in log if r["event"] == "step"]
 
     def uptrain(run, *extra):
-        return CliRunner().invoke(main, span_args(converted, run, corpus, "--schedule", "cosine", "--lr", "1e-2",
-                                                  "--save-every", "2", *extra))
+        return CliRunner().invoke(
+            main, span_args(converted, run, corpus, "--schedule", "cosine", "--lr", "1e-2", "--save-every", "2", *extra)
+        )
 
     a = tmp_path / "a"
     assert uptrain(a, "--steps", "2").exit_code == 0
-    one_line_error(uptrain(a, "--steps", "4", "--resume"), 3,
-                   r"decaying over 2 steps, this run's decays over 4 .*--schedule-steps 2")
+    one_line_error(
+        uptrain(a, "--steps", "4", "--resume"),
+        3,
+        r"decaying over 2 steps, this run's decays over 4 .*--schedule-steps 2",
+    )
     # Planned with --schedule-steps 4 from the start: extending to 4 steps keeps the schedule of a straight run.
     b, c = tmp_path / "b", tmp_path / "c"
     assert uptrain(b, "--steps", "2", "--schedule-steps", "4").exit_code == 0
