@@ -17,6 +17,10 @@ results (small JSON) to experiments/results/gqa_uptrain.json; `--report` writes 
 
 from __future__ import annotations
 
+# isort: off
+import mlx_mqa  # noqa: F401  (loads its BLAS before anything imports mlx.core)
+
+# isort: on
 import json
 import time
 from pathlib import Path

@@ -2,51 +2,96 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .cli import CONTEXT, fail
-from .conversion import GROUPS_IN, POOL_METHODS, convert
+from .conversion import GROUPINGS, GROUPS_IN, METHODS, Calibration, convert
 from .errors import MlxMqaError
 from .models.dtypes import DTYPES, default_dtype
+
+POOL_HELP = (
+    "How each group of H/G heads becomes one K/V head. mean: the paper's mean pooling; first / random: its "
+    "ablations; fit: closed-form fit to calibration data (query-weighted keys, output-weighted values); svd: "
+    "SVD of the group's calibrated keys/values with per-head maps folded into q and o (Yu et al. 2024); "
+    "svd-q: the same, whitened by query and output statistics. See docs/conversion.md."
+)
+
+
+def _bar(total, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit="sample", leave=False, dynamic_ncols=True)
+
+
+def _lengths(text: str):
+    try:
+        a, b = (int(x) for x in text.lower().split("x"))
+        assert a > 1 and b > 1
+        return a, b
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"{text!r} is not INPUTxTARGET, e.g. 512x128", param_hint="--calibration-lengths")
 
 
 @click.command(context_settings=CONTEXT)
 @click.option(
     "--hf-path",
     required=True,
-    help="Hub id (e.g. google/t5-large-lm-adapt) or local directory "
-    "with config.json and *.safetensors or pytorch_model*.bin (sharded or not).",
+    help="Hub id (e.g. google/t5-large-lm-adapt) or local directory with "
+    "config.json and *.safetensors or pytorch_model*.bin (sharded or not).",
 )
 @click.option("--mlx-path", default="mlx_model", show_default=True, help="Output directory (written atomically).")
 @click.option(
     "--kv-heads",
     type=int,
     default=None,
-    help="Key/value heads G of the converted attention. "
-    "Must divide the number of heads H; 1 = multi-query, H (default) = multi-head.",
+    help="Key/value heads G of the converted attention. Must divide "
+    "the number of heads H; 1 = multi-query, H (default) = multi-head.",
+)
+@click.option("--pool", type=click.Choice(METHODS), default="mean", show_default=True, help=POOL_HELP)
+@click.option(
+    "--grouping",
+    type=click.Choice(GROUPINGS),
+    default="contiguous",
+    show_default=True,
+    help="Which query heads share a K/V head: contiguous groups (the paper), or the groups of most similar "
+    "heads by the merge's calibration error (a per-layer head permutation, recorded in config.json).",
 )
 @click.option(
-    "--pool",
-    type=click.Choice(POOL_METHODS),
-    default="mean",
+    "--calibration",
+    default="bundled",
     show_default=True,
-    help="How each group of H/G heads becomes one: mean (the paper's method), first head of the "
-    "group, or random re-initialisation (ablations).",
+    help="Calibration data for fit/svd/svd-q and --grouping similar: FILE.jsonl (document+summary, or text), "
+    "a directory of *.jsonl/*.txt, hf:NAME[:CONFIG][@SPLIT], or bundled (24 real documents, offline).",
+)
+@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Most calibration samples.")
+@click.option(
+    "--calibration-lengths",
+    default="512x128",
+    show_default=True,
+    help="INPUTxTARGET tokens per calibration sample (encoder input x teacher-forced decoder input).",
+)
+@click.option(
+    "--calibration-prefix",
+    default="summarize: ",
+    show_default=True,
+    help="Task prefix put before each calibration document that has a summary.",
 )
 @click.option(
     "--groups-in",
     type=click.Choice(GROUPS_IN),
     default="decoder",
     show_default=True,
-    help="decoder: pool decoder self- and cross-attention, encoder stays multi-head (as the paper); "
-    "all: pool the encoder too.",
+    help="decoder: group decoder self- and cross-attention, the encoder stays multi-head (as the paper); "
+    "all: the encoder too (mean/first/random only).",
 )
 @click.option(
     "--dtype",
     type=click.Choice(list(DTYPES)),
     default=None,
-    help="Weight dtype. Default: bfloat16 on Metal/CUDA, float32 on CPU. "
-    "float16 keeps the FFN output projection (wo) in float32 to avoid overflow.",
+    help="Weight dtype. Default: bfloat16 on "
+    "Metal/CUDA, float32 on CPU. float16 keeps the FFN output projection (wo) in float32 to avoid overflow.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --pool random.")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="Take tokenizer files from here instead.")
@@ -70,6 +115,11 @@ def main(
     mlx_path,
     kv_heads,
     pool,
+    grouping,
+    calibration,
+    calibration_samples,
+    calibration_lengths,
+    calibration_prefix,
     groups_in,
     dtype,
     seed,
@@ -80,8 +130,8 @@ def main(
     upload_repo,
     overwrite,
 ):
-    """Convert a Hugging Face T5 / T5 v1.1 / LM-adapt / Flan-T5 checkpoint to MLX, pooling the decoder's
-    key/value heads into G groups (Ainslie et al. 2023, "GQA").
+    """Convert a Hugging Face T5 / T5 v1.1 / LM-adapt / Flan-T5 checkpoint to MLX, grouping the decoder's
+    key/value heads into G heads (Ainslie et al. 2023, "GQA").
 
     The output directory holds the weights (model.safetensors, or shards with an index over 5 GB),
     config.json with a `conversion` record, the tokenizer and a model card (README.md).
@@ -90,8 +140,11 @@ def main(
     Examples:
       python -m mlx_mqa.convert --hf-path google/t5-large-lm-adapt --mlx-path t5l-mqa --kv-heads 1
       python -m mlx_mqa.convert --hf-path ./flan-t5-small --mlx-path flan-gqa2 --kv-heads 2 --dtype bfloat16
+      python -m mlx_mqa.convert --hf-path google/flan-t5-base --mlx-path fb-mqa --kv-heads 1 --pool fit \\
+          --grouping similar --calibration articles.jsonl --calibration-samples 256
     """
     try:
+        cal = Calibration(calibration, calibration_samples, *_lengths(calibration_lengths), prefix=calibration_prefix)
         out = convert(
             hf_path,
             mlx_path,
@@ -106,7 +159,10 @@ def main(
             q_bits=int(q_bits),
             q_group_size=int(q_group_size),
             upload_repo=upload_repo,
+            grouping=grouping,
+            calibration=cal,
             progress=lambda m: click.echo(f"[convert] {m}", err=True),
+            bar=_bar,
         )
     except MlxMqaError as e:
         fail(e)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from ..errors import CheckpointError
 
@@ -93,3 +94,15 @@ def copy_tokenizer(source: Path, dest: Path) -> bool:
             shutil.copy2(source / name, dest / name)
             found = True
     return found
+
+
+def save_model(out: Path, model, tokenizer=None, overwrite: bool = False) -> Path:
+    """A model in memory (e.g. from `conversion.convert_model`) as a directory `load()` reads, atomically."""
+    with atomic_directory(Path(out), overwrite=overwrite) as tmp:
+        save_mlx_weights(tmp, dict(tree_flatten(model.parameters())))
+        config = model.args.to_dict()
+        config.setdefault("conversion", {})
+        atomic_write_json(tmp / "config.json", config)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(out)

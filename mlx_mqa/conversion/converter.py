@@ -1,11 +1,17 @@
-"""`convert()`: a multi-head Hugging Face T5 checkpoint to an MLX model directory with G K/V heads."""
+"""`convert()`: a multi-head Hugging Face T5 checkpoint to an MLX model directory with G K/V heads;
+`convert_model()`: the same for a model in memory. `mean`, `first` and `random` pool contiguous groups as the
+paper does; `fit`, `svd` and `svd-q` merge them from calibration statistics, and `--grouping similar` picks
+the groups (see `merging`, `grouping`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
 
 from .. import __version__
 from ..checkpoint.card import create_model_card
@@ -13,10 +19,190 @@ from ..checkpoint.files import TOKENIZER_FILES, atomic_directory, atomic_write_j
 from ..checkpoint.hf import check_t5_config, hf_model_args, load_hf_weights, read_config, resolve
 from ..checkpoint.load import check_tokenizer, load_tokenizer
 from ..errors import CheckpointError, ConfigError
-from ..models.config import ModelArgs
+from ..models.config import ModelArgs, check_kv_heads
 from ..models.dtypes import check_dtype, default_dtype, weight_dtype
 from ..models.t5 import Model
-from .pooling import check_options, convert_weights
+from .calibrated import calibrated_weights
+from .calibration import BUNDLED, calibrate, check_source
+from .grouping import GROUPINGS
+from .merging import MERGE_METHODS
+from .pooling import GROUPS_IN, POOL_METHODS, convert_weights
+from .statistics import Statistics
+
+METHODS = POOL_METHODS + MERGE_METHODS
+
+
+def needs_calibration(pool: str, grouping: str) -> bool:
+    return pool in MERGE_METHODS or grouping == "similar"
+
+
+def check_options(kv_heads: int, num_heads: int, pool: str, groups_in: str, grouping: str = "contiguous") -> None:
+    """Every conversion option, before any weight is read."""
+    check_kv_heads(kv_heads, num_heads)
+    if pool not in METHODS:
+        raise ConfigError(f"unknown --pool {pool!r}; choose from {', '.join(METHODS)}")
+    if groups_in not in GROUPS_IN:
+        raise ConfigError(f"unknown --groups-in {groups_in!r}; choose from {', '.join(GROUPS_IN)}")
+    if grouping not in GROUPINGS:
+        raise ConfigError(f"unknown --grouping {grouping!r}; choose from {', '.join(GROUPINGS)}")
+    if needs_calibration(pool, grouping) and groups_in != "decoder":
+        raise ConfigError("calibrated merging and --grouping similar convert the decoder only; use --groups-in decoder")
+    if pool == "random" and grouping == "similar":
+        raise ConfigError("--pool random ignores the heads, so --grouping similar means nothing with it")
+
+
+def group_weights(
+    weights: Dict[str, np.ndarray],
+    args: ModelArgs,
+    kv_heads: int,
+    pool: str = "mean",
+    groups_in: str = "decoder",
+    grouping: str = "contiguous",
+    seed: int = 0,
+    stats: Optional[Statistics] = None,
+) -> Tuple[Dict[str, np.ndarray], dict]:
+    """Multi-head weights (checkpoint layout, float32) -> grouped weights and a record of what was done."""
+    check_options(kv_heads, args.num_heads, pool, groups_in, grouping)
+    if not needs_calibration(pool, grouping):
+        return convert_weights(weights, args, kv_heads, pool, groups_in, seed), {}
+    if stats is None:
+        raise ConfigError(f"--pool {pool} / --grouping {grouping} need calibration statistics")
+    return calibrated_weights(weights, args, stats, kv_heads, pool, grouping)
+
+
+def grouped_config(
+    config: dict,
+    kv_heads: int,
+    pool: str,
+    groups_in: str,
+    grouping: str,
+    dtype: str,
+    seed: int,
+    source: str,
+    record: dict,
+    calibration: Optional[dict] = None,
+) -> dict:
+    """config.json of a converted model: K/V heads, head orders and the `conversion` record."""
+    H = config["num_heads"]
+    config = dict(
+        config,
+        model_type="t5",
+        num_key_value_heads=kv_heads,
+        encoder_num_key_value_heads=kv_heads if groups_in == "all" else H,
+        decoder_head_order=record.get("decoder_head_order"),
+    )
+    config["conversion"] = {
+        "source": str(source),
+        "num_heads": H,
+        "kv_heads": kv_heads,
+        "pool": pool,
+        "groups_in": groups_in,
+        "grouping": grouping,
+        "dtype": dtype,
+        "seed": seed if pool == "random" else None,
+        "mlx_mqa_version": __version__,
+    }
+    if calibration is not None:
+        config["conversion"]["calibration"] = dict(
+            calibration,
+            cross_head_order=record["cross_head_order"],
+            errors=record["errors"],
+            regularized=record["regularized"],
+        )
+    for key in ("torch_dtype", "dtype"):
+        config.pop(key, None)
+    return config
+
+
+def calibration_record(stats: Statistics, source: str, samples: int, max_input: int, max_target: int) -> dict:
+    return {
+        "source": source,
+        "samples": stats.samples,
+        "samples_requested": samples,
+        "encoder_tokens": stats.encoder_out.tokens,
+        "decoder_tokens": stats.self_inputs[0].tokens,
+        "max_input_tokens": max_input,
+        "max_target_tokens": max_target,
+    }
+
+
+def convert_model(
+    model: Model,
+    kv_heads: int,
+    pool: str = "mean",
+    grouping: str = "contiguous",
+    stats: Optional[Statistics] = None,
+    seed: int = 0,
+    source: str = "in memory",
+) -> Model:
+    """A multi-head model in memory -> its grouped-query conversion (float32), e.g. for experiments.
+    `stats` comes from `calibration.calibrate` or `statistics.collect` when the method needs it."""
+    weights = {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
+    new, record = group_weights(weights, model.args, kv_heads, pool, "decoder", grouping, seed, stats)
+    config = grouped_config(
+        model.args.to_dict(),
+        kv_heads,
+        pool,
+        "decoder",
+        grouping,
+        "float32",
+        seed,
+        source,
+        record,
+        {} if stats is not None and needs_calibration(pool, grouping) else None,
+    )
+    out = Model(ModelArgs.from_dict(config))
+    out.load_weights([(k, mx.array(v)) for k, v in new.items()])
+    mx.eval(out.parameters())
+    return out
+
+
+@dataclass
+class Calibration:
+    """Where calibration statistics come from (`--calibration*` options)."""
+
+    source: str = BUNDLED
+    samples: int = 128
+    max_input: int = 512
+    max_target: int = 128
+    batch_size: int = 8
+    prefix: str = ""
+
+
+def _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, calibration: Calibration):
+    """Source directory, tokenizer directory, config and K/V heads, all checked before any weight is read."""
+    src = resolve(hf_path)
+    config = read_config(src)
+    check_t5_config(config)
+    H = config["num_heads"]
+    if config.get("num_key_value_heads", H) != H:
+        raise ConfigError("the source is already grouped-query; convert from the multi-head checkpoint")
+    kv_heads = H if kv_heads is None else int(kv_heads)
+    check_options(kv_heads, H, pool, groups_in, grouping)
+    tok_src = resolve(tokenizer_path) if tokenizer_path else src
+    if not any((tok_src / name).exists() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"no tokenizer files in {tok_src}; pass --tokenizer with a directory that has them")
+    check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
+    if needs_calibration(pool, grouping):
+        check_source(calibration.source)
+    return src, tok_src, config, kv_heads
+
+
+def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Statistics:
+    model = Model(args)
+    model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(weights).items()])
+    say(f"calibrating on {cal.source} (up to {cal.samples} samples, {cal.max_input} -> {cal.max_target} tokens)")
+    return calibrate(
+        model,
+        load_tokenizer(tok_src),
+        cal.source,
+        cal.samples,
+        cal.max_input,
+        cal.max_target,
+        cal.batch_size,
+        cal.prefix,
+        bar,
+    )
 
 
 def convert(
@@ -33,9 +219,14 @@ def convert(
     q_bits: int = 4,
     q_group_size: int = 64,
     upload_repo: Optional[str] = None,
+    grouping: str = "contiguous",
+    calibration: Optional[Calibration] = None,
     progress: Optional[Callable[[str], None]] = None,
+    bar=None,
 ) -> Path:
-    """Convert `hf_path` (hub id or directory) into an MLX model directory at `mlx_path`."""
+    """Convert `hf_path` (hub id or directory) into an MLX model directory at `mlx_path`.
+
+    `progress` receives one-line messages; `bar(total, desc)` may return a progress bar for calibration."""
     say = progress or (lambda msg: None)
     dtype = dtype or default_dtype()
     check_dtype(dtype)
@@ -43,44 +234,21 @@ def convert(
     if mlx_path.exists() and not overwrite:
         raise CheckpointError(f"{mlx_path} already exists; choose another path or pass --overwrite")
     say(f"reading {hf_path}")
-    src = resolve(hf_path)
-    config = read_config(src)
-    check_t5_config(config)
-    H = config["num_heads"]
-    if config.get("num_key_value_heads", H) != H:
-        raise ConfigError("the source is already grouped-query; convert from the multi-head checkpoint")
-    kv_heads = H if kv_heads is None else int(kv_heads)
-    check_options(kv_heads, H, pool, groups_in)
-    tok_src = resolve(tokenizer_path) if tokenizer_path else src
-    if not any((tok_src / name).exists() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"no tokenizer files in {tok_src}; pass --tokenizer with a directory that has them")
-    check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
+    cal = calibration or Calibration()
+    src, tok_src, config, kv_heads = _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, cal)
     weights = load_hf_weights(src)
     config, args = hf_model_args(config, weights)
-    say(f"pooling K/V heads: {H} -> {kv_heads} ({pool}, {groups_in})")
-    weights = Model(args).sanitize(convert_weights(weights, args, kv_heads, pool, groups_in, seed))
+    stats = _calibrated_stats(weights, args, tok_src, cal, say, bar) if needs_calibration(pool, grouping) else None
+    say(f"grouping K/V heads: {args.num_heads} -> {kv_heads} ({pool}, {grouping}, {groups_in})")
+    weights, record = group_weights(weights, args, kv_heads, pool, groups_in, grouping, seed, stats)
+    for note in record.get("regularized", []):
+        say(f"singular system regularised (relative ridge): {note}")
+    info = calibration_record(stats, cal.source, cal.samples, cal.max_input, cal.max_target) if stats else None
+    config = grouped_config(config, kv_heads, pool, groups_in, grouping, dtype, seed, hf_path, record, info)
+    weights = Model(args).sanitize(weights)
     mlx_weights = {name: mx.array(w).astype(weight_dtype(name, dtype)) for name, w in weights.items()}
-
-    config.update(
-        model_type="t5",
-        num_key_value_heads=kv_heads,
-        encoder_num_key_value_heads=kv_heads if groups_in == "all" else H,
-        conversion={
-            "source": str(hf_path),
-            "num_heads": H,
-            "kv_heads": kv_heads,
-            "pool": pool,
-            "groups_in": groups_in,
-            "dtype": dtype,
-            "seed": seed if pool == "random" else None,
-            "mlx_mqa_version": __version__,
-        },
-    )
-    config.pop("torch_dtype", None)
-    config.pop("dtype", None)
     if quantize:
         config["quantization"] = {"bits": q_bits, "group_size": q_group_size}
-
     with atomic_directory(mlx_path, overwrite=overwrite) as tmp:
         if quantize:
             from ..models.quantize import quantize_weights

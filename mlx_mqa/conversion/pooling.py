@@ -26,14 +26,6 @@ def is_grouped(name: str, groups_in: str = "decoder") -> bool:
     return bool(_DECODER_KV.match(name) or (groups_in == "all" and _ENCODER_KV.match(name)))
 
 
-def check_options(kv_heads: int, num_heads: int, pool: str, groups_in: str) -> None:
-    check_kv_heads(kv_heads, num_heads)
-    if groups_in not in GROUPS_IN:
-        raise ConfigError(f"unknown --groups-in {groups_in!r}; choose from {GROUPS_IN}")
-    if pool not in POOL_METHODS:
-        raise ConfigError(f"unknown pooling {pool!r}; choose from {POOL_METHODS}")
-
-
 def pool_heads(
     weight: np.ndarray,
     num_heads: int,
@@ -67,7 +59,9 @@ def convert_weights(
 ) -> Dict[str, np.ndarray]:
     """Pool K/V heads of the selected attention layers; other tensors pass through."""
     H = args.num_heads
-    check_options(kv_heads, H, pool, groups_in)
+    check_kv_heads(kv_heads, H)
+    if pool not in POOL_METHODS or groups_in not in GROUPS_IN:
+        raise ConfigError(f"pooling {pool!r} in {groups_in!r}: choose from {POOL_METHODS} in {GROUPS_IN}")
     rng = np.random.default_rng(seed)
     # T5's own initialisation of k/v (factor 1.0): normal with std d_model**-0.5.
     init_std = args.d_model**-0.5

@@ -33,6 +33,9 @@ class ModelArgs:
     # None means multi-head (= num_heads).
     num_key_value_heads: Optional[int] = None
     encoder_num_key_value_heads: Optional[int] = None
+    # Per decoder layer, the original index of each self-attention head when conversion regrouped heads
+    # (similarity grouping); the layer reads the shared relative position bias in this order.
+    decoder_head_order: Optional[List[List[int]]] = None
     # How this model was made from a multi-head checkpoint (source, pool, groups_in, ...).
     conversion: Dict[str, Any] = field(default_factory=dict)
 
@@ -47,6 +50,10 @@ class ModelArgs:
             self.encoder_num_key_value_heads = self.num_heads
         for name in ("num_key_value_heads", "encoder_num_key_value_heads"):
             check_kv_heads(getattr(self, name), self.num_heads, name)
+        if self.decoder_head_order is not None:
+            orders = self.decoder_head_order
+            if len(orders) != self.num_decoder_layers or any(sorted(o) != list(range(self.num_heads)) for o in orders):
+                raise ConfigError("decoder_head_order must hold one permutation of the heads per decoder layer")
         act = self.feed_forward_proj.split("-")
         if len(act) > 2 or (len(act) == 2 and act[0] != "gated"):
             raise ConfigError(f"feed_forward_proj={self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
@@ -57,6 +64,10 @@ class ModelArgs:
 
     @property
     def activation(self) -> str:
+        if self.decoder_head_order is not None:
+            orders = self.decoder_head_order
+            if len(orders) != self.num_decoder_layers or any(sorted(o) != list(range(self.num_heads)) for o in orders):
+                raise ConfigError("decoder_head_order must hold one permutation of the heads per decoder layer")
         act = self.feed_forward_proj.split("-")[-1]
         # transformers maps "gated-gelu" to the tanh approximation (gelu_new).
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act

@@ -276,22 +276,32 @@ class Model(nn.Module):
         return_hidden: bool = False,
     ) -> mx.array:
         x = self.shared(decoder_input_ids)
-        T = decoder_input_ids.shape[1]
-        offset = cache[0].offset if cache is not None else 0
-        static = isinstance(cache[0], StaticKVCache) if cache is not None else False
-        # A static cache attends over its whole buffer: the causal mask hides unwritten slots.
-        key_length = cache[0].capacity if static else offset + T
-        self_mask = self.decoder.bias_owner.position_bias(T, key_length, offset).astype(x.dtype)
-        if T > 1 or static:
-            causal = mx.arange(key_length)[None, :] <= (mx.arange(T) + offset)[:, None]
-            self_mask = mx.where(causal, self_mask, mx.finfo(x.dtype).min)
-        cross_mask = padding_mask(encoder_attention_mask, x.dtype)
+        self_masks, cross_mask = self.decoder_masks(decoder_input_ids.shape[1], x.dtype, cache, encoder_attention_mask)
         for i, block in enumerate(self.decoder.block):
-            x = block(x, self_mask, cross_mask, cross[i], cache[i] if cache is not None else None)
+            x = block(x, self_masks[i], cross_mask, cross[i], cache[i] if cache is not None else None)
         x = self.decoder.final_layer_norm(x)
         if return_hidden:
             return x
         return self.lm_logits(x)
+
+    def decoder_masks(self, T: int, dtype, cache=None, encoder_attention_mask=None):
+        """Per decoder layer, the additive self-attention mask (position bias + causal) for T queries after the
+        cache's tokens; and the cross-attention padding mask."""
+        offset = cache[0].offset if cache is not None else 0
+        static = isinstance(cache[0], StaticKVCache) if cache is not None else False
+        # A static cache attends over its whole buffer: the causal mask hides unwritten slots.
+        key_length = cache[0].capacity if static else offset + T
+        self_mask = self.decoder.bias_owner.position_bias(T, key_length, offset).astype(dtype)
+        if T > 1 or static:
+            causal = mx.arange(key_length)[None, :] <= (mx.arange(T) + offset)[:, None]
+            self_mask = mx.where(causal, self_mask, mx.finfo(dtype).min)
+        orders = self.args.decoder_head_order
+        # Layers whose heads were regrouped (similarity grouping) read the shared bias in their own head order.
+        if orders is None:
+            masks = [self_mask] * len(self.decoder.block)
+        else:
+            masks = [self_mask[:, mx.array(order)] for order in orders]
+        return masks, padding_mask(encoder_attention_mask, dtype)
 
     def lm_logits(self, hidden: mx.array) -> mx.array:
         if self.args.tie_word_embeddings:
