@@ -147,7 +147,12 @@ def uptrain(res, run, tok, train, held, name, P, seed):
     log(f"{name} seed {seed}: " + ", ".join(f"{e['alpha']:.3f}:{e['eval_loss']:.4f}" for e in store[name]["evals"]))
 
 
-def conversions(res, run, mha, tok, train, held):
+def priority(name: str):
+    """Mean pooling and the best calibrated merges first: a run cut short still answers the main question."""
+    return ("svd-q" not in name and "mean" not in name, name)
+
+
+def conversions(res, run, mha, tok, train, held, results):
     cal_batches, held_batches = calibration(tok, train, held)
     t0 = time.time()
     stats = collect(mha, stat_batches(cal_batches))
@@ -165,14 +170,14 @@ def conversions(res, run, mha, tok, train, held):
             name = f"g{G}-{method}"
             if name not in res.get("conversions", {}):
                 convert_one(res, run, mha, name, G, method, "contiguous", stats, held_stats, held_batches, tok)
-                save_results(RESULTS, res)
+                save_results(results, res)
         if G == 1:
             continue
         best = min(METHODS[1:], key=lambda m: res["conversions"][f"g{G}-{m}"]["alpha0_loss"])
         name = f"g{G}-{best}-similar"
         if name not in res["conversions"]:
             convert_one(res, run, mha, name, G, best, "similar", stats, held_stats, held_batches, tok)
-            save_results(RESULTS, res)
+            save_results(results, res)
 
 
 RESULTS = EXP / "results" / "calibrated_merge.json"
@@ -187,12 +192,30 @@ RESULTS = EXP / "results" / "calibrated_merge.json"
 )
 @click.option("--pretrain-steps", "P", type=int, default=800, show_default=True)
 @click.option("--seeds", default="1,2,3", show_default=True, help="Uptraining data seeds.")
+@click.option(
+    "--only", default=None, help="Comma list of conversions to uptrain (default: all, most informative first)."
+)
+@click.option(
+    "--results",
+    "results_path",
+    default=str(RESULTS),
+    show_default=True,
+    help="Results JSON; another file lets a second process uptrain other seeds in parallel (merge with --merge).",
+)
+@click.option(
+    "--merge", "merge_from", multiple=True, help="Add the uptraining runs of these results files, then report."
+)
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
-def main(run_dir, P, seeds, report_only):
+def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
     from calibrated_merge_report import write_report
 
-    res = load_results(RESULTS)
-    if not report_only:
+    results = Path(results_path)
+    res = load_results(results)
+    for other in merge_from:
+        for seed, runs in load_results(Path(other)).get("runs", {}).items():
+            res.setdefault("runs", {}).setdefault(seed, {}).update(runs)
+        save_results(results, res)
+    if not report_only and not merge_from:
         run = Path(run_dir)
         tok, train, held = prepare(run, {})
         source = run / "pretrained-mha"
@@ -200,11 +223,12 @@ def main(run_dir, P, seeds, report_only):
             source = run_pretrain(run, {}, tok, train, held, P)
         mha = load_model(source)
         res["pretrained"] = str(source)
-        conversions(res, run, mha, tok, train, held)
+        conversions(res, run, mha, tok, train, held, results)
+        names = only.split(",") if only else sorted(res["conversions"], key=priority)
         for seed in (int(s) for s in seeds.split(",")):
-            for name in res["conversions"]:
+            for name in names:
                 uptrain(res, run, tok, train, held, name, P, seed)
-                save_results(RESULTS, res)
+                save_results(results, res)
     write_report(res, EXP)
 
 

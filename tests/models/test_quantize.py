@@ -18,16 +18,28 @@ def source(hf_checkpoint):
 @pytest.mark.parametrize("bits,group_size,min_top1", [(8, 64, 0.85), (4, 32, 0.1), (4, 128, 0.05)])
 def test_quantized_model_tracks_float(bits, group_size, min_top1, source, tokenizer, tmp_path):
     ref = load_model(convert(str(source), tmp_path / "f", kv_heads=2, dtype="float32"))
-    q = load_model(convert(str(source), tmp_path / "q", kv_heads=2, dtype="float32", quantize=True, q_bits=bits,
-                           q_group_size=group_size))
+    q = load_model(
+        convert(
+            str(source),
+            tmp_path / "q",
+            kv_heads=2,
+            dtype="float32",
+            quantize=True,
+            q_bits=bits,
+            q_group_size=group_size,
+        )
+    )
     attn = q.decoder.block[0].layer[0].SelfAttention
     assert isinstance(attn.k, nn.QuantizedLinear) and attn.k.bits == bits and attn.k.group_size == group_size
     assert isinstance(q.shared, nn.QuantizedEmbedding)
     # Exact parts stay float: layer norms and the relative position bias tables.
-    assert isinstance(attn.relative_attention_bias, nn.Embedding) and \
-        not isinstance(attn.relative_attention_bias, nn.QuantizedEmbedding)
-    np.testing.assert_array_equal(np.array(attn.relative_attention_bias.weight),
-                                  np.array(ref.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight))
+    assert isinstance(attn.relative_attention_bias, nn.Embedding) and not isinstance(
+        attn.relative_attention_bias, nn.QuantizedEmbedding
+    )
+    np.testing.assert_array_equal(
+        np.array(attn.relative_attention_bias.weight),
+        np.array(ref.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight),
+    )
     assert q.decoder.final_layer_norm.weight.dtype == mx.float32
     ids, mask = batch(tokenizer)
     dec = mx.array(np.tile(np.arange(0, 24, dtype=np.int32) * 7, (3, 1)))
@@ -77,10 +89,14 @@ def test_cpu_dequantized_products_equal_quantized_kernel(source, tokenizer, tmp_
     dec = mx.array(np.tile(np.arange(0, 24, dtype=np.int32) * 7, (3, 1)))
     assert mx.default_device() == mx.cpu and ids.shape[1] >= quantize.DEQUANTIZE_MIN_ROWS
     fast = np.array(q(mx.array(ids), dec, mx.array(mask)))
-    monkeypatch.setattr(quantize, "DEQUANTIZE_MIN_ROWS", 10 ** 9)  # quantized_matmul everywhere
+    monkeypatch.setattr(quantize, "DEQUANTIZE_MIN_ROWS", 10**9)  # quantized_matmul everywhere
     kernel = np.array(q(mx.array(ids), dec, mx.array(mask)))
     np.testing.assert_allclose(fast, kernel, rtol=0, atol=2e-5 * np.abs(kernel).max())
     emb = q.shared
     x = mx.array(np.random.default_rng(0).standard_normal((20, q.args.d_model)).astype(np.float32))
-    np.testing.assert_allclose(np.array(quantize.QuantizedEmbedding.as_linear(emb, x)),
-                               np.array(nn.QuantizedEmbedding.as_linear(emb, x)), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        np.array(quantize.QuantizedEmbedding.as_linear(emb, x)),
+        np.array(nn.QuantizedEmbedding.as_linear(emb, x)),
+        rtol=0,
+        atol=1e-4,
+    )
