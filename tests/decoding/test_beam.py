@@ -7,6 +7,7 @@ import torch
 from mlx_mqa import generate, load_model
 from mlx_mqa.decoding.beam import beam_search
 from mlx_mqa.decoding.generate import generate_tokens
+from mlx_mqa.decoding.inputs import cut_after_eos
 from tests.helpers import PROMPTS, batch, hf_model
 
 SETTINGS = [
@@ -15,10 +16,6 @@ SETTINGS = [
     dict(num_beams=3, length_penalty=0.6, early_stopping="never", no_repeat_ngram_size=2),
     dict(num_beams=2, length_penalty=1.0, early_stopping=True),
 ]
-
-
-def strip(rows, eos=1):
-    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
 
 
 CASES = [(kw, True) for kw in SETTINGS] + [(SETTINGS[0], False)]
@@ -35,7 +32,7 @@ def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenize
             do_sample=False,
             **kw,
         )
-    ref = strip([[t for t in r] for r in ref[:, 1:].tolist()])
+    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
     ref = [r if 1 in r else r[:30] for r in ref]
     model = load_model(eos_checkpoint, dtype="float32")
     ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=30, compiled=compiled, **kw)
@@ -53,7 +50,7 @@ def test_greedy_rows_stop_at_their_own_eos_like_transformers(eos_checkpoint, tok
             max_new_tokens=40,
             do_sample=False,
         )
-    ref = strip(ref[:, 1:].tolist())
+    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
     ours = generate_tokens(load_model(eos_checkpoint, dtype="float32"), mx.array(ids), mx.array(mask), 40)
     assert ours == ref
     assert len({len(r) for r in ours}) == 3
@@ -92,7 +89,7 @@ def test_greedy_no_repeat_ngram_matches_transformers(eos_checkpoint, tokenizer):
             do_sample=False,
             no_repeat_ngram_size=2,
         )
-    ref = strip(ref[:, 1:].tolist())
+    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
     model = load_model(eos_checkpoint, dtype="float32")
     res = generate(
         model, tokenizer, PROMPTS, max_new_tokens=30, no_repeat_ngram_size=2, length_penalty=2.0, return_result=True
@@ -100,3 +97,40 @@ def test_greedy_no_repeat_ngram_matches_transformers(eos_checkpoint, tokenizer):
     ref = [r if 1 in r else r[:30] for r in ref]
     ref = [r[: len(o)] if 1 not in r else r for r, o in zip(ref, res.tokens)]
     assert res.tokens == ref
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_beam_search_on_gqa_and_mqa_matches_the_grouped_reference(kv_heads, eos_checkpoint, tokenizer, tmp_path):
+    """A mean-pooled conversion equals transformers' MHA with each group's mean K/V head repeated."""
+    from mlx_mqa.bench.torch_reference import group_mean_kv_
+    from mlx_mqa.conversion import convert
+
+    ids, mask = batch(tokenizer)
+    ref_model = hf_model(eos_checkpoint)
+    group_mean_kv_(ref_model, kv_heads)
+    kw = SETTINGS[0]
+    with torch.no_grad():
+        ref = ref_model.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=20,
+            do_sample=False,
+            **kw,
+        )
+    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
+    model = load_model(convert(str(eos_checkpoint), tmp_path / "g", kv_heads=kv_heads, dtype="float32"))
+    assert model.args.num_key_value_heads == kv_heads
+    ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=20, **kw)
+    assert ours == [r[: len(o)] if 1 not in r else r for r, o in zip(ref, ours)]
+
+
+def test_beam_search_on_a_quantized_gqa_model(eos_checkpoint, tokenizer, tmp_path):
+    from mlx_mqa.conversion import convert
+
+    path = convert(str(eos_checkpoint), tmp_path / "q8", kv_heads=2, dtype="float32", quantize=True, q_bits=8)
+    model = load_model(path)
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+    compiled = beam_search(model, ids, mask, num_beams=3, max_new_tokens=12)
+    eager = beam_search(model, ids, mask, num_beams=3, max_new_tokens=12, compiled=False)
+    assert compiled == eager and all(0 < len(r) <= 12 for r in compiled)
+    assert beam_search(model, ids, mask, num_beams=1, max_new_tokens=12) == generate_tokens(model, ids, mask, 12)
