@@ -2,7 +2,8 @@
 
 `python -m mlx_mqa.bench --help`. Modules: `cli` (the command), `runner` (one run, step by step: prepare,
 speed, write), `quality_steps` (its quality and agreement steps), `state` (what the steps share), `config`
-(the run's settings), `variants` (model specs, cached conversions), `speed` (timed runs), `sweep` (the sweep, its
-statistics and speedups), `memory` (K/V bytes, traffic model), `quality` and `rouge` (generation, ROUGE),
-`torch_reference`, `agreement`, `data`, `deps` (optional packages), `results`, `report` (tables) and `plots`.
+(the run's settings), `variants` (model specs, conversion methods, cached conversions), `speed` (timed runs),
+`sweep` (the sweep, its statistics and speedups), `memory` (K/V bytes, traffic model), `quality` and `rouge`
+(generation, ROUGE), `torch_reference`, `agreement`, `data`, `deps` (optional packages), `results`, `report`
+(tables) and `plots`.
 """

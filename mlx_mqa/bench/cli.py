@@ -11,11 +11,13 @@ from typing import Optional
 import click
 
 from ..cli import CONTEXT, fail
-from ..errors import MlxMqaError
+from ..conversion import GROUPINGS
+from ..errors import ConfigError, MlxMqaError
 from . import report
 from .config import BenchConfig
 from .runner import run
 from .speed import parse_ints, parse_lengths
+from .variants import check_methods, parse_pools
 
 PRESETS = {
     # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
@@ -59,6 +61,38 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
     default=None,
     help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
     "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.",
+)
+@click.option(
+    "--pool",
+    default="mean",
+    show_default=True,
+    help="Comma list of conversion methods to compare, e.g. mean,fit,svd: mean (the paper), first, random, or "
+    "fit, svd, svd-q (merged from calibration data; see python -m mlx_mqa.convert --help). Every GQA/MQA "
+    "variant is converted by each (MHA once), named e.g. GQA-2 fit. Every method gives the shapes of mean "
+    "pooling, hence its speed, so only the mean variants are timed (the first pool when mean is not listed); "
+    "PyTorch token references (group-mean K/V) are for mean variants in contiguous groups only.",
+)
+@click.option(
+    "--grouping",
+    metavar="[" + "|".join(GROUPINGS) + "]",
+    default="contiguous",
+    show_default=True,
+    help="Which query heads share a K/V head, for every --pool: contiguous groups (the paper), or the groups "
+    "of most similar heads by calibration error (named e.g. MQA svd-q similar; not with random).",
+)
+@click.option(
+    "--calibration",
+    default="bundled",
+    show_default=True,
+    help="Calibration data of fit/svd/svd-q and --grouping similar: FILE.jsonl, a directory of *.jsonl/*.txt, "
+    "hf:NAME[:CONFIG][@SPLIT], or bundled (24 real documents, offline); documents get --prefix.",
+)
+@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Most calibration samples.")
+@click.option(
+    "--calibration-lengths",
+    default="512x128",
+    show_default=True,
+    help="INPUTxTARGET tokens per calibration sample.",
 )
 @click.option(
     "--quantize",
@@ -162,7 +196,8 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
     type=click.Choice(["all", "mha", "none"]),
     default="all",
     show_default=True,
-    help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated), only MHA, none.",
+    help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated; the token reference "
+    "of mean variants in contiguous groups), only MHA, none.",
 )
 @click.option(
     "--decode",
@@ -194,10 +229,10 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 def main(**opts):
     """Benchmark T5 with multi-head, grouped-query and multi-query attention (Ainslie et al. 2023).
 
-    One multi-head checkpoint is converted (mean-pooled K/V, cached) to every --kv-heads value and
-    compared with the PyTorch reference (transformers, same dtype, inputs and greedy settings; for a GQA
-    variant the reference is the MHA model with group-mean K/V repeated, so its ROUGE is comparable and
-    its cost is the MHA cost). Speed: encoder time, decoder time per step, time per sample, tokens/s,
+    One multi-head checkpoint is converted (mean-pooled K/V, or by each --pool method; cached) to every
+    --kv-heads value and compared with the PyTorch reference (transformers, same dtype, inputs and greedy
+    settings; for a GQA variant the reference is the MHA model with group-mean K/V repeated, so its ROUGE
+    is comparable and its cost is the MHA cost). Speed: encoder time, decoder time per step, time per sample, tokens/s,
     peak memory, KV-cache bytes, and the decode speedup predicted by a memory-traffic model. Quality:
     ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals; predictions saved per example.
 
@@ -212,6 +247,7 @@ def main(**opts):
           --repeats 1 --no-quality
       python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --quantize 8,4
       python bench.py --model ./t5-dir --data articles.jsonl --quality-lengths 1024x128 --no-speed
+      python bench.py --model ./t5-dir --data articles.jsonl --pool mean,fit,svd-q --no-speed
     """
     cfg = None
     try:
@@ -250,6 +286,8 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         datasets = [d.strip() for d in dataset.split(",") if d.strip()]
     # The quick preset's short generation is for its bundled demo; named datasets get their own lengths.
     ql = o["quality_lengths"] if o["quality_lengths"] is not None else p["quality_lengths"] if dataset is None else None
+    pools = parse_pools(o["pool"])
+    check_methods(pools, o["grouping"])
     quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
     if any(b not in QUANTIZE_BITS for b in quantize):
         raise click.BadParameter(
@@ -262,6 +300,11 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         kv_heads=o["kv_heads"],
         quantize=quantize,
         q_group_size=int(o["q_group_size"]),
+        pool=pools,
+        grouping=o["grouping"],
+        calibration=o["calibration"],
+        calibration_samples=o["calibration_samples"],
+        calibration_lengths=calibration_lengths(o["calibration_lengths"]),
         dtype=o["dtype"],
         torch=o["use_torch"],
         torch_device=o["torch_device"],
@@ -288,6 +331,17 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         progress=o["progress"],
         command=command_line(ctx),
     )
+
+
+def calibration_lengths(text: str) -> tuple:
+    """'512x128' -> (512, 128): one INPUTxTARGET pair."""
+    try:
+        pairs = parse_lengths(text)
+    except ValueError as e:
+        raise ConfigError(f"--calibration-lengths: {e}") from None
+    if len(pairs) != 1:
+        raise ConfigError(f"--calibration-lengths takes one INPUTxTARGET pair, got {text!r}")
+    return pairs[0]
 
 
 def interrupted(cfg: Optional[BenchConfig]):

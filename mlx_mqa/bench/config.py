@@ -14,6 +14,11 @@ class BenchConfig:
     kv_heads: Optional[str] = None
     quantize: Sequence[int] = ()
     q_group_size: int = 64
+    pool: Sequence[str] = ("mean",)  # conversion methods compared (mlx_mqa.conversion.METHODS)
+    grouping: str = "contiguous"  # contiguous | similar, for every pool
+    calibration: str = "bundled"  # calibration data of fit / svd / svd-q and --grouping similar
+    calibration_samples: int = 128
+    calibration_lengths: Tuple[int, int] = (512, 128)
     dtype: Optional[str] = None
     torch: bool = True
     torch_device: str = "auto"
@@ -46,6 +51,8 @@ class BenchConfig:
         d["quality_lengths"] = f"{self.quality_lengths[0]}x{self.quality_lengths[1]}" if self.quality_lengths else None
         d["batch_sizes"] = list(self.batch_sizes)
         d["quantize"] = list(self.quantize)
+        d["pool"] = list(self.pool)
+        d["calibration_lengths"] = "{}x{}".format(*self.calibration_lengths)
         d["num_beams"] = list(self.num_beams)
         d["datasets"] = list(self.datasets)
         d["data_files"] = list(self.data_files)

@@ -45,6 +45,8 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optiona
         ]
         B, i_len, o_len, q = key
         label = f"MLX B={B} {i_len}->{o_len}" + (f" q{q}" if q else "")
+        pools = {r.get("pool", "mean") for r in rows if r["kv_heads"] != r["num_heads"]}
+        label += "".join(f" {p}" for p in sorted(pools) if p != "mean")
         line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
         color = line[0].get_color()
         colors[(B, i_len, o_len)] = color

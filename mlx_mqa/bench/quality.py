@@ -151,6 +151,8 @@ class QualityResult:
     tokens_match_reference: Optional[Dict[str, object]] = None
     sentence_splitter: str = ""
     rouge_meaningful: bool = True  # False for random weights
+    pool: str = "mean"  # how the K/V heads were made (the PyTorch reference: group means)
+    grouping: str = "contiguous"
     predictions: List[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self, with_predictions: bool = False) -> dict:
@@ -177,6 +179,8 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     rouge_meaningful: bool = True,
+    pool: str = "mean",
+    grouping: str = "contiguous",
 ) -> QualityResult:
     """Decode, score and package one variant's generations (`rouge_meaningful=False` for random weights)."""
     texts = tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)
@@ -212,5 +216,7 @@ def evaluate(
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
         sentence_splitter=sentence_splitter(),
         rouge_meaningful=rouge_meaningful,
+        pool=pool,
+        grouping=grouping,
         predictions=preds,
     )

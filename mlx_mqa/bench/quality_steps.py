@@ -1,7 +1,8 @@
 """The run's quality steps: generation + ROUGE of every variant on every dataset, and logits agreement.
 
 `run_quality(bench)` generates with every MLX variant (and the PyTorch reference, per --torch-quality) on
-every dataset and beam width, scores ROUGE and compares each MLX variant's tokens with its reference;
+every dataset and beam width, scores ROUGE and compares the tokens of each MLX variant converted as the
+reference is (mean pooling, contiguous groups) with it;
 `run_agreement(bench)` compares the teacher-forced logits of every quantized variant with its float variant.
 Both fill in `bench.results`; the steps before and after them: `mlx_mqa.bench.runner`.
 """
@@ -9,7 +10,7 @@ Both fill in `bench.results`; the steps before and after them: `mlx_mqa.bench.ru
 from __future__ import annotations
 
 import gc
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from . import quality as ql
 from .data import with_prefix
@@ -18,29 +19,26 @@ from .variants import VariantSpec
 
 
 def torch_quality_heads(bench: Bench) -> List[int]:
-    """K/V head counts that get a PyTorch quality reference (--torch-quality)."""
-    if not bench.cfg.torch or bench.cfg.torch_quality == "none":
+    """K/V head counts that get a PyTorch quality reference (--torch-quality). A GQA/MQA reference is the
+    group-mean model, so it runs only when some variant is mean-pooled in contiguous groups."""
+    cfg, H = bench.cfg, bench.num_heads
+    if not cfg.torch or cfg.torch_quality == "none":
         return []
-    return list(bench.kv) if bench.cfg.torch_quality == "all" else [bench.num_heads]
+    heads = list(bench.kv) if cfg.torch_quality == "all" else [H]
+    mean = "mean" in cfg.pool and cfg.grouping == "contiguous"
+    return [g for g in heads if g == H or mean]
 
 
 def _evaluate(
-    bench: Bench,
-    name: str,
-    backend: str,
-    kv_heads: int,
-    bits: Optional[int],
-    job: QualityJob,
-    num_beams: int,
-    gen: ql.Generation,
+    bench: Bench, spec: VariantSpec, backend: str, job: QualityJob, num_beams: int, gen: ql.Generation
 ) -> ql.QualityResult:
     cfg = bench.cfg
     return ql.evaluate(
-        name,
+        spec.name,
         backend,
-        kv_heads,
+        spec.kv_heads,
         bench.num_heads,
-        bits,
+        spec.quantize_bits,
         job.label,
         job.examples,
         gen,
@@ -52,6 +50,8 @@ def _evaluate(
         cfg.bootstrap,
         cfg.seed,
         rouge_meaningful=not bench.source.is_random,
+        pool=spec.pool,
+        grouping=spec.grouping,
     )
 
 
@@ -80,14 +80,14 @@ def _generation_args(bench: Bench, job: QualityJob, nb: int, prompts: List[str])
 
 def quality_mlx(
     bench: Bench, job: QualityJob, nb: int, prompts: List[str], bar, out: List[ql.QualityResult]
-) -> Dict[tuple, List[List[int]]]:
-    """Every MLX variant on one job; returns the generated ids by (kv_heads, quantize_bits)."""
-    tokens: Dict[tuple, List[List[int]]] = {}
+) -> Dict[str, List[List[int]]]:
+    """Every MLX variant on one job; returns the generated ids by variant name."""
+    tokens: Dict[str, List[List[int]]] = {}
     for v in bench.variants:
         bar.set_postfix_str(v.spec.name, refresh=False)
         gen = ql.generate_mlx(v.model, *_generation_args(bench, job, nb, prompts), progress=bar.update)
-        tokens[(v.spec.kv_heads, v.spec.quantize_bits)] = gen.tokens
-        out.append(_evaluate(bench, v.spec.name, "mlx", v.spec.kv_heads, v.spec.quantize_bits, job, nb, gen))
+        tokens[v.spec.name] = gen.tokens
+        out.append(_evaluate(bench, v.spec, "mlx", job, nb, gen))
     return tokens
 
 
@@ -99,22 +99,29 @@ def quality_torch(
     g: int,
     bar,
     out: List[ql.QualityResult],
-    mlx_tokens: Dict[tuple, List[List[int]]],
+    mlx_tokens: Dict[str, List[List[int]]],
 ) -> None:
-    """The PyTorch reference with G K/V groups on one job; the MLX variants of G are compared with it."""
+    """The PyTorch reference with G K/V groups (group means, contiguous) on one job; the MLX variants of G
+    made the same way are compared with it (other methods have no token reference)."""
     H = bench.num_heads
-    name = "torch " + VariantSpec(g, H).name
+    spec = VariantSpec(g, H)
+    name = "torch " + spec.name
     bar.set_postfix_str(name, refresh=False)
     args = _generation_args(bench, job, nb, prompts)
     gen = ql.generate_torch(bench.torch_model(g), *args, bench.device, progress=bar.update)
-    out.append(_evaluate(bench, VariantSpec(g, H).name, "torch", g, None, job, nb, gen))
+    out.append(_evaluate(bench, spec, "torch", job, nb, gen))
     for q in out:
-        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb:
+        same_method = (q.pool, q.grouping) == (spec.pool, spec.grouping)
+        if q.backend == "mlx" and q.dataset == job.label and q.kv_heads == g and q.num_beams == nb and same_method:
             q.reference_variant = name
-            q.tokens_match_reference = ql.compare_tokens(mlx_tokens[(g, q.quantize_bits)], gen.tokens)
+            q.tokens_match_reference = ql.compare_tokens(mlx_tokens[q.variant], gen.tokens)
     if g != H:  # keep only the multi-head reference in memory
         bench.torch_models.pop(g, None)
         gc.collect()
+
+
+def _method(spec: VariantSpec) -> tuple:
+    return spec.kv_heads, spec.pool, spec.grouping
 
 
 def run_agreement(bench: Bench) -> None:
@@ -126,9 +133,9 @@ def run_agreement(bench: Bench) -> None:
     from .agreement import logits_agreement
 
     job = bench.jobs[0]
-    floats = {v.spec.kv_heads: v for v in bench.variants if not v.spec.quantize_bits}
+    floats = {_method(v.spec): v for v in bench.variants if not v.spec.quantize_bits}
     for v in bench.variants:
-        ref = floats.get(v.spec.kv_heads)
+        ref = floats.get(_method(v.spec))
         if v.spec.quantize_bits and ref is not None:
             bench.say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
             a = logits_agreement(

@@ -182,6 +182,22 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+def reference_lines(quality: Sequence[dict]) -> List[str]:
+    """Which variants have no PyTorch token reference (those not mean-pooled in contiguous groups)."""
+    other = [
+        q["variant"]
+        for q in quality
+        if q["backend"] == "mlx" and (q.get("pool", "mean"), q.get("grouping", "contiguous")) != ("mean", "contiguous")
+    ]
+    if not other or not any(q["backend"] == "torch" for q in quality):
+        return []
+    names = ", ".join(dict.fromkeys(other))
+    return [
+        "tokens = torch: the PyTorch reference of a GQA/MQA variant is MHA with each group's mean K/V head "
+        f"repeated, so only mean variants in contiguous groups are compared with it; not {names}."
+    ]
+
+
 def agreement_table(rows: Sequence[dict]) -> str:
     headers = ["variant", "vs", "dataset", "positions", "top-1 agreement", "max |diff|", "logit scale"]
     return _table(
@@ -223,6 +239,7 @@ def summary(res: dict) -> str:
             "",
             "Speed (medians; decode step [min-max]; speedups vs MHA of the same backend):",
             speed_table(res["speed"]),
+            *(["Note: " + res["speed_note"]] if res.get("speed_note") else []),
             "",
             "Memory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
             "predicted speedup = traffic(MHA) / traffic(G):",
@@ -239,6 +256,7 @@ def summary(res: dict) -> str:
             *warning,
             quality_table(res["quality"]),
             *([parity] if parity else []),
+            *reference_lines(res["quality"]),
             *warning,
         ]
     if res.get("quantization_agreement"):

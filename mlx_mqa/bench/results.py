@@ -29,46 +29,52 @@ ENV_COLUMNS = [
     "cpu",
     "blas",
 ]
-SPEED_COLUMNS = [
-    "variant",
-    "backend",
-    "kv_heads",
-    "num_heads",
-    "quantize_bits",
-    "decode_path",
-    "device",
-    "batch_size",
-    "input_len",
-    "output_len",
-    "repeats",
-    "encoder_s",
-    "encoder_s_min",
-    "encoder_s_max",
-    "decode_step_s",
-    "decode_step_s_min",
-    "decode_step_s_max",
-    "time_per_sample_s",
-    "time_per_sample_s_min",
-    "time_per_sample_s_max",
-    "tokens_per_s",
-    "tokens_per_s_min",
-    "tokens_per_s_max",
-    "peak_memory_bytes",
-    "peak_memory_process_bytes",
-    "memory_method",
-    "kv_cache_bytes",
-    "kv_self_bytes",
-    "kv_cross_bytes",
-    "kv_cache_bytes_formula",
-    "weight_bytes",
-    "traffic_weights_bytes",
-    "traffic_kv_bytes",
-    "traffic_bytes_per_step",
-    "predicted_decode_speedup",
-    "measured_decode_speedup",
-    "measured_sample_speedup",
-    "baseline",
-] + ENV_COLUMNS
+# How a variant's K/V heads were made (--pool, --grouping); after the older columns, which keep their order.
+METHOD_COLUMNS = ["pool", "grouping"]
+SPEED_COLUMNS = (
+    [
+        "variant",
+        "backend",
+        "kv_heads",
+        "num_heads",
+        "quantize_bits",
+        "decode_path",
+        "device",
+        "batch_size",
+        "input_len",
+        "output_len",
+        "repeats",
+        "encoder_s",
+        "encoder_s_min",
+        "encoder_s_max",
+        "decode_step_s",
+        "decode_step_s_min",
+        "decode_step_s_max",
+        "time_per_sample_s",
+        "time_per_sample_s_min",
+        "time_per_sample_s_max",
+        "tokens_per_s",
+        "tokens_per_s_min",
+        "tokens_per_s_max",
+        "peak_memory_bytes",
+        "peak_memory_process_bytes",
+        "memory_method",
+        "kv_cache_bytes",
+        "kv_self_bytes",
+        "kv_cross_bytes",
+        "kv_cache_bytes_formula",
+        "weight_bytes",
+        "traffic_weights_bytes",
+        "traffic_kv_bytes",
+        "traffic_bytes_per_step",
+        "predicted_decode_speedup",
+        "measured_decode_speedup",
+        "measured_sample_speedup",
+        "baseline",
+    ]
+    + ENV_COLUMNS
+    + METHOD_COLUMNS
+)
 QUALITY_COLUMNS = (
     [
         "variant",
@@ -95,6 +101,7 @@ QUALITY_COLUMNS = (
         "sentence_splitter",
     ]
     + ENV_COLUMNS
+    + METHOD_COLUMNS
 )
 TOP_LEVEL = (
     "schema",
@@ -270,7 +277,8 @@ def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
     files = {}
     for q in quality_results:
         beams = f"__beams{q.num_beams}" if q.num_beams > 1 else ""
-        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{q.variant}{beams}.jsonl"
+        variant = q.variant.replace(" ", "_")  # GQA-2 fit -> GQA-2_fit
+        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{variant}{beams}.jsonl"
         with open(pred_dir / name, "w", encoding="utf-8") as f:
             for p in q.predictions:
                 f.write(json.dumps(p, ensure_ascii=False) + "\n")

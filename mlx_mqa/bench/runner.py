@@ -14,6 +14,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import paths
 from ..checkpoint.load import load_model, load_tokenizer
+from ..conversion import Calibration
+from ..conversion.calibration import check_source
+from ..conversion.converter import needs_calibration
 from ..decoding.beam import check_num_beams
 from ..errors import ConfigError
 from ..models.dtypes import DTYPES, default_dtype
@@ -27,7 +30,15 @@ from .quality_steps import run_agreement, run_quality
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
 from .state import Bench, MlxVariant, QualityJob, progress_bar
 from .sweep import SpeedResult, SpeedVariant, mlx_vs_torch, sweep
-from .variants import converted_path, ensure_converted, parse_kv_heads, prepare_source, variant_specs
+from .variants import (
+    check_methods,
+    converted_path,
+    ensure_converted,
+    parse_kv_heads,
+    prepare_source,
+    timed_pool,
+    variant_specs,
+)
 
 DEFAULT_QUALITY_LENGTHS = (512, 128)
 MODEL_CONFIG_KEYS = (
@@ -60,6 +71,16 @@ def check_settings(cfg: BenchConfig) -> None:
         check_num_beams(nb)
     if cfg.repeats < 1 or cfg.warmup < 0:
         raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
+    check_methods(cfg.pool, cfg.grouping)
+    if any(needs_calibration(p, cfg.grouping) for p in cfg.pool):
+        if cfg.calibration_samples < 1:
+            raise ConfigError(f"--calibration-samples must be at least 1, got {cfg.calibration_samples}")
+        check_source(cfg.calibration)
+
+
+def calibration(cfg: BenchConfig) -> Calibration:
+    """The calibration settings of fit / svd / svd-q and --grouping similar (documents get --prefix)."""
+    return Calibration(cfg.calibration, cfg.calibration_samples, *cfg.calibration_lengths, prefix=cfg.prefix)
 
 
 def load_quality_jobs(cfg: BenchConfig) -> List[QualityJob]:
@@ -107,12 +128,17 @@ def prepare(cfg: BenchConfig, say: Callable[[str], None]) -> Bench:
 
 
 def load_variants(bench: Bench, cache_dir: Path) -> List[MlxVariant]:
-    """Every --kv-heads (and --quantize) variant, converted on first use and loaded."""
-    out = []
-    for spec in variant_specs(bench.kv, bench.num_heads, bench.cfg.quantize, bench.cfg.q_group_size):
-        if not (converted_path(bench.source, spec, bench.dtype, cache_dir) / "model.safetensors").exists():
+    """Every --kv-heads (and --quantize) variant of every --pool, converted on first use and loaded."""
+    cfg, out = bench.cfg, []
+    cal = calibration(cfg)
+    specs = variant_specs(bench.kv, bench.num_heads, cfg.quantize, cfg.q_group_size, cfg.pool, cfg.grouping)
+    for spec in specs:
+        if not (converted_path(bench.source, spec, bench.dtype, cache_dir, cal) / "model.safetensors").exists():
             bench.say(f"converting to {spec.name} (first use; cached afterwards)")
-        path = ensure_converted(bench.source, spec, bench.dtype, cache_dir)
+        # A calibrated conversion reports its steps (calibration can take minutes); the others convert quietly.
+        say = bench.say if spec.calibrated else None
+        bar = (lambda total, desc: progress_bar(total, desc, cfg.progress)) if spec.calibrated else None
+        path = ensure_converted(bench.source, spec, bench.dtype, cache_dir, cal, say, bar)
         bench.say(f"{spec.name}: {path}")
         model = load_model(path)
         out.append(MlxVariant(spec, path, model, mlx_weight_bytes(model)))
@@ -160,6 +186,9 @@ def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence
             "backend": "mlx",
             "kv_heads": v.spec.kv_heads,
             "quantize_bits": v.spec.quantize_bits,
+            "pool": v.spec.pool,
+            "grouping": v.spec.grouping,
+            "timed": bench.timed(v.spec),
             "path": str(v.path),
             "weight_bytes": v.weights["total"],
             "weights": weights_provenance(v.path),
@@ -168,6 +197,14 @@ def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence
     ]
     results["complete"] = False  # until every step has run; partial results are written as they come
     results["notes"].extend(first_notes)
+    results["speed_note"] = speed_note(bench)
+    if results["speed_note"]:
+        results["notes"].append(results["speed_note"])
+    if bench.cfg.torch and any(not v.spec.is_mean_contiguous for v in bench.variants):
+        results["notes"].append(
+            "The PyTorch reference of a GQA/MQA variant is MHA with each group's mean K/V head repeated: only "
+            "mean variants in contiguous groups are compared with it; the others have no token reference."
+        )
     if source.is_random:
         results["notes"].append("Random weights: speed and memory are meaningful, ROUGE is meaningless.")
     results["notes"].extend(last_notes)
@@ -177,8 +214,23 @@ def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence
 # ----------------------------------------------------------------------------------------------- speed
 
 
+def speed_note(bench: Bench) -> Optional[str]:
+    """Which variants the sweep leaves out, and why (None when it times them all)."""
+    untimed = [v.spec.name for v in bench.variants if not bench.timed(v.spec)] if bench.cfg.speed else []
+    if not untimed:
+        return None
+    timed = timed_pool(bench.cfg.pool)
+    others = ", ".join(p for p in bench.cfg.pool if p != timed)
+    return (
+        f"Speed is timed for MHA and the {timed} variants only: the {others} variants have the same shapes "
+        f"(K/V heads, weight sizes), hence the speed of the {timed} variant with as many K/V heads "
+        f"(not timed: {', '.join(untimed)})."
+    )
+
+
 def speed_variants(bench: Bench) -> List[SpeedVariant]:
-    """What the sweep times: every MLX variant, then the PyTorch multi-head reference."""
+    """What the sweep times: every MLX variant of the timed pool (see `speed_note`), then the PyTorch
+    multi-head reference."""
     args, H = bench.variants[0].model.args, bench.num_heads
     common = dict(
         num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv, itemsize=DTYPES[bench.dtype].size
@@ -193,6 +245,8 @@ def speed_variants(bench: Bench) -> List[SpeedVariant]:
             decoder_step_bytes=v.weights["decoder_step"],
             run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, path)),
             quantize_bits=v.spec.quantize_bits,
+            pool=v.spec.pool,
+            grouping=v.spec.grouping,
             self_kv="full" if path == "compiled" else "mean",
             decode_path=path,
             device=bench.results["environment"]["mlx_device"],
@@ -200,6 +254,7 @@ def speed_variants(bench: Bench) -> List[SpeedVariant]:
             **common,
         )
         for v in bench.variants
+        if bench.timed(v.spec)
     ]
     if bench.cfg.torch:
         from .torch_reference import weight_bytes

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 from .config import BenchConfig
 from .data import Example
-from .variants import ModelSource, VariantSpec
+from .variants import ModelSource, VariantSpec, timed_pool
 
 
 @dataclass
@@ -52,6 +52,10 @@ class Bench:
     @property
     def num_heads(self) -> int:
         return self.source.num_heads
+
+    def timed(self, spec: VariantSpec) -> bool:
+        """Whether the speed sweep times `spec`: MHA and the variants of the timed pool (`timed_pool`)."""
+        return self.cfg.speed and (spec.kv_heads == self.num_heads or spec.pool == timed_pool(self.cfg.pool))
 
     def torch_model(self, kv_heads: int):
         """The PyTorch reference for `kv_heads` (group-mean K/V), loaded on first use."""

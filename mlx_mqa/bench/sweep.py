@@ -37,6 +37,8 @@ class SpeedVariant:
     decode_path: str = "eager"
     device: str = "cpu"
     memory_method: str = ""
+    pool: str = "mean"  # how the K/V heads were made (the PyTorch reference: group means)
+    grouping: str = "contiguous"
 
     @property
     def is_mha(self) -> bool:
@@ -77,6 +79,8 @@ class SpeedResult:
     measured_decode_speedup: Optional[float] = None
     measured_sample_speedup: Optional[float] = None
     baseline: Optional[str] = None
+    pool: str = "mean"
+    grouping: str = "contiguous"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +127,8 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
         kv_cache_bytes_formula=kv["total"],
         weight_bytes=v.weight_bytes,
         traffic_bytes_per_step=traffic,
+        pool=v.pool,
+        grouping=v.grouping,
     )
 
 

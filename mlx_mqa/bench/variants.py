@@ -1,9 +1,11 @@
-"""What the benchmark compares: one multi-head checkpoint, converted (and cached) to several K/V head counts.
+"""What the benchmark compares: one multi-head checkpoint, converted (and cached) to several K/V head counts,
+each by one or more conversion methods (`--pool`, in `--grouping` groups).
 
 A model spec is a Hugging Face hub id, a local checkpoint directory, or `random:<name>` for a
 deterministic random-weight checkpoint of a real T5 shape (`mlx_mqa/assets/t5-configs/<name>.json`,
 optionally with fewer layers), built once into the cache directory. Conversions are cached there too,
-keyed by a fingerprint of the source checkpoint.
+keyed by a fingerprint of the source checkpoint, and by the method and calibration settings when they are
+not the paper's mean pooling in contiguous groups.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .. import paths
 from ..checkpoint.files import atomic_directory
 from ..checkpoint.hf import read_config, resolve
+from ..conversion import METHODS, Calibration, check_options, convert
+from ..conversion.calibration import BUNDLED
+from ..conversion.converter import needs_calibration
 from ..errors import CheckpointError, ConfigError
 from ..models.config import check_kv_heads, valid_kv_heads
 
@@ -177,9 +182,49 @@ def default_kv_heads(num_heads: int) -> List[int]:
     return out
 
 
-def variant_name(kv_heads: int, num_heads: int, quantize_bits: Optional[int] = None) -> str:
+DEFAULT_POOL, DEFAULT_GROUPING = "mean", "contiguous"
+
+
+def parse_pools(text: Optional[str]) -> List[str]:
+    """'mean,fit,svd' -> ['mean', 'fit', 'svd'] (in the order given, repeats dropped). Default: mean."""
+    out: List[str] = []
+    for part in str(text or DEFAULT_POOL).split(","):
+        p = part.strip().lower()
+        if p and p not in METHODS:
+            raise ConfigError(f"unknown --pool {part.strip()!r}; choose from {', '.join(METHODS)}")
+        if p and p not in out:
+            out.append(p)
+    if not out:
+        raise ConfigError("--pool lists no method")
+    return out
+
+
+def check_methods(pools: Sequence[str], grouping: str) -> None:
+    """Every pool with the grouping, before any work (the head counts are checked with the model)."""
+    for pool in pools:
+        check_options(1, 1, pool, "decoder", grouping)
+
+
+def method_label(pool: str = DEFAULT_POOL, grouping: str = DEFAULT_GROUPING) -> str:
+    """'' for the paper's conversion (mean, contiguous), else 'fit', 'svd-q similar', 'mean similar'."""
+    if (pool, grouping) == (DEFAULT_POOL, DEFAULT_GROUPING):
+        return ""
+    return pool + ("" if grouping == DEFAULT_GROUPING else f" {grouping}")
+
+
+def variant_name(
+    kv_heads: int,
+    num_heads: int,
+    quantize_bits: Optional[int] = None,
+    pool: str = DEFAULT_POOL,
+    grouping: str = DEFAULT_GROUPING,
+) -> str:
+    """MHA, GQA-2, MQA, GQA-2-q8 (mean pooling, contiguous groups); GQA-2 fit, MQA-q8 svd-q similar otherwise.
+    The multi-head variant has no method: pooling does nothing there."""
     base = "MHA" if kv_heads == num_heads else "MQA" if kv_heads == 1 else f"GQA-{kv_heads}"
-    return base + (f"-q{quantize_bits}" if quantize_bits else "")
+    base += f"-q{quantize_bits}" if quantize_bits else ""
+    method = "" if kv_heads == num_heads else method_label(pool, grouping)
+    return f"{base} {method}" if method else base
 
 
 @dataclass(frozen=True)
@@ -188,42 +233,94 @@ class VariantSpec:
     num_heads: int
     quantize_bits: Optional[int] = None
     q_group_size: int = 64
+    pool: str = DEFAULT_POOL
+    grouping: str = DEFAULT_GROUPING
 
     @property
     def name(self) -> str:
-        return variant_name(self.kv_heads, self.num_heads, self.quantize_bits)
+        return variant_name(self.kv_heads, self.num_heads, self.quantize_bits, self.pool, self.grouping)
+
+    @property
+    def is_mean_contiguous(self) -> bool:
+        """Converted as the paper does: the PyTorch group-mean reference applies to it."""
+        return (self.pool, self.grouping) == (DEFAULT_POOL, DEFAULT_GROUPING)
+
+    @property
+    def calibrated(self) -> bool:
+        return needs_calibration(self.pool, self.grouping)
 
 
 def variant_specs(
-    kv_heads: Sequence[int], num_heads: int, quantize: Sequence[int] = (), q_group_size: int = 64
+    kv_heads: Sequence[int],
+    num_heads: int,
+    quantize: Sequence[int] = (),
+    q_group_size: int = 64,
+    pools: Sequence[str] = (DEFAULT_POOL,),
+    grouping: str = DEFAULT_GROUPING,
 ) -> List[VariantSpec]:
-    """Every kv-heads value in float, then its quantized copies."""
-    specs = [VariantSpec(g, num_heads) for g in kv_heads]
-    for bits in quantize:
-        specs += [VariantSpec(g, num_heads, int(bits), q_group_size) for g in kv_heads]
+    """Every kv-heads value in float (each pool in turn; the multi-head variant once, mean-pooled), then its
+    quantized copies. Every combination is checked before any is converted."""
+    specs = []
+    for bits in [None, *quantize]:
+        for g in kv_heads:
+            for pool in [DEFAULT_POOL] if g == num_heads else pools:
+                how = DEFAULT_GROUPING if g == num_heads else grouping
+                check_options(g, num_heads, pool, "decoder", how)
+                b = int(bits) if bits else None
+                specs.append(VariantSpec(g, num_heads, b, q_group_size if b else 64, pool, how))
     return specs
+
+
+def timed_pool(pools: Sequence[str]) -> str:
+    """The pool whose variants the speed sweep times: mean when listed, else the first one. The other
+    methods convert to the shapes of mean pooling, so their speed is that of the timed ones."""
+    return DEFAULT_POOL if DEFAULT_POOL in pools else pools[0]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "model"
 
 
-def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
+def calibration_tag(cal: Calibration) -> str:
+    """Short hash of the calibration settings (a local source also by its modification time)."""
+    where = Path(cal.source).expanduser()
+    local = cal.source != BUNDLED and not cal.source.startswith("hf:") and where.exists()
+    stamp = where.stat().st_mtime_ns if local else ""
+    text = f"{cal.source}|{stamp}|{cal.samples}|{cal.max_input}|{cal.max_target}|{cal.prefix}"
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def converted_path(
+    source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None, calibration: Optional[Calibration] = None
+) -> Path:
+    """The cache directory of a conversion: `kv2-float32-v1` for mean pooling in contiguous groups (as before
+    pooling methods were compared), `kv2-float32-fit-similar-cal<hash>-v1` for the others."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     q = f"-q{spec.quantize_bits}g{spec.q_group_size}" if spec.quantize_bits else ""
+    method = "" if spec.is_mean_contiguous else f"-{spec.pool}"
+    method += "" if spec.grouping == DEFAULT_GROUPING else f"-{spec.grouping}"
+    if spec.calibrated:
+        method += f"-cal{calibration_tag(calibration or Calibration())}"
     return (
         cache_dir
         / "converted"
         / f"{_slug(source.spec)}-{fingerprint(source.path)}"
-        / f"kv{spec.kv_heads}-{dtype}{q}-v{CACHE_VERSION}"
+        / f"kv{spec.kv_heads}-{dtype}{q}{method}-v{CACHE_VERSION}"
     )
 
 
-def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None) -> Path:
-    """The converted model directory for `spec`, converting (mean pooling, decoder) on first use."""
-    from ..conversion import convert
-
-    out = converted_path(source, spec, dtype, cache_dir)
+def ensure_converted(
+    source: ModelSource,
+    spec: VariantSpec,
+    dtype: str,
+    cache_dir=None,
+    calibration: Optional[Calibration] = None,
+    progress: Optional[Callable[[str], None]] = None,
+    bar=None,
+) -> Path:
+    """The converted model directory for `spec` (decoder K/V, `spec.pool` in `spec.grouping` groups),
+    converting on first use; calibrated methods use `calibration` (default: the bundled samples)."""
+    out = converted_path(source, spec, dtype, cache_dir, calibration)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     try:
@@ -231,10 +328,15 @@ def ensure_converted(source: ModelSource, spec: VariantSpec, dtype: str, cache_d
             str(source.path),
             str(out),
             kv_heads=spec.kv_heads,
+            pool=spec.pool,
+            grouping=spec.grouping,
+            calibration=calibration,
             dtype=dtype,
             quantize=spec.quantize_bits is not None,
             q_bits=spec.quantize_bits or 4,
             q_group_size=spec.q_group_size,
+            progress=progress,
+            bar=bar,
         )
     except CheckpointError:
         if not (out / "config.json").exists():  # a concurrent conversion may have finished first

@@ -148,6 +148,40 @@ def test_results_schema_json_and_csv(run_cli):
     assert {r["tokens_identical"] for r in qrows if r["backend"] == "mlx"} == {"3"}
 
 
+# The columns of speed.csv and quality.csv before conversion methods were compared: they keep their order.
+SPEED_COLUMNS_BEFORE = """variant backend kv_heads num_heads quantize_bits decode_path device batch_size input_len
+output_len repeats encoder_s encoder_s_min encoder_s_max decode_step_s decode_step_s_min decode_step_s_max
+time_per_sample_s time_per_sample_s_min time_per_sample_s_max tokens_per_s tokens_per_s_min tokens_per_s_max
+peak_memory_bytes peak_memory_process_bytes memory_method kv_cache_bytes kv_self_bytes kv_cross_bytes
+kv_cache_bytes_formula weight_bytes traffic_weights_bytes traffic_kv_bytes traffic_bytes_per_step
+predicted_decode_speedup measured_decode_speedup measured_sample_speedup baseline""".split()
+QUALITY_COLUMNS_BEFORE = """variant backend kv_heads num_heads quantize_bits dataset n input_len output_len num_beams
+batch_size rouge1 rouge1_low rouge1_high rouge2 rouge2_low rouge2_high rougeL rougeL_low rougeL_high rougeLsum
+rougeLsum_low rougeLsum_high mean_rouge time_per_sample_s generated_tokens_mean reference_variant
+tokens_identical tokens_total rouge_meaningful sentence_splitter""".split()
+ENV_COLUMNS_BEFORE = """weights dtype git_commit mlx_version torch_version transformers_version mlx_device
+torch_device cpu blas""".split()
+
+
+def test_default_run_keeps_names_paths_and_columns(run_cli):
+    """Without --pool: the names, cache paths and columns of before, the method columns appended."""
+    result, out = run_cli
+    res = json.loads((out / "results.json").read_text())
+    assert [(v["name"], v["pool"], v["grouping"], v["timed"]) for v in res["variants"]] == [
+        (n, "mean", "contiguous", True) for n in ("MHA", "GQA-2", "MQA")
+    ]
+    assert [Path(v["path"]).name for v in res["variants"]] == ["kv4-float32-v1", "kv2-float32-v1", "kv1-float32-v1"]
+    assert [r["variant"] for r in res["speed"][:4]] == ["MHA", "GQA-2", "MQA", "torch MHA"]
+    assert res["speed_note"] is None and "Speed is timed for" not in result.output
+    assert "tokens = torch:" not in result.output
+    with open(out / "speed.csv") as f:
+        assert next(csv.reader(f)) == SPEED_COLUMNS_BEFORE + ENV_COLUMNS_BEFORE + ["pool", "grouping"]
+    with open(out / "quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == QUALITY_COLUMNS_BEFORE + ENV_COLUMNS_BEFORE + ["pool", "grouping"]
+    assert {(r["pool"], r["grouping"]) for r in rows} == {("mean", "contiguous")}
+
+
 def test_schema_check_catches_problems(run_cli):
     _, out = run_cli
     good = json.loads((out / "results.json").read_text())
