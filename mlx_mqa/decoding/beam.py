@@ -63,21 +63,7 @@ def beam_search(
     cur_len = 1
 
     while True:
-        y = mx.array(running[:, :, cur_len - 1].reshape(-1).astype(np.int32))
-        logprobs = state.logits(y).astype(mx.float32)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-        if no_repeat_ngram_size:
-            logprobs = no_repeat_ngram_processor(no_repeat_ngram_size)(
-                mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len)), logprobs
-            )
-        V = logprobs.shape[-1]
-        acc = (logprobs.reshape(B, nb, V) + mx.array(running_scores)[:, :, None]).reshape(B, nb * V)
-        part = mx.argpartition(-acc, K - 1, axis=-1)[:, :K]
-        vals = mx.take_along_axis(acc, part, axis=-1)
-        order = mx.argsort(-vals, axis=-1)
-        topk_idx = np.array(mx.take_along_axis(part, order, axis=-1)).astype(np.int64)
-        topk_lp = np.array(mx.take_along_axis(vals, order, axis=-1))
-
+        topk_idx, topk_lp, V = _candidates(state, running, running_scores, cur_len, K, no_repeat_ngram_size)
         src_beam, tok = topk_idx // V, topk_idx % V
         topk_seqs = np.take_along_axis(running, src_beam[:, :, None], axis=1)
         topk_seqs[:, :, cur_len] = tok
@@ -115,6 +101,24 @@ def beam_search(
     if return_scores:
         return out, beam_scores[:, 0].tolist()
     return out
+
+
+def _candidates(state, running, running_scores, cur_len: int, K: int, no_repeat_ngram_size: int):
+    """The K best (beam, token) continuations over all beams of each input: flat indices, scores, vocab size."""
+    B, nb, _ = running.shape
+    y = mx.array(running[:, :, cur_len - 1].reshape(-1).astype(np.int32))
+    logprobs = state.logits(y).astype(mx.float32)
+    logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+    if no_repeat_ngram_size:
+        history = mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len))
+        logprobs = no_repeat_ngram_processor(no_repeat_ngram_size)(history, logprobs)
+    V = logprobs.shape[-1]
+    acc = (logprobs.reshape(B, nb, V) + mx.array(running_scores)[:, :, None]).reshape(B, nb * V)
+    part = mx.argpartition(-acc, K - 1, axis=-1)[:, :K]
+    vals = mx.take_along_axis(acc, part, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    topk_idx = np.array(mx.take_along_axis(part, order, axis=-1)).astype(np.int64)
+    return topk_idx, np.array(mx.take_along_axis(vals, order, axis=-1)), V
 
 
 def _topk_indices(x: np.ndarray, k: int) -> np.ndarray:
