@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .cli import CONTEXT, fail
+from .cli import CONTEXT, calibration_options, fail, lengths_pair
 from .conversion import GROUPINGS, GROUPS_IN, METHODS, Calibration, convert
 from .errors import MlxMqaError
 from .models.dtypes import DTYPES, default_dtype
@@ -23,15 +23,6 @@ def _bar(total, desc):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, file=sys.stderr, unit="sample", leave=False, dynamic_ncols=True)
-
-
-def _lengths(text: str):
-    try:
-        a, b = (int(x) for x in text.lower().split("x"))
-        assert a > 1 and b > 1
-        return a, b
-    except (ValueError, AssertionError):
-        raise click.BadParameter(f"{text!r} is not INPUTxTARGET, e.g. 512x128", param_hint="--calibration-lengths")
 
 
 @click.command(context_settings=CONTEXT)
@@ -58,20 +49,7 @@ def _lengths(text: str):
     help="Which query heads share a K/V head: contiguous groups (the paper), or the groups of most similar "
     "heads by the merge's calibration error (a per-layer head permutation, recorded in config.json).",
 )
-@click.option(
-    "--calibration",
-    default="bundled",
-    show_default=True,
-    help="Calibration data for fit/svd/svd-q and --grouping similar: FILE.jsonl (document+summary, or text), "
-    "a directory of *.jsonl/*.txt, hf:NAME[:CONFIG][@SPLIT], or bundled (24 real documents, offline).",
-)
-@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Most calibration samples.")
-@click.option(
-    "--calibration-lengths",
-    default="512x128",
-    show_default=True,
-    help="INPUTxTARGET tokens per calibration sample (encoder input x teacher-forced decoder input).",
-)
+@calibration_options
 @click.option(
     "--calibration-prefix",
     default="summarize: ",
@@ -144,7 +122,9 @@ def main(
           --grouping similar --calibration articles.jsonl --calibration-samples 256
     """
     try:
-        cal = Calibration(calibration, calibration_samples, *_lengths(calibration_lengths), prefix=calibration_prefix)
+        cal = Calibration(
+            calibration, calibration_samples, *lengths_pair(calibration_lengths), prefix=calibration_prefix
+        )
         out = convert(
             hf_path,
             mlx_path,

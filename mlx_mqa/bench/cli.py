@@ -10,9 +10,9 @@ from typing import Optional
 
 import click
 
-from ..cli import CONTEXT, fail
+from ..cli import CONTEXT, calibration_options, fail, lengths_pair
 from ..conversion import GROUPINGS
-from ..errors import ConfigError, MlxMqaError
+from ..errors import MlxMqaError
 from . import report
 from .config import BenchConfig
 from .runner import run
@@ -80,20 +80,7 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
     help="Which query heads share a K/V head, for every --pool: contiguous groups (the paper), or the groups "
     "of most similar heads by calibration error (named e.g. MQA svd-q similar; not with random).",
 )
-@click.option(
-    "--calibration",
-    default="bundled",
-    show_default=True,
-    help="Calibration data of fit/svd/svd-q and --grouping similar: FILE.jsonl, a directory of *.jsonl/*.txt, "
-    "hf:NAME[:CONFIG][@SPLIT], or bundled (24 real documents, offline); documents get --prefix.",
-)
-@click.option("--calibration-samples", type=int, default=128, show_default=True, help="Most calibration samples.")
-@click.option(
-    "--calibration-lengths",
-    default="512x128",
-    show_default=True,
-    help="INPUTxTARGET tokens per calibration sample.",
-)
+@calibration_options
 @click.option(
     "--quantize",
     default="",
@@ -304,7 +291,7 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         grouping=o["grouping"],
         calibration=o["calibration"],
         calibration_samples=o["calibration_samples"],
-        calibration_lengths=calibration_lengths(o["calibration_lengths"]),
+        calibration_lengths=lengths_pair(o["calibration_lengths"]),
         dtype=o["dtype"],
         torch=o["use_torch"],
         torch_device=o["torch_device"],
@@ -331,17 +318,6 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         progress=o["progress"],
         command=command_line(ctx),
     )
-
-
-def calibration_lengths(text: str) -> tuple:
-    """'512x128' -> (512, 128): one INPUTxTARGET pair."""
-    try:
-        pairs = parse_lengths(text)
-    except ValueError as e:
-        raise ConfigError(f"--calibration-lengths: {e}") from None
-    if len(pairs) != 1:
-        raise ConfigError(f"--calibration-lengths takes one INPUTxTARGET pair, got {text!r}")
-    return pairs[0]
 
 
 def interrupted(cfg: Optional[BenchConfig]):
