@@ -37,8 +37,7 @@ from gqa_uptrain import (
     run_pretrain,
     save_results,
     span_trainer,
-    uptrain_lr,
-    uptrain_steps,
+    uptrain_config,
 )
 from mlx.utils import tree_flatten
 
@@ -49,7 +48,6 @@ from mlx_mqa.conversion.calibrated import calibrated_weights
 from mlx_mqa.conversion.statistics import collect
 from mlx_mqa.train.data import IGNORE, SpanCorruptionData
 from mlx_mqa.train.objectives import loss_terms
-from mlx_mqa.train.trainer import TrainConfig
 
 GROUPS = (1, 2, 4)
 METHODS = ("mean", "fit", "svd", "svd-q")
@@ -111,19 +109,8 @@ def uptrain(res, run, tok, train, held, name, P, seed):
     store = res.setdefault("runs", {}).setdefault(str(seed), {})
     if store.get(name, {}).get("done"):
         return
-    steps, every = uptrain_steps(P)
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=BATCH,
-        optimizer="adafactor",
-        lr=uptrain_lr(P),
-        schedule="constant",
-        warmup_steps=5,
-        eval_every=every,
-        save_every=every,
-        keep_checkpoints=1,
-        seed=seed,
-    )
+    cfg = uptrain_config(P, seed)
+    every = cfg.eval_every
     t0 = time.time()
     tr = span_trainer(
         load_model(conv["path"]),

@@ -172,6 +172,23 @@ def uptrain_steps(P):
     return max(int(round(0.1 * P)), 1), max(int(round(0.025 * P)), 1)
 
 
+def uptrain_config(P, seed):
+    """Uptraining continues at the pretraining schedule's last lr (constant, fresh Adafactor, 5 warm-up steps)."""
+    steps, every = uptrain_steps(P)
+    return TrainConfig(
+        steps=steps,
+        batch_size=BATCH,
+        optimizer="adafactor",
+        lr=uptrain_lr(P),
+        schedule="constant",
+        warmup_steps=5,
+        eval_every=every,
+        save_every=every,
+        keep_checkpoints=1,
+        seed=seed,
+    )
+
+
 def run_pretrain(run, res, tok, train, held, steps):
     model = init_model(ModelArgs.from_dict(MODEL), seed=0)
     tr = span_trainer(model, pretrain_config(steps), run / "pretrain", tok, train, held, "pretrain")
@@ -209,19 +226,8 @@ def run_uptrain(run, res, tok, train, held, name, source, P, G, pool, seed=1):
     if G is not None and not conv_dir.exists():
         convert(str(source), str(conv_dir), kv_heads=G, pool=pool, dtype="float32", seed=0)
     model = load_model(conv_dir if G is not None else source)
-    steps, every = uptrain_steps(P)
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=BATCH,
-        optimizer="adafactor",
-        lr=uptrain_lr(P),
-        schedule="constant",
-        warmup_steps=5,
-        eval_every=every,
-        save_every=every,
-        keep_checkpoints=1,
-        seed=seed,
-    )
+    cfg = uptrain_config(P, seed)
+    steps, every = cfg.steps, cfg.eval_every
     run_name = name if seed == 1 else f"{name}-seed{seed}"
     tr = span_trainer(model, cfg, run / "uptrain" / run_name, tok, train, held, name, data_seed=seed, every=every)
     if tr.resume():

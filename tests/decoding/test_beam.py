@@ -21,18 +21,23 @@ SETTINGS = [
 CASES = [(kw, True) for kw in SETTINGS] + [(SETTINGS[0], False)]
 
 
-@pytest.mark.parametrize("kw,compiled", CASES, ids=lambda k: str(k))
-def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenizer):
-    ids, mask = batch(tokenizer)
+def reference(hf, ids, mask, max_new_tokens, **kw):
+    """transformers' generate, without the start token, each row cut after its EOS."""
     with torch.no_grad():
-        ref = hf_model(eos_checkpoint).generate(
+        out = hf.generate(
             input_ids=torch.tensor(ids, dtype=torch.long),
             attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=30,
+            max_new_tokens=max_new_tokens,
             do_sample=False,
             **kw,
         )
-    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
+    return cut_after_eos(out[:, 1:].tolist(), 1)
+
+
+@pytest.mark.parametrize("kw,compiled", CASES, ids=lambda k: str(k))
+def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenizer):
+    ids, mask = batch(tokenizer)
+    ref = reference(hf_model(eos_checkpoint), ids, mask, 30, **kw)
     ref = [r if 1 in r else r[:30] for r in ref]
     model = load_model(eos_checkpoint, dtype="float32")
     ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=30, compiled=compiled, **kw)
@@ -43,14 +48,7 @@ def test_beam_search_matches_transformers(kw, compiled, eos_checkpoint, tokenize
 
 def test_greedy_rows_stop_at_their_own_eos_like_transformers(eos_checkpoint, tokenizer):
     ids, mask = batch(tokenizer)
-    with torch.no_grad():
-        ref = hf_model(eos_checkpoint).generate(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=40,
-            do_sample=False,
-        )
-    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
+    ref = reference(hf_model(eos_checkpoint), ids, mask, 40)
     ours = generate_tokens(load_model(eos_checkpoint, dtype="float32"), mx.array(ids), mx.array(mask), 40)
     assert ours == ref
     assert len({len(r) for r in ours}) == 3
@@ -109,15 +107,7 @@ def test_beam_search_on_gqa_and_mqa_matches_the_grouped_reference(kv_heads, eos_
     ref_model = hf_model(eos_checkpoint)
     group_mean_kv_(ref_model, kv_heads)
     kw = SETTINGS[0]
-    with torch.no_grad():
-        ref = ref_model.generate(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            max_new_tokens=20,
-            do_sample=False,
-            **kw,
-        )
-    ref = cut_after_eos(ref[:, 1:].tolist(), 1)
+    ref = reference(ref_model, ids, mask, 20, **kw)
     model = load_model(convert(str(eos_checkpoint), tmp_path / "g", kv_heads=kv_heads, dtype="float32"))
     assert model.args.num_key_value_heads == kv_heads
     ours = beam_search(model, mx.array(ids), mx.array(mask), max_new_tokens=20, **kw)
