@@ -205,6 +205,16 @@ def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Sta
     )
 
 
+def _cast(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, mx.array]:
+    """Float32 numpy -> MLX arrays of the target dtype, one tensor at a time: each numpy array is released
+    as soon as its cast is evaluated, so the peak holds the checkpoint about once, not twice."""
+    out = {}
+    for name in list(weights):
+        out[name] = mx.array(weights.pop(name)).astype(weight_dtype(name, dtype))
+        mx.eval(out[name])
+    return out
+
+
 def convert(
     hf_path: str,
     mlx_path: str,
@@ -246,7 +256,7 @@ def convert(
     info = calibration_record(stats, cal.source, cal.samples, cal.max_input, cal.max_target) if stats else None
     config = grouped_config(config, kv_heads, pool, groups_in, grouping, dtype, seed, hf_path, record, info)
     weights = Model(args).sanitize(weights)
-    mlx_weights = {name: mx.array(w).astype(weight_dtype(name, dtype)) for name, w in weights.items()}
+    mlx_weights = _cast(weights, dtype)
     if quantize:
         config["quantization"] = {"bits": q_bits, "group_size": q_group_size}
     with atomic_directory(mlx_path, overwrite=overwrite) as tmp:
