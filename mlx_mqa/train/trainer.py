@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -38,6 +38,7 @@ from .checkpoints import (
     save_checkpoint,
     truncate_log,
 )
+from .distill import training_loss
 from .objectives import loss_terms
 
 TRAIN_DTYPES = ("float32", "bfloat16")
@@ -58,6 +59,8 @@ RESUME_INVARIANT = (
     "seed",
     "beta1",
     "clip_grad_norm",
+    "kd_weight",
+    "kd_temperature",
 )
 
 
@@ -81,6 +84,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     log_every: int = 1
+    kd_weight: float = 0.0  # distillation from `Trainer(teacher=...)`: weight of the KL term
+    kd_temperature: float = 1.0
 
     def validate(self):
         if self.optimizer not in ("adafactor", "adamw"):
@@ -90,6 +95,10 @@ class TrainConfig:
         check_dtype(self.dtype, allowed=TRAIN_DTYPES)
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("steps must be >= 0, batch size and gradient accumulation >= 1")
+        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
+            raise ConfigError(
+                f"--kd-weight must be in [0, 1] and --kd-temperature > 0, not {self.kd_weight} / {self.kd_temperature}"
+            )
         if self.total_steps_for_schedule is not None and self.total_steps_for_schedule < 1:
             raise ConfigError(f"the schedule's horizon must be >= 1 step, not {self.total_steps_for_schedule}")
 
@@ -173,6 +182,7 @@ class Trainer:
         eval_batches: Optional[List[Dict[str, np.ndarray]]] = None,
         callback: Optional[Callable[[dict], None]] = None,
         extra_state: Optional[dict] = None,
+        teacher: Optional[Model] = None,
     ):
         check_trainable(model)
         cfg.validate()
@@ -192,7 +202,7 @@ class Trainer:
             cast_model(model, cfg.dtype)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.init(model.trainable_parameters())
-        self._grad_fn = nn.value_and_grad(model, loss_terms)
+        self._grad_fn = nn.value_and_grad(model, training_loss(model, teacher, cfg.kd_weight, cfg.kd_temperature))
         mx.eval(model.parameters(), self.optimizer.state)
 
     # ----------------------------------------------------------------- training -----
@@ -362,10 +372,12 @@ class Trainer:
                 f"checkpoint {path} is for a different model (checkpoint vs this run: {diff}); "
                 f"use another --run-dir or the matching model"
             )
+        # A setting newer than the checkpoint's code was at its default then.
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
         bad = {
-            k: (saved_train.get(k), mine["train"][k])
+            k: (saved_train.get(k, defaults[k]), mine["train"][k])
             for k in RESUME_INVARIANT
-            if saved_train.get(k) != mine["train"][k]
+            if saved_train.get(k, defaults[k]) != mine["train"][k]
         }
         bad.update({f"data.{k}": (saved_data.get(k), v) for k, v in mine["data"].items() if saved_data.get(k) != v})
         if bad:

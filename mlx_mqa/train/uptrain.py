@@ -189,6 +189,20 @@ def progress(bar):
     show_default=True,
     help="weights and compute (float32 is much faster on the Linux CPU backend)",
 )
+@click.option(
+    "--teacher",
+    default=None,
+    help="distil from this model (usually the multi-head source of the conversion: directory or hub id); "
+    "its vocabulary and tokenizer must be the student's",
+)
+@click.option("--kd-weight", type=float, default=None, help="weight w of the KL term [with --teacher: 0.5]")
+@click.option("--kd-temperature", type=float, default=1.0, show_default=True, help="softmax temperature T")
+@click.option(
+    "--teacher-dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default=None,
+    help="the teacher's weights (bfloat16 halves its memory) [--dtype]",
+)
 @click.option("--seed", default=0, show_default=True, help="data order and span-corruption noise")
 @click.option("--eval-every", default=0, show_default=True, help="steps between held-out evaluations (0: end only)")
 @click.option("--save-every", default=100, show_default=True, help="steps between checkpoints (0: end only)")
@@ -207,6 +221,17 @@ def main(**options):
         run(options)
     except MlxMqaError as e:
         fail(e)
+
+
+def load_teacher(o: dict, student, tokenizer):
+    """The teacher, checked against the student before any data is read or any step runs."""
+    from ..checkpoint.load import load
+    from .distill import check_teacher
+
+    click.echo(f"loading teacher {o['teacher']}")
+    teacher, teacher_tokenizer = load(o["teacher"], dtype=o["teacher_dtype"] or o["dtype"])
+    check_teacher(teacher, student, teacher_tokenizer, tokenizer)
+    return teacher
 
 
 def run(o: dict) -> None:
@@ -233,6 +258,8 @@ def run(o: dict) -> None:
         eval_every=o["eval_every"],
         save_every=o["save_every"],
         keep_checkpoints=o["keep"],
+        kd_weight=o["kd_weight"] if o["kd_weight"] is not None else (0.5 if o["teacher"] else 0.0),
+        kd_temperature=o["kd_temperature"],
     )
     cfg.validate()
     run_dir = Path(o["run_dir"])
@@ -241,6 +268,7 @@ def run(o: dict) -> None:
     click.echo(f"loading {o['model_path']}")
     model, tokenizer = load(o["model_path"], dtype=o["dtype"])
     check_trainable(model)
+    teacher = load_teacher(o, model, tokenizer) if o["teacher"] else None
     build = span_data if o["objective"] == "span" else supervised_data
     data, eval_batches, desc = build(tokenizer, o["sources"], o["eval_sources"], o)
     click.echo(f"data: {desc}")
@@ -253,7 +281,8 @@ def run(o: dict) -> None:
         run_dir,
         tokenizer=tokenizer,
         eval_batches=eval_batches,
-        extra_state={"source_model": str(o["model_path"]), "objective": o["objective"]},
+        extra_state={"source_model": str(o["model_path"]), "objective": o["objective"], "teacher": o["teacher"]},
+        teacher=teacher,
     )
     if o["resume"]:
         restored = trainer.resume()

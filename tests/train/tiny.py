@@ -30,9 +30,13 @@ def windows(n=24, raw=30, seed=0):
     return make_windows(np.random.default_rng(seed).integers(3, 3900, n * raw).astype(np.int32), raw)
 
 
-def span_trainer(tokenizer, run_dir, model=None, kv_heads=2, batch_size=4, steps=4, keep_tokenizer=False, **config):
+def span_trainer(
+    tokenizer, run_dir, model=None, kv_heads=2, batch_size=4, steps=4, keep_tokenizer=False, teacher=None, **config
+):
     """A Trainer of `model` (default: a tiny one with `kv_heads` K/V heads) on span corruption of `windows()`,
-    data seed 7; `config` goes to TrainConfig, and `keep_tokenizer` saves the tokenizer into checkpoints."""
+    data seed 7; `config` goes to TrainConfig, `keep_tokenizer` saves the tokenizer into checkpoints, `teacher`
+    distils (with `kd_weight` in `config`)."""
     data = SpanCorruptionData(windows(), tokenizer, batch_size, seed=7)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, **config)
-    return Trainer(model or tiny_model(kv_heads), data, cfg, run_dir, tokenizer=tokenizer if keep_tokenizer else None)
+    tok = tokenizer if keep_tokenizer else None
+    return Trainer(model or tiny_model(kv_heads), data, cfg, run_dir, tokenizer=tok, teacher=teacher)
