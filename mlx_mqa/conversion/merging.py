@@ -76,8 +76,8 @@ def output_heads(o_weight: np.ndarray, num_heads: int) -> np.ndarray:
 def moments(q, k, v, o, s_x, s_y, c_y) -> Moments:
     """q, k, v [H, d, D], o [H, D, d] and the calibration statistics [D, D] -> Moments."""
     H, d, D = q.shape
-    m = np.einsum("hdi,ij,hej->hde", q, s_x, q)
-    om = np.einsum("hid,hie->hde", o, o)
+    m = q @ s_x @ q.transpose(0, 2, 1)  # batched matmuls: a 3-operand einsum would not use BLAS
+    om = o.transpose(0, 2, 1) @ o
     kf, vf = k.reshape(H * d, D), v.reshape(H * d, D)
     gk = (kf @ c_y @ kf.T).reshape(H, d, H, d).transpose(0, 2, 1, 3)
     gv = (vf @ s_y @ vf.T).reshape(H, d, H, d).transpose(0, 2, 1, 3)
@@ -164,9 +164,9 @@ def plan_error(mo: Moments, p: Plan) -> float:
     eye = np.eye(mo.m.shape[-1])
     err_k = err_v = energy_k = energy_v = 0.0
     for a, h in enumerate(hs):
-        ak = np.einsum("ed,jef->jdf", p.pq[a], p.tk)  # head h's effective key: sum_j ak_j W_k^j
+        ak = p.pq[a].T @ p.tk  # head h's effective key: sum_j ak_j W_k^j
         ak[a] -= eye
-        av = np.einsum("de,jef->jdf", p.po[a], p.tv)
+        av = p.po[a] @ p.tv
         av[a] -= eye
         row_k = ak.transpose(1, 0, 2).reshape(len(eye), -1)  # [d, r d]
         row_v = av.transpose(1, 0, 2).reshape(len(eye), -1)
@@ -180,8 +180,8 @@ def plan_error(mo: Moments, p: Plan) -> float:
 def apply_plan(p: Plan, q, k, v, o):
     """New projections of one group: shared k, v [d, D]; its heads' q [r, d, D] and o [r, D, d]."""
     hs = list(p.heads)
-    new_k = np.einsum("jde,jeD->dD", p.tk, k[hs])
-    new_v = np.einsum("jde,jeD->dD", p.tv, v[hs])
-    new_q = np.einsum("hde,heD->hdD", p.pq, q[hs])
-    new_o = np.einsum("hDe,hed->hDd", o[hs], p.po)
+    new_k = (p.tk @ k[hs]).sum(axis=0)
+    new_v = (p.tv @ v[hs]).sum(axis=0)
+    new_q = p.pq @ q[hs]
+    new_o = o[hs] @ p.po
     return new_k, new_v, new_q, new_o
