@@ -52,8 +52,9 @@ def analyse(res):
                 "seeds": seeds,
                 "steps_to_mean_a005": steps_to(cur, target) if target is not None and seeds else None,
                 "mean_steps_to_mean_a005": steps_to(mean, target) if target is not None else None,
-                "cal_error": float(np.mean([e["error"] for e in errs])),
-                "heldout_error": float(np.mean([e["eval_error"] for e in errs])),
+                # per module and group: the record sums the relative error over a module's G groups
+                "cal_error": float(np.mean([e["error"] for e in errs])) / G,
+                "heldout_error": float(np.mean([e["eval_error"] for e in errs])) / G,
             }
         )
     return rows
@@ -84,13 +85,25 @@ def table(rows, alphas=(0.0, 0.025, 0.05, 0.075, 0.1)):
     return "\n".join(lines)
 
 
+def _ranks(x):
+    return np.argsort(np.argsort(x)).astype(float)
+
+
 def proxy_table(rows):
+    """Relative merge error per module and group (logit + output), on the calibration statistics and on the
+    held-out windows' statistics, beside the held-out loss; Spearman rank correlation of error and loss per G."""
     lines = [
-        "| conversion | calibration error (train) | same merge, held-out statistics | held-out loss a=0 |",
+        "| conversion | merge error, calibration (train) | same merge, held-out statistics | held-out loss a=0 |",
         "|---|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["G"], r["alpha0"])):
         lines.append(f"| {r['conversion']} | {r['cal_error']:.3f} | {r['heldout_error']:.3f} | {r['alpha0']:.3f} |")
+    for G in sorted({r["G"] for r in rows}):
+        sub = [r for r in rows if r["G"] == G]
+        rho = np.corrcoef(_ranks([r["heldout_error"] for r in sub]), _ranks([r["alpha0"] for r in sub]))[0, 1]
+        lines.append(
+            f"\n{GNAME[G]}: Spearman correlation of held-out merge error and loss ({len(sub)} conversions): {rho:.2f}"
+        )
     return "\n".join(lines)
 
 
