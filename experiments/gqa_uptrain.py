@@ -33,10 +33,11 @@ from mlx_mqa.checkpoint.files import atomic_write_json
 from mlx_mqa.jsonl import read_jsonl
 from mlx_mqa.models.config import ModelArgs
 from mlx_mqa.train.checkpoints import export_model, list_checkpoints
+from mlx_mqa.train.config import TrainConfig
 from mlx_mqa.train.data import SpanCorruptionData, make_windows, split_held_out, tokenize_stream
 from mlx_mqa.train.init import init_model
 from mlx_mqa.train.objectives import span_lengths
-from mlx_mqa.train.trainer import TrainConfig, Trainer
+from mlx_mqa.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"

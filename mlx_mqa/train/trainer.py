@@ -9,9 +9,8 @@ settings or another learning-rate schedule is refused.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -38,118 +37,9 @@ from .checkpoints import (
     save_checkpoint,
     truncate_log,
 )
+from .config import RESUME_INVARIANT, TRAIN_DTYPES, TrainConfig, make_optimizer, schedule_horizon
 from .distill import training_loss
 from .objectives import loss_terms
-
-TRAIN_DTYPES = ("float32", "bfloat16")
-SCHEDULES = ("constant", "cosine", "rsqrt", "linear")
-DECAYING = ("cosine", "linear")  # the schedules with a horizon
-# Settings that must not change when a run is resumed (others, e.g. eval_every, may). The schedule's
-# horizon is compared separately (schedule_horizon): `steps` may change as long as the horizon does not.
-RESUME_INVARIANT = (
-    "optimizer",
-    "lr",
-    "schedule",
-    "warmup_steps",
-    "min_lr_ratio",
-    "weight_decay",
-    "batch_size",
-    "grad_accum",
-    "dtype",
-    "seed",
-    "beta1",
-    "clip_grad_norm",
-    "kd_weight",
-    "kd_temperature",
-)
-
-
-@dataclass
-class TrainConfig:
-    steps: int
-    batch_size: int = 8
-    grad_accum: int = 1
-    optimizer: str = "adafactor"  # adafactor | adamw
-    lr: float = 1e-3
-    schedule: str = "constant"  # constant | cosine | rsqrt | linear (after warm-up)
-    warmup_steps: int = 0
-    total_steps_for_schedule: Optional[int] = None  # cosine/linear horizon (default: steps)
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    beta1: Optional[float] = None  # Adafactor first moment (None: T5's setting, none)
-    clip_grad_norm: Optional[float] = None
-    dtype: str = "float32"
-    seed: int = 0
-    eval_every: int = 0  # 0: only at the end
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    kd_weight: float = 0.0  # distillation from `Trainer(teacher=...)`: weight of the KL term
-    kd_temperature: float = 1.0
-
-    def validate(self):
-        if self.optimizer not in ("adafactor", "adamw"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adafactor or adamw")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
-        check_dtype(self.dtype, allowed=TRAIN_DTYPES)
-        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("steps must be >= 0, batch size and gradient accumulation >= 1")
-        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
-            raise ConfigError(
-                f"--kd-weight must be in [0, 1] and --kd-temperature > 0, not {self.kd_weight} / {self.kd_temperature}"
-            )
-        if self.total_steps_for_schedule is not None and self.total_steps_for_schedule < 1:
-            raise ConfigError(f"the schedule's horizon must be >= 1 step, not {self.total_steps_for_schedule}")
-
-
-def schedule_horizon(train: dict) -> Optional[int]:
-    """Steps over which a cosine/linear schedule decays (None for schedules without a horizon), from a
-    TrainConfig as a dict (as checkpoints store it)."""
-    if train.get("schedule") not in DECAYING:
-        return None
-    return train.get("total_steps_for_schedule") or train.get("steps")
-
-
-def make_schedule(cfg: TrainConfig) -> Callable[[mx.array], mx.array]:
-    """Linear warm-up from 0, then constant / cosine (to min_lr_ratio*lr) / rsqrt / linear decay.
-
-    rsqrt is T5's: lr * sqrt(max(warmup, 1) / max(step, warmup)).
-    """
-    lr, warm = cfg.lr, max(cfg.warmup_steps, 0)
-    horizon = max((cfg.total_steps_for_schedule or cfg.steps) - warm, 1)
-    floor = cfg.min_lr_ratio
-
-    def schedule(step):
-        # `step` counts updates already made; the update being made is step + 1.
-        s = step.astype(mx.float32) + 1.0 if isinstance(step, mx.array) else mx.array(step + 1.0)
-        ramp = mx.minimum(s / warm, 1.0) if warm > 0 else mx.array(1.0)
-        t = mx.clip((s - warm) / horizon, 0.0, 1.0)
-        if cfg.schedule == "constant":
-            decay = mx.array(1.0)
-        elif cfg.schedule == "cosine":
-            decay = floor + (1 - floor) * 0.5 * (1 + mx.cos(math.pi * t))
-        elif cfg.schedule == "linear":
-            decay = floor + (1 - floor) * (1 - t)
-        else:
-            decay = mx.rsqrt(mx.maximum(s, max(warm, 1)) / max(warm, 1))
-        return lr * ramp * decay
-
-    return schedule
-
-
-def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
-    sched = make_schedule(cfg)
-    if cfg.optimizer == "adafactor":
-        # T5: no relative step (we give the schedule), parameter-scaled updates, clip threshold 1.
-        return optim.Adafactor(
-            learning_rate=sched,
-            relative_step=False,
-            scale_parameter=True,
-            beta_1=cfg.beta1,
-            weight_decay=cfg.weight_decay,
-        )
-    return optim.AdamW(learning_rate=sched, betas=[cfg.beta1 or 0.9, 0.999], weight_decay=cfg.weight_decay)
 
 
 def check_trainable(model: Model) -> None:
@@ -192,6 +82,9 @@ class Trainer:
         self.eval_batches = eval_batches or []
         self.callback = callback or (lambda e: None)
         self.extra_state = extra_state or {}
+        # Data parallel under `mlx.launch` (one process: a group of size 1). Only rank 0 writes.
+        self.group = mx.distributed.init()
+        self.world, self.rank = self.group.size(), self.group.rank()
         self.step = 0
         self.losses: List[float] = []
         self.evals: List[dict] = []
@@ -216,24 +109,43 @@ class Trainer:
         return self._stop
 
     def train_step(self):
-        """One optimizer update over grad_accum micro-batches; (mean target-token loss, tokens processed)."""
-        grads_total, loss_total, n_targets, tokens = None, 0.0, 0, 0
-        for _ in range(self.cfg.grad_accum):
-            batch = _to_mx(self.data.next_batch())
+        """One optimizer update over grad_accum micro-batches per process; (mean target-token loss, tokens).
+
+        With W processes every rank draws the same W * grad_accum micro-batches from its copy of the data
+        stream and computes every W-th one (disjoint, deterministic, resumable); gradients and counts are
+        summed across ranks, so the update equals one process with W * grad_accum micro-batches."""
+        grads_total, loss_total, n_targets, tokens = None, mx.array(0.0), mx.array(0), mx.array(0)
+        for i in range(self.cfg.grad_accum * self.world):
+            raw = self.data.next_batch()
+            if i % self.world != self.rank:
+                continue
+            batch = _to_mx(raw)
             (loss_sum, n_tok), grads = self._grad_fn(self.model, batch)
             grads_total = grads if grads_total is None else tree_map(mx.add, grads_total, grads)
-            mx.eval(grads_total, loss_sum, n_tok)
-            loss_total += loss_sum.item()
-            n_targets += int(n_tok.item())
-            tokens += int(n_tok.item()) + int(batch["attention_mask"].sum().item())
+            loss_total, n_targets = loss_total + loss_sum, n_targets + n_tok
+            tokens = tokens + n_tok + batch["attention_mask"].sum()
+            mx.eval(grads_total, loss_total, n_targets, tokens)
+        if self.world > 1:
+            grads_total = tree_map(lambda g: mx.distributed.all_sum(g, group=self.group), grads_total)
+            counts = mx.distributed.all_sum(
+                mx.stack([loss_total, n_targets, tokens]).astype(mx.float32), group=self.group
+            )
+            loss_total, n_targets, tokens = counts[0], counts[1], counts[2]
+        n = max(int(n_targets.item()), 1)
         # Gradients of summed losses divided by the target-token count: the mean over all real
         # target tokens of all micro-batches, exactly as one large batch would give.
-        grads = tree_map(lambda g: g / max(n_targets, 1), grads_total)
+        grads = tree_map(lambda g: g / n, grads_total)
         if self.cfg.clip_grad_norm:
             grads, _ = optim.clip_grad_norm(grads, self.cfg.clip_grad_norm)
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.parameters(), self.optimizer.state)
-        return loss_total / max(n_targets, 1), tokens
+        return loss_total.item() / n, int(tokens.item())
+
+    def stop_agreed(self) -> bool:
+        """A stop request (Ctrl-C) seen by any rank stops all of them at the same step."""
+        if self.world == 1:
+            return self._stop
+        return mx.distributed.all_sum(mx.array(int(self._stop)), group=self.group).item() > 0
 
     def evaluate(self) -> Optional[float]:
         if not self.eval_batches:
@@ -256,7 +168,7 @@ class Trainer:
         if self.step == 0 and not self.evals and self.eval_batches:
             self._record_eval()
         t_start = time.perf_counter()
-        while self.step < cfg.steps and not self._stop:
+        while self.step < cfg.steps and not self.stop_agreed():
             t0 = time.perf_counter()
             loss, tokens = self.train_step()
             dt = time.perf_counter() - t0
@@ -302,6 +214,8 @@ class Trainer:
         self.callback(rec)
 
     def _log(self, rec: dict):
+        if self.rank:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / LOG_FILE, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -309,9 +223,22 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints -----
 
     def settings(self) -> dict:
-        return {"train": asdict(self.cfg), "data": self.data.describe(), "model": model_signature(self.model.args)}
+        return {
+            "train": asdict(self.cfg),
+            "data": self.data.describe(),
+            "model": model_signature(self.model.args),
+            "world_size": self.world,
+        }
 
     def save(self) -> Path:
+        target = checkpoint_dir(self.run_dir, self.step)
+        if self.rank == 0:
+            self._write_checkpoint(target)
+        if self.world > 1:  # every rank goes on only once the checkpoint is complete
+            mx.eval(mx.distributed.all_sum(mx.array(1), group=self.group))
+        return target
+
+    def _write_checkpoint(self, target: Path) -> None:
         state = {
             "step": self.step,
             "data_state": self.data.state(),
@@ -322,8 +249,8 @@ class Trainer:
             "settings": self.settings(),
             "extra": self.extra_state,
         }
-        target = save_checkpoint(
-            checkpoint_dir(self.run_dir, self.step),
+        save_checkpoint(
+            target,
             self.model,
             dict(tree_flatten(self.optimizer.state)),
             state,
@@ -332,7 +259,6 @@ class Trainer:
         )
         prune(self.run_dir, self.cfg.keep_checkpoints)
         self.callback({"event": "checkpoint", "step": self.step, "path": str(target)})
-        return target
 
     def resume(self, path=None) -> Optional[Path]:
         """Restore the newest checkpoint of the run dir (or `path`); None if there is none.
@@ -365,6 +291,11 @@ class Trainer:
 
     def _check_settings(self, path: Path, saved: dict) -> None:
         mine = self.settings()
+        if saved.get("world_size", 1) != self.world:
+            raise CheckpointError(
+                f"checkpoint {path} was made by {saved.get('world_size', 1)} process(es), this run has {self.world}: "
+                f"resume with the same number (mlx.launch -n {saved.get('world_size', 1)}), or use another --run-dir"
+            )
         saved_model, saved_train, saved_data = saved.get("model", {}), saved.get("train", {}), saved.get("data", {})
         if saved_model != mine["model"]:
             diff = {k: (saved_model.get(k), v) for k, v in mine["model"].items() if saved_model.get(k) != v}

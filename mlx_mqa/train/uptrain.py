@@ -228,17 +228,27 @@ def load_teacher(o: dict, student, tokenizer):
     from ..checkpoint.load import load
     from .distill import check_teacher
 
-    click.echo(f"loading teacher {o['teacher']}")
+    say(f"loading teacher {o['teacher']}")
     teacher, teacher_tokenizer = load(o["teacher"], dtype=o["teacher_dtype"] or o["dtype"])
     check_teacher(teacher, student, teacher_tokenizer, tokenizer)
     return teacher
 
 
+def say(*args, **kwargs):
+    """Rank 0 speaks (and writes); the other processes of an `mlx.launch` run are silent."""
+    import mlx.core as mx
+
+    if mx.distributed.init().rank() == 0:
+        click.echo(*args, **kwargs)
+
+
 def run(o: dict) -> None:
+    import mlx.core as mx
     from tqdm import tqdm
 
     from ..checkpoint.load import load
-    from .trainer import TrainConfig, Trainer, check_trainable
+    from .config import TrainConfig
+    from .trainer import Trainer, check_trainable
 
     total = steps_from(o["steps"], o["alpha"], o["pretrain_steps"])
     cfg = TrainConfig(
@@ -265,14 +275,14 @@ def run(o: dict) -> None:
     run_dir = Path(o["run_dir"])
     check_run_dir(run_dir, o["resume"], o["overwrite"])
 
-    click.echo(f"loading {o['model_path']}")
+    say(f"loading {o['model_path']}")
     model, tokenizer = load(o["model_path"], dtype=o["dtype"])
     check_trainable(model)
     teacher = load_teacher(o, model, tokenizer) if o["teacher"] else None
     build = span_data if o["objective"] == "span" else supervised_data
     data, eval_batches, desc = build(tokenizer, o["sources"], o["eval_sources"], o)
-    click.echo(f"data: {desc}")
-    if o["overwrite"]:
+    say(f"data: {desc}")
+    if o["overwrite"] and mx.distributed.init().rank() == 0:
         clear_run_dir(run_dir)
     trainer = Trainer(
         model,
@@ -288,15 +298,16 @@ def run(o: dict) -> None:
         restored = trainer.resume()
         if restored and trainer.step > total:
             raise ConfigError(f"{restored} is at step {trainer.step}, past --steps {total}")
-        click.echo(
+        say(
             f"resumed from {restored} (step {trainer.step})"
             if restored
             else f"no checkpoint in {run_dir}; starting at step 0"
         )
-    with tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True, disable=trainer.rank != 0) as bar:
         trainer.callback = progress(bar)
         summary = train_interruptibly(trainer, bar, run_dir)
-    finish(summary, total, run_dir, o["output"])
+    if trainer.rank == 0:
+        finish(summary, total, run_dir, o["output"])
 
 
 def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
@@ -315,7 +326,7 @@ def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
     except KeyboardInterrupt:
         bar.close()
         last = list_checkpoints(run_dir)
-        click.echo(
+        say(
             f"interrupted; last complete checkpoint: {last[-1] if last else 'none'}. Rerun with --resume to continue.",
             err=True,
         )
@@ -328,16 +339,16 @@ def finish(summary: dict, total: int, run_dir: Path, output) -> None:
     from .checkpoints import export_model, list_checkpoints
 
     ev = summary["eval"]
-    click.echo(
+    say(
         f"step {summary['step']}/{total}: train loss {summary['final_loss']:.4f}"
         + (f", held-out loss {ev['eval_loss']:.4f}" if ev else "")
         + f", {summary['tokens_per_s']:.0f} tokens/s"
     )
     if summary["stopped"]:
-        click.echo(f"stopped early; rerun with --resume to continue from step {summary['step']}")
+        say(f"stopped early; rerun with --resume to continue from step {summary['step']}")
         sys.exit(130)
     final = list_checkpoints(run_dir)[-1]
     if output:
         export_model(final, Path(output), overwrite=True)
-        click.echo(f"model written to {output}")
-    click.echo(f"final checkpoint: {final} (loads with mlx_mqa.load)")
+        say(f"model written to {output}")
+    say(f"final checkpoint: {final} (loads with mlx_mqa.load)")

@@ -10,8 +10,9 @@ from mlx.utils import tree_flatten
 from mlx_mqa.errors import CheckpointError, ConfigError
 from mlx_mqa.models.quantize import quantize_model
 from mlx_mqa.train.checkpoints import list_checkpoints
+from mlx_mqa.train.config import TrainConfig, make_schedule
 from mlx_mqa.train.data import SpanCorruptionData
-from mlx_mqa.train.trainer import TrainConfig, Trainer, make_schedule
+from mlx_mqa.train.trainer import Trainer
 
 from .tiny import span_trainer, tiny_model, windows
 

@@ -3,9 +3,10 @@
 import numpy as np
 
 from mlx_mqa.models.config import ModelArgs
+from mlx_mqa.train.config import TrainConfig
 from mlx_mqa.train.data import SpanCorruptionData, make_windows
 from mlx_mqa.train.init import init_model
-from mlx_mqa.train.trainer import TrainConfig, Trainer
+from mlx_mqa.train.trainer import Trainer
 
 TINY = dict(
     vocab_size=4100,

@@ -1,0 +1,85 @@
+"""Data parallel uptraining on mlx.distributed (ring backend, 2 processes on this machine) equals one process
+with gradient accumulation over the same global batch; rank 0 alone writes; resume continues exactly."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_mqa.errors import CheckpointError
+
+from .tiny import span_trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = """
+import json, sys
+from pathlib import Path
+import mlx_mqa
+from transformers import AutoTokenizer
+from tests.train.tiny import span_trainer
+
+run_dir, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "resume"
+tok = AutoTokenizer.from_pretrained(str(Path(mlx_mqa.__file__).parent / "assets" / "tokenizer"))
+tr = span_trainer(tok, run_dir, batch_size=2, steps=steps, save_every=2, keep_checkpoints=5)
+if resume:
+    tr.resume()
+tr.train()
+(run_dir / f"rank{tr.rank}.json").write_text(json.dumps({"losses": tr.losses, "world": tr.world, "step": tr.step}))
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch is not installed")
+
+
+def launch(tmp_path, run_dir, steps, mode="fresh"):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [
+        "mlx.launch",
+        "--backend",
+        "ring",
+        "-n",
+        "2",
+        "--python",
+        sys.executable,
+        str(script),
+        str(run_dir),
+        str(steps),
+        mode,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [json.loads((run_dir / f"rank{i}.json").read_text()) for i in (0, 1)]
+
+
+def weights(ckpt: Path):
+    return {k: np.array(v) for k, v in mx.load(str(ckpt / "model.safetensors")).items()}
+
+
+def test_two_ranks_equal_one_process_with_accumulation_and_resume_exactly(tmp_path, tokenizer):
+    ranks = launch(tmp_path, tmp_path / "dp", 4)
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["losses"] == ranks[1]["losses"]
+    one = span_trainer(tokenizer, tmp_path / "single", batch_size=2, grad_accum=2, steps=4, save_every=2)
+    one.train()
+    np.testing.assert_allclose(ranks[0]["losses"], one.losses, rtol=2e-5)
+    a, b = weights(tmp_path / "dp" / "ckpt-0000004"), weights(tmp_path / "single" / "ckpt-0000004")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-5 * (np.abs(b[k]).max() + 1e-6), err_msg=k)
+    # Rank 0 alone writes: one log, checkpoints, no partial directories.
+    names = sorted(p.name for p in (tmp_path / "dp").iterdir())
+    assert names == ["ckpt-0000002", "ckpt-0000004", "log.jsonl", "rank0.json", "rank1.json"]
+    # Stopped after 2 steps, resumed to 4: the same losses and weights as the uninterrupted run.
+    launch(tmp_path, tmp_path / "cut", 2)
+    resumed = launch(tmp_path, tmp_path / "cut", 4, "resume")
+    assert resumed[0]["losses"] == ranks[0]["losses"] and resumed[0]["step"] == 4
+    c = weights(tmp_path / "cut" / "ckpt-0000004")
+    assert all(np.array_equal(a[k], c[k]) for k in a)
+    # A checkpoint of 2 processes is not resumed by 1: the global batch would change.
+    with pytest.raises(CheckpointError, match="made by 2 process"):
+        span_trainer(tokenizer, tmp_path / "dp", batch_size=2, steps=6).resume()
