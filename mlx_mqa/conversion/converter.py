@@ -192,7 +192,7 @@ def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Sta
     model = Model(args)
     model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(weights).items()])
     say(f"calibrating on {cal.source} (up to {cal.samples} samples, {cal.max_input} -> {cal.max_target} tokens)")
-    return calibrate(
+    stats = calibrate(
         model,
         load_tokenizer(tok_src),
         cal.source,
@@ -203,6 +203,9 @@ def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Sta
         cal.prefix,
         bar,
     )
+    del model
+    mx.clear_cache()  # the calibration model and its activations are freed before the merged weights are built
+    return stats
 
 
 def _cast(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, mx.array]:
