@@ -121,7 +121,7 @@ def plot(rows, mha, path):
             ax.plot(a, [p[1][0] for p in pts], marker="o", label=r["conversion"][len(f"g{G}-") :])
             ax.fill_between(a, [p[1][1] for p in pts], [p[1][2] for p in pts], alpha=0.15)
         ax.axhline(mha, color="k", ls=":", label="MHA (before uptraining)")
-        ax.set_title(f"{GNAME[G]}: held-out loss vs alpha (mean of seeds, band = min-max)")
+        ax.set_title(f"{GNAME[G]} (mean of seeds; band: min-max)")
         ax.set_xlabel("alpha (uptraining steps / pretraining steps)")
         ax.set_ylabel("held-out span-corruption loss")
         ax.set_yscale("log")
