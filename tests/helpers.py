@@ -41,3 +41,16 @@ def hf_model(path):
 def batch(tokenizer, prompts=PROMPTS):
     enc = tokenizer(list(prompts), padding=True, return_tensors="np")
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def reference_logits(hf, ids, mask, dec):
+    """transformers' float32 logits, teacher-forced, without a cache."""
+    import torch
+
+    with torch.no_grad():
+        return hf(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+            use_cache=False,
+        ).logits.numpy()

@@ -9,7 +9,7 @@ import torch
 
 from mlx_mqa import load_model
 from mlx_mqa.conversion import convert, pool_heads
-from tests.helpers import batch, hf_model
+from tests.helpers import batch, hf_model, reference_logits
 
 DEC_KV = re.compile(r"^decoder\.block\.\d+\.layer\.[01]\.(SelfAttention|EncDecAttention)\.[kv]\.weight$")
 ENC_KV = re.compile(r"^encoder\.block\.\d+\.layer\.0\.SelfAttention\.[kv]\.weight$")
@@ -32,13 +32,7 @@ def grouped_reference(path, G, pool="mean", groups_in="decoder"):
 
 def logits(model_or_hf, ids, mask, dec):
     if isinstance(model_or_hf, torch.nn.Module):
-        with torch.no_grad():
-            return model_or_hf(
-                input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long),
-                decoder_input_ids=torch.tensor(dec, dtype=torch.long),
-                use_cache=False,
-            ).logits.numpy()
+        return reference_logits(model_or_hf, ids, mask, dec)
     return np.array(model_or_hf(mx.array(ids), mx.array(dec), mx.array(mask)))
 
 

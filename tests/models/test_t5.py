@@ -7,17 +7,7 @@ import torch
 
 from mlx_mqa import load_model
 from mlx_mqa.models.t5 import bucket_table
-from tests.helpers import PROMPTS, VARIANTS, batch, hf_model
-
-
-def reference_logits(hf, ids, mask, dec):
-    with torch.no_grad():
-        return hf(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
-            use_cache=False,
-        ).logits.numpy()
+from tests.helpers import PROMPTS, VARIANTS, batch, hf_model, reference_logits
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
