@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, TypeVar
+from typing import Dict, Iterator, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -40,49 +40,69 @@ def corpus_files(src: str, suffixes: Sequence[str] = (".jsonl", ".txt")) -> List
 
 
 def read_texts(sources: Sequence[str], field: str = "document") -> List[str]:
-    """Documents from .jsonl files (field `field`), plain text files (one document per blank-line
-    separated block), directories or globs of those, or a Hugging Face `datasets` name written
-    `hf:NAME[:CONFIG][@SPLIT]` (text column `field`)."""
-    texts: List[str] = []
+    """Every document of `iter_texts`, in memory."""
+    return list(iter_texts(sources, field))
+
+
+def iter_texts(sources: Sequence[str], field: str = "document", streaming: bool = False) -> Iterator[str]:
+    """Documents, read lazily and in order, from .jsonl files (field `field`), plain text files (one
+    document per blank-line separated block), directories or globs of those, or a Hugging Face `datasets`
+    name written `hf:NAME[:CONFIG][@SPLIT]` (text column `field`; `streaming` reads it without download)."""
     for src in sources:
         if src.startswith("hf:"):
-            texts.extend(_read_hf(src[3:], field))
+            yield from _hf_texts(src[3:], field, streaming)
             continue
         for f in corpus_files(src):
-            if f.suffix == ".jsonl":
-                texts.extend(_jsonl_texts(f, field))
-            else:
-                texts.extend(b.strip() for b in f.read_text(encoding="utf-8").split("\n\n") if b.strip())
-    return texts
+            yield from (_jsonl_texts(f, field) if f.suffix == ".jsonl" else _text_blocks(f))
 
 
-def _jsonl_texts(path: Path, field: str) -> List[str]:
-    texts, fields, records = [], set(), 0
+def _text_blocks(path: Path) -> Iterator[str]:
+    block: List[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                block.append(line)
+            elif block:
+                yield "".join(block).strip()
+                block = []
+    if block:
+        yield "".join(block).strip()
+
+
+def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    fields, records, texts = set(), 0, 0
     for _, rec in read_jsonl(path):
         records += 1
         if isinstance(rec, dict):
             fields.update(rec)
             if isinstance(rec.get(field), str) and rec[field].strip():
-                texts.append(rec[field])
+                texts += 1
+                yield rec[field]
     if records and not texts:
         found = ", ".join(map(repr, sorted(fields))) or "none (the records are not JSON objects)"
         raise InputError(
             f"{path}: no record has the text field {field!r}; fields found: {found} (choose one with --source-field)"
         )
-    return texts
 
 
-def _read_hf(spec: str, field: str) -> List[str]:
+def _hf_texts(spec: str, field: str, streaming: bool) -> Iterator[str]:
     import datasets
 
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
-    ds = datasets.load_dataset(name, config or None, split=split or "train")
-    if field not in ds.column_names:
+    ds = datasets.load_dataset(name, config or None, split=split or "train", streaming=streaming)
+    columns = ds.column_names  # None for some streamed datasets until read
+    if columns is not None and field not in columns:
         raise InputError(
-            f"hf:{spec} has no column {field!r}; columns: {', '.join(ds.column_names)} (choose one with --source-field)"
+            f"hf:{spec} has no column {field!r}; columns: {', '.join(columns)} (choose one with --source-field)"
         )
-    return [t for t in ds[field] if isinstance(t, str) and t.strip()]
+    for rec in ds:
+        if field not in rec:
+            raise InputError(
+                f"hf:{spec} has no column {field!r}; columns: {', '.join(rec)} (choose one with --source-field)"
+            )
+        if isinstance(rec[field], str) and rec[field].strip():
+            yield rec[field]
 
 
 def read_pairs(
@@ -205,7 +225,27 @@ class EpochSampler:
         self.epoch, self.pos, self._order = int(s["epoch"]), int(s["pos"]), None
 
 
-class SpanCorruptionData:
+class SpanCorruption:
+    """T5's span corruption of token windows into (input, target) batches: the rule every span-corruption
+    stream shares."""
+
+    def __init__(self, tokenizer, noise_density: float = NOISE_DENSITY, mean_noise_span_length=MEAN_NOISE_SPAN_LENGTH):
+        self.sentinels = sentinel_ids(tokenizer)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self.noise_density, self.mean_span = noise_density, mean_noise_span_length
+
+    def batch_from(self, rows: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        pairs = [corrupt(r, rng, self.sentinels, self.eos_id, self.noise_density, self.mean_span) for r in rows]
+        return collate(pairs, self.pad_id, self.pad_id)
+
+    def eval_batches(self, windows: np.ndarray, batch_size: int, seed: int = 1234) -> List[Dict[str, np.ndarray]]:
+        """A fixed held-out set: the same corruption every time it is built with the same seed."""
+        rng = np.random.default_rng([seed, 2])
+        return [self.batch_from(windows[i : i + batch_size], rng) for i in range(0, len(windows), batch_size)]
+
+
+class SpanCorruptionData(SpanCorruption):
     """Batches of span-corrupted fixed-length windows. The corruption RNG (a numpy Generator)
     and the sampler position are the stream's state, saved in checkpoints."""
 
@@ -220,27 +260,15 @@ class SpanCorruptionData:
         noise_density: float = NOISE_DENSITY,
         mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH,
     ):
+        super().__init__(tokenizer, noise_density, mean_noise_span_length)
         self.windows = windows
         self.batch_size = batch_size
-        self.sentinels = sentinel_ids(tokenizer)
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id
-        self.noise_density, self.mean_span = noise_density, mean_noise_span_length
         self.sampler = EpochSampler(len(windows), seed)
         self.rng = np.random.default_rng([seed, 1])
         self.seed = seed
 
-    def batch_from(self, rows: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-        pairs = [corrupt(r, rng, self.sentinels, self.eos_id, self.noise_density, self.mean_span) for r in rows]
-        return collate(pairs, self.pad_id, self.pad_id)
-
     def next_batch(self) -> Dict[str, np.ndarray]:
         return self.batch_from(self.windows[self.sampler.take(self.batch_size)], self.rng)
-
-    def eval_batches(self, windows: np.ndarray, batch_size: int, seed: int = 1234) -> List[Dict[str, np.ndarray]]:
-        """A fixed held-out set: the same corruption every time it is built with the same seed."""
-        rng = np.random.default_rng([seed, 2])
-        return [self.batch_from(windows[i : i + batch_size], rng) for i in range(0, len(windows), batch_size)]
 
     def state(self) -> dict:
         return {"sampler": self.sampler.state(), "rng": self.rng.bit_generator.state}

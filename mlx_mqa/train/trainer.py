@@ -85,6 +85,7 @@ class Trainer:
         # Data parallel under `mlx.launch` (one process: a group of size 1). Only rank 0 writes.
         self.group = mx.distributed.init()
         self.world, self.rank = self.group.size(), self.group.rank()
+        self.rank_sharded = getattr(data, "rank_sharded", False)
         self.step = 0
         self.losses: List[float] = []
         self.evals: List[dict] = []
@@ -113,11 +114,13 @@ class Trainer:
 
         With W processes every rank draws the same W * grad_accum micro-batches from its copy of the data
         stream and computes every W-th one (disjoint, deterministic, resumable); gradients and counts are
-        summed across ranks, so the update equals one process with W * grad_accum micro-batches."""
+        summed across ranks, so the update equals one process with W * grad_accum micro-batches. A stream
+        sharded by rank (`rank_sharded`) gives each rank its own grad_accum micro-batches instead."""
         grads_total, loss_total, n_targets, tokens = None, mx.array(0.0), mx.array(0), mx.array(0)
-        for i in range(self.cfg.grad_accum * self.world):
+        stride = 1 if self.rank_sharded else self.world
+        for i in range(self.cfg.grad_accum * stride):
             raw = self.data.next_batch()
-            if i % self.world != self.rank:
+            if i % stride != self.rank % stride:
                 continue
             batch = _to_mx(raw)
             (loss_sum, n_tok), grads = self._grad_fn(self.model, batch)
@@ -230,18 +233,25 @@ class Trainer:
             "world_size": self.world,
         }
 
+    def data_state(self) -> dict:
+        """The data position; every rank's, gathered to rank 0, when each rank reads its own shard."""
+        if not self.rank_sharded:
+            return self.data.state()
+        return {"ranks": gather_json(self.data.state(), self.group)}
+
     def save(self) -> Path:
         target = checkpoint_dir(self.run_dir, self.step)
+        data_state = self.data_state()  # a collective: every rank takes part
         if self.rank == 0:
-            self._write_checkpoint(target)
+            self._write_checkpoint(target, data_state)
         if self.world > 1:  # every rank goes on only once the checkpoint is complete
             mx.eval(mx.distributed.all_sum(mx.array(1), group=self.group))
         return target
 
-    def _write_checkpoint(self, target: Path) -> None:
+    def _write_checkpoint(self, target: Path, data_state: dict) -> None:
         state = {
             "step": self.step,
-            "data_state": self.data.state(),
+            "data_state": data_state,
             "losses": self.losses,
             "evals": self.evals,
             "tokens_seen": self.tokens_seen,
@@ -280,7 +290,8 @@ class Trainer:
         self.model.load_weights(list(weights.items()))
         self.optimizer.state = tree_unflatten(list(opt.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
-        self.data.set_state(state["data_state"])
+        data_state = state["data_state"]
+        self.data.set_state(data_state["ranks"][self.rank] if self.rank_sharded else data_state)
         self.step = int(state["step"])
         self.losses = list(state["losses"])
         self.evals = list(state["evals"])
@@ -323,3 +334,15 @@ class Trainer:
                 f"steps, this run's decays over {new} (its number of steps): the learning rate would jump. "
                 f"Pass --schedule-steps {old} to continue on the same schedule, or use another --run-dir"
             )
+
+
+def gather_json(obj, group) -> list:
+    """Every rank's JSON-serialisable `obj`, in rank order, on every rank."""
+    if group.size() == 1:
+        return [obj]
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = mx.distributed.all_gather(mx.array([len(raw)]), group=group).tolist()
+    padded = np.zeros(max(sizes), np.uint8)
+    padded[: len(raw)] = raw
+    rows = np.array(mx.distributed.all_gather(mx.array(padded)[None], group=group))
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes)]

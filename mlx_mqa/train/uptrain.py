@@ -67,6 +67,34 @@ def span_data(tokenizer, sources, eval_sources, o):
     )
 
 
+def streamed_span_data(tokenizer, sources, eval_sources, o):
+    """--stream: the corpus is read lazily, each rank its own documents; the held-out windows are the first
+    --eval-examples of --eval-data, or of the stream's leading documents (which training then skips)."""
+    import mlx.core as mx
+
+    from .objectives import span_lengths
+    from .stream import StreamedSpanData, held_out_prefix
+
+    raw, _ = span_lengths(o["input_length"])
+    held, used = held_out_prefix(eval_sources or sources, o["source_field"], tokenizer, raw, o["eval_examples"])
+    group = mx.distributed.init()
+    data = StreamedSpanData(
+        sources,
+        tokenizer,
+        o["batch_size"],
+        raw,
+        seed=o["seed"],
+        field=o["source_field"],
+        rank=group.rank(),
+        world=group.size(),
+        skip_documents=0 if eval_sources else used,
+    )
+    evals = data.eval_batches(held, o["batch_size"]) if len(held) else []
+    where = "--eval-data" if eval_sources else f"the first {used} documents"
+    desc = f"streamed windows of {raw} tokens ({o['input_length']} after corruption), {len(held)} held out from {where}"
+    return data, evals, desc
+
+
 def supervised_data(tokenizer, sources, eval_sources, o):
     from .data import SupervisedData, encode_pairs, read_pairs, split_held_out
 
@@ -133,6 +161,12 @@ def progress(bar):
     required=True,
     help="span: .jsonl/.txt files, dirs, globs or hf:NAME[:CONFIG][@SPLIT]; supervised: .jsonl files, "
     "dirs (every *.jsonl inside) or globs; repeatable",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="span: read the corpus lazily (hf: through datasets streaming), each process its own documents; "
+    "memory does not grow with the corpus; held out: the first --eval-examples windows",
 )
 @click.option("--eval-data", "eval_sources", multiple=True, help="held-out data (default: split off --eval-fraction)")
 @click.option(
@@ -251,6 +285,8 @@ def run(o: dict) -> None:
     from .trainer import Trainer, check_trainable
 
     total = steps_from(o["steps"], o["alpha"], o["pretrain_steps"])
+    if o["stream"] and o["objective"] != "span":
+        raise ConfigError("--stream reads span-corruption corpora; supervised pairs are read into memory")
     cfg = TrainConfig(
         steps=total,
         batch_size=o["batch_size"],
@@ -279,7 +315,7 @@ def run(o: dict) -> None:
     model, tokenizer = load(o["model_path"], dtype=o["dtype"])
     check_trainable(model)
     teacher = load_teacher(o, model, tokenizer) if o["teacher"] else None
-    build = span_data if o["objective"] == "span" else supervised_data
+    build = supervised_data if o["objective"] != "span" else streamed_span_data if o["stream"] else span_data
     data, eval_batches, desc = build(tokenizer, o["sources"], o["eval_sources"], o)
     say(f"data: {desc}")
     if o["overwrite"] and mx.distributed.init().rank() == 0:

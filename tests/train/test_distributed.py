@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from mlx_mqa.errors import CheckpointError
+from mlx_mqa.train.checkpoints import STATE_FILE
 
+from .conftest import write_corpus
 from .tiny import span_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,11 +24,14 @@ import json, sys
 from pathlib import Path
 import mlx_mqa
 from transformers import AutoTokenizer
-from tests.train.tiny import span_trainer
+from tests.train.tiny import span_trainer, stream_trainer
 
-run_dir, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "resume"
+run_dir, steps, resume, corpus = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "resume", sys.argv[4]
 tok = AutoTokenizer.from_pretrained(str(Path(mlx_mqa.__file__).parent / "assets" / "tokenizer"))
-tr = span_trainer(tok, run_dir, batch_size=2, steps=steps, save_every=2, keep_checkpoints=5)
+if corpus == "-":
+    tr = span_trainer(tok, run_dir, batch_size=2, steps=steps, save_every=2, keep_checkpoints=5)
+else:
+    tr = stream_trainer(tok, run_dir, corpus, steps=steps, save_every=2, keep_checkpoints=5)
 if resume:
     tr.resume()
 tr.train()
@@ -36,7 +41,7 @@ tr.train()
 pytestmark = pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch is not installed")
 
 
-def launch(tmp_path, run_dir, steps, mode="fresh"):
+def launch(tmp_path, run_dir, steps, mode="fresh", corpus="-"):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -52,6 +57,7 @@ def launch(tmp_path, run_dir, steps, mode="fresh"):
         str(run_dir),
         str(steps),
         mode,
+        str(corpus),
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -83,3 +89,14 @@ def test_two_ranks_equal_one_process_with_accumulation_and_resume_exactly(tmp_pa
     # A checkpoint of 2 processes is not resumed by 1: the global batch would change.
     with pytest.raises(CheckpointError, match="made by 2 process"):
         span_trainer(tokenizer, tmp_path / "dp", batch_size=2, steps=6).resume()
+
+
+def test_streamed_shards_resume_every_rank_at_its_own_position(tmp_path, tokenizer):
+    corpus = write_corpus(tmp_path / "c.jsonl", n=40)
+    whole = launch(tmp_path, tmp_path / "whole", 4, corpus=corpus)
+    assert whole[0]["losses"] == whole[1]["losses"]
+    state = json.loads((tmp_path / "whole" / "ckpt-0000004" / STATE_FILE).read_text())["data_state"]
+    assert len(state["ranks"]) == 2 and state["ranks"][0] != state["ranks"][1]
+    launch(tmp_path, tmp_path / "cut", 2, corpus=corpus)
+    resumed = launch(tmp_path, tmp_path / "cut", 4, "resume", corpus=corpus)
+    assert resumed[0]["losses"] == whole[0]["losses"] and resumed[1]["step"] == 4

@@ -207,3 +207,22 @@ def test_cli_resume_with_more_steps_keeps_or_refuses_the_schedule(converted, cor
     assert uptrain(c, "--steps", "4").exit_code == 0
     assert lrs(b) == lrs(c) and len(lrs(c)) == 4
     one_line_error(uptrain(c, "--steps", "2", "--schedule-steps", "4", "--resume"), 2, r"step 4, past --steps 2")
+
+
+def test_cli_streamed_corpus_trains_and_resumes_exactly(converted, corpus, tmp_path):
+    def losses(run):
+        return json.loads((list_checkpoints(run)[-1] / STATE_FILE).read_text())["losses"]
+
+    def uptrain(run, *extra):
+        r = CliRunner().invoke(main, span_args(converted, run, corpus, "--stream", "--eval-examples", "4", *extra))
+        assert r.exit_code == 0, r.output
+        return r
+
+    r = uptrain(tmp_path / "whole", "--steps", "4")
+    assert "4 held out from the first" in r.output and "held-out loss" in r.output
+    uptrain(tmp_path / "cut", "--steps", "2")
+    uptrain(tmp_path / "cut", "--steps", "4", "--resume")
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 4
+    args = span_args(converted, tmp_path / "s", corpus, "--stream", "--objective", "supervised", "--steps", "2")
+    r = CliRunner().invoke(main, args)
+    one_line_error(r, 2, r"--stream reads span-corruption corpora")

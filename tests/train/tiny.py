@@ -41,3 +41,17 @@ def span_trainer(
     cfg = TrainConfig(steps=steps, batch_size=batch_size, **config)
     tok = tokenizer if keep_tokenizer else None
     return Trainer(model or tiny_model(kv_heads), data, cfg, run_dir, tokenizer=tok, teacher=teacher)
+
+
+def stream_trainer(tokenizer, run_dir, corpus, batch_size=2, steps=4, **config):
+    """A Trainer of a tiny GQA-2 model on span corruption streamed from `corpus`, sharded by this process's rank."""
+    import mlx.core as mx
+
+    from mlx_mqa.train.stream import StreamedSpanData
+
+    group = mx.distributed.init()
+    data = StreamedSpanData(
+        [str(corpus)], tokenizer, batch_size, 30, seed=7, rank=group.rank(), world=group.size(), block_windows=4
+    )
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, **config)
+    return Trainer(tiny_model(2), data, cfg, run_dir)
