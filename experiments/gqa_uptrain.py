@@ -161,11 +161,13 @@ def uptrain_lr(pretrain_steps):
     return PRETRAIN_LR * (PRETRAIN_WARMUP / pretrain_steps) ** 0.5
 
 
-def span_trainer(model, cfg, run_dir, tok, train, held, name, data_seed=0, every=50):
-    """A Trainer of `model` on span corruption of `train` (batches of BATCH), evaluated on `held`, logged as `name`."""
+def span_trainer(model, cfg, run_dir, tok, train, held, name, data_seed=0, every=50, teacher=None):
+    """A Trainer of `model` on span corruption of `train` (batches of BATCH), evaluated on `held`, logged as `name`;
+    with `teacher`, distilled from it (cfg.kd_weight)."""
     data = SpanCorruptionData(train, tok, BATCH, seed=data_seed)
     evals = data.eval_batches(held, 32)
-    return Trainer(model, data, cfg, run_dir, tokenizer=tok, eval_batches=evals, callback=printer(name, every=every))
+    cb = printer(name, every=every)
+    return Trainer(model, data, cfg, run_dir, tokenizer=tok, eval_batches=evals, callback=cb, teacher=teacher)
 
 
 def uptrain_steps(P):
