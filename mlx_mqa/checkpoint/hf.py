@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Tuple
 
-import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
 from ..errors import CheckpointError, ConfigError
 from ..models.config import ModelArgs, tied_word_embeddings
+from .tensors import CheckpointTensors
 
 WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -80,37 +80,17 @@ def weight_files(path: Path) -> list:
     raise CheckpointError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
 
 
-def _load_safetensors(file: Path) -> Dict[str, np.ndarray]:
-    try:
-        arrays = mx.load(str(file))
-        return {k: np.array(v.astype(mx.float32)) for k, v in arrays.items()}
-    except Exception as e:
-        raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({e})") from None
-
-
-def _load_bin(file: Path) -> Dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(
-            f"{file} is a PyTorch .bin checkpoint; install torch (pip install 'mlx-mqa[torch]')"
-        ) from None
-    try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({type(e).__name__}: {e})") from None
-    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}
+def open_checkpoint(path: Path) -> CheckpointTensors:
+    """The tensors of a HF checkpoint, each read when asked for (float32 numpy; exact for bf16/fp16 sources)."""
+    tensors = CheckpointTensors(weight_files(path))
+    if "shared.weight" not in tensors:
+        raise CheckpointError(f"{path} does not look like a T5 checkpoint: no 'shared.weight' tensor")
+    return tensors
 
 
 def load_hf_weights(path: Path) -> Dict[str, np.ndarray]:
-    """All tensors of a HF checkpoint as float32 numpy arrays (exact for bf16/fp16 sources)."""
-    weights: Dict[str, np.ndarray] = {}
-    for file in weight_files(path):
-        loader = _load_bin if file.suffix == ".bin" else _load_safetensors
-        weights.update(loader(file))
-    if "shared.weight" not in weights:
-        raise CheckpointError(f"{path} does not look like a T5 checkpoint: no 'shared.weight' tensor")
-    return weights
+    """All tensors of a HF checkpoint in memory, as float32 numpy arrays."""
+    return {k: np.array(v) for k, v in open_checkpoint(path).items()}
 
 
 def fix_feed_forward(config: dict, weights: Dict[str, np.ndarray]) -> dict:
@@ -164,9 +144,9 @@ def check_t5_config(config: dict) -> None:
         raise ConfigError(f"config.json is not a T5 config (model_type={config.get('model_type')!r})")
 
 
-def hf_model_args(config: dict, weights: Dict[str, np.ndarray]) -> Tuple[dict, ModelArgs]:
+def hf_model_args(config: dict, weights: Mapping[str, object]) -> Tuple[dict, ModelArgs]:
     """A Hugging Face T5 config made explicit (gated FFN from the weights, tying recorded) and checked
-    against every tensor of the checkpoint."""
+    against every tensor of the checkpoint (`weights`: arrays, or `Spec`s: only names and shapes are read)."""
     check_t5_config(config)
     config = fix_feed_forward(config, weights)
     config["tie_word_embeddings"] = tied_word_embeddings(config)

@@ -12,7 +12,7 @@ from ..errors import CheckpointError
 from ..models.config import ModelArgs
 from ..models.dtypes import check_dtype, default_dtype, weight_dtype
 from ..models.t5 import Model
-from .hf import hf_model_args, load_hf_weights, read_config, resolve, weight_files
+from .hf import hf_model_args, open_checkpoint, read_config, resolve, weight_files
 
 
 def load_tokenizer(path):
@@ -89,12 +89,15 @@ def cast_model(model: Model, dtype: str) -> None:
 
 
 def _load_hf_in_memory(path: Path, config: dict, dtype: Optional[str]) -> Model:
-    weights = load_hf_weights(path)
-    _, args = hf_model_args(config, weights)
+    tensors = open_checkpoint(path)
+    _, args = hf_model_args(config, tensors.specs())
     model = Model(args)
-    model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(weights).items()])
-    cast_model(model, dtype or default_dtype())
-    mx.eval(model.parameters())
+    dtype = dtype or default_dtype()
+    weights = []
+    for name in model.sanitize(tensors.specs()):  # one float32 tensor at a time
+        weights.append((name, mx.array(tensors[name]).astype(weight_dtype(name, dtype))))
+        mx.eval(weights[-1][1])
+    model.load_weights(weights)
     return model
 
 

@@ -63,11 +63,12 @@ def calibrated_weights(
 ):
     """Decoder self- and cross-attention of `weights` (multi-head, checkpoint layout) merged to `kv_heads`.
 
-    Returns the new weights and a record: the self-attention head order per layer (None when unchanged),
-    the cross-attention orders, each module's calibration error (relative, summed over groups) beside
-    contiguous mean pooling's (and both on `eval_stats`, when given), and the systems that needed a ridge."""
+    Returns the new tensors (only those that changed) and a record: the self-attention head order per layer
+    (None when unchanged), the cross-attention orders, each module's calibration error (relative, summed over
+    groups) beside contiguous mean pooling's (and both on `eval_stats`, when given), and the systems that
+    needed a ridge."""
     H = args.num_heads
-    out = dict(weights)
+    out = {}
     record: Dict[str, List] = {"decoder_head_order": [], "cross_head_order": [], "errors": [], "regularized": []}
     for i in range(args.num_decoder_layers):
         for kind, j, name in MODULES:

@@ -15,8 +15,17 @@ from mlx.utils import tree_flatten
 
 from .. import __version__
 from ..checkpoint.card import create_model_card
-from ..checkpoint.files import TOKENIZER_FILES, atomic_directory, atomic_write_json, copy_tokenizer, save_mlx_weights
-from ..checkpoint.hf import check_t5_config, hf_model_args, load_hf_weights, read_config, resolve
+from ..checkpoint.files import (
+    TOKENIZER_FILES,
+    TensorPlan,
+    atomic_directory,
+    atomic_write_json,
+    check_disk_space,
+    copy_tokenizer,
+    save_mlx_weights,
+    save_streamed,
+)
+from ..checkpoint.hf import check_t5_config, hf_model_args, open_checkpoint, read_config, resolve
 from ..checkpoint.load import check_tokenizer, load_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models.config import ModelArgs, check_kv_heads
@@ -26,7 +35,7 @@ from .calibrated import calibrated_weights
 from .calibration import BUNDLED, calibrate, check_source
 from .grouping import GROUPINGS
 from .merging import MERGE_METHODS
-from .pooling import GROUPS_IN, POOL_METHODS, convert_weights
+from .pooling import GROUPS_IN, POOL_METHODS, convert_weights, pool_tensor
 from .statistics import Statistics
 
 METHODS = POOL_METHODS + MERGE_METHODS
@@ -67,7 +76,8 @@ def group_weights(
         return convert_weights(weights, args, kv_heads, pool, groups_in, seed), {}
     if stats is None:
         raise ConfigError(f"--pool {pool} / --grouping {grouping} need calibration statistics")
-    return calibrated_weights(weights, args, stats, kv_heads, pool, grouping)
+    changed, record = calibrated_weights(weights, args, stats, kv_heads, pool, grouping)
+    return {**weights, **changed}, record
 
 
 def grouped_config(
@@ -188,9 +198,10 @@ def _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, c
     return src, tok_src, config, kv_heads
 
 
-def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Statistics:
+def _calibrated_stats(tensors, args, tok_src, cal: Calibration, say, bar) -> Statistics:
+    """Statistics of the multi-head model in float32 (the only step that holds the whole model)."""
     model = Model(args)
-    model.load_weights([(k, mx.array(v)) for k, v in model.sanitize(weights).items()])
+    model.load_weights([(k, mx.array(tensors[k])) for k in model.sanitize(tensors.specs())])
     say(f"calibrating on {cal.source} (up to {cal.samples} samples, {cal.max_input} -> {cal.max_target} tokens)")
     stats = calibrate(
         model,
@@ -208,14 +219,38 @@ def _calibrated_stats(weights, args, tok_src, cal: Calibration, say, bar) -> Sta
     return stats
 
 
-def _cast(weights: Dict[str, np.ndarray], dtype: str) -> Dict[str, mx.array]:
-    """Float32 numpy -> MLX arrays of the target dtype, one tensor at a time: each numpy array is released
-    as soon as its cast is evaluated, so the peak holds the checkpoint about once, not twice."""
-    out = {}
-    for name in list(weights):
-        out[name] = mx.array(weights.pop(name)).astype(weight_dtype(name, dtype))
-        mx.eval(out[name])
-    return out
+def _plan(config: dict, tensors, dtype: str) -> Dict[str, TensorPlan]:
+    """Shape and dtype of every tensor of the converted model, in writing order (sorted names)."""
+    model = Model(ModelArgs.from_dict(config))  # parameters are lazy: only their shapes are used
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    return {k: TensorPlan(shapes[k], weight_dtype(k, dtype)) for k in sorted(model.sanitize(tensors.specs()))}
+
+
+def _write(mlx_path: Path, overwrite: bool, config: dict, plan, produce, tok_src: Path, say) -> None:
+    """The model directory, atomically: weights streamed tensor by tensor (quantized ones in memory)."""
+    q = config.get("quantization")
+    check_disk_space(mlx_path, sum(t.nbytes for t in plan.values()))
+    try:
+        with atomic_directory(mlx_path, overwrite=overwrite) as tmp:
+            say(f"writing {mlx_path}")
+            if q:  # quantization needs the model's modules: it runs in memory
+                from ..models.quantize import quantize_weights
+
+                say(f"quantizing to {q['bits']} bits, group size {q['group_size']}")
+                weights = {k: produce(k) for k in plan}
+                save_mlx_weights(
+                    tmp, quantize_weights(ModelArgs.from_dict(config), weights, q["bits"], q["group_size"])
+                )
+            else:
+                save_streamed(tmp, plan, produce)
+            copy_tokenizer(tok_src, tmp)
+            atomic_write_json(tmp / "config.json", config)
+            create_model_card(tmp, config)
+    except OSError as e:  # the partial directory is gone already (atomic_directory)
+        raise CheckpointError(
+            f"cannot write {mlx_path}: {e.strerror or e}; nothing was written (free disk space or choose another "
+            f"--mlx-path)"
+        ) from None
 
 
 def convert(
@@ -249,30 +284,29 @@ def convert(
     say(f"reading {hf_path}")
     cal = calibration or Calibration()
     src, tok_src, config, kv_heads = _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, cal)
-    weights = load_hf_weights(src)
-    config, args = hf_model_args(config, weights)
-    stats = _calibrated_stats(weights, args, tok_src, cal, say, bar) if needs_calibration(pool, grouping) else None
+    tensors = open_checkpoint(src)
+    config, args = hf_model_args(config, tensors.specs())
+    stats = _calibrated_stats(tensors, args, tok_src, cal, say, bar) if needs_calibration(pool, grouping) else None
     say(f"grouping K/V heads: {args.num_heads} -> {kv_heads} ({pool}, {grouping}, {groups_in})")
-    weights, record = group_weights(weights, args, kv_heads, pool, groups_in, grouping, seed, stats)
+    merged, record = {}, {}
+    if stats is not None:  # the merged decoder attention projections; every other tensor is streamed
+        merged, record = calibrated_weights(tensors, args, stats, kv_heads, pool, grouping)
     for note in record.get("regularized", []):
         say(f"singular system regularised (relative ridge): {note}")
     info = calibration_record(stats, cal.source, cal.samples, cal.max_input, cal.max_target) if stats else None
     config = grouped_config(config, kv_heads, pool, groups_in, grouping, dtype, seed, hf_path, record, info)
-    weights = Model(args).sanitize(weights)
-    mlx_weights = _cast(weights, dtype)
+    plan = _plan(config, tensors, dtype)
+    rng = np.random.default_rng(seed)
+
+    def produce(name: str) -> mx.array:  # called in the plan's (sorted) order
+        w = merged[name] if name in merged else pool_tensor(name, tensors[name], args, kv_heads, pool, groups_in, rng)
+        a = mx.array(w).astype(plan[name].dtype)
+        mx.eval(a)
+        return a
+
     if quantize:
         config["quantization"] = {"bits": q_bits, "group_size": q_group_size}
-    with atomic_directory(mlx_path, overwrite=overwrite) as tmp:
-        if quantize:
-            from ..models.quantize import quantize_weights
-
-            say(f"quantizing to {q_bits} bits, group size {q_group_size}")
-            mlx_weights = quantize_weights(ModelArgs.from_dict(config), mlx_weights, q_bits, q_group_size)
-        say(f"writing {mlx_path}")
-        save_mlx_weights(tmp, mlx_weights)
-        copy_tokenizer(tok_src, tmp)
-        atomic_write_json(tmp / "config.json", config)
-        create_model_card(tmp, config)
+    _write(mlx_path, overwrite, config, plan, produce, tok_src, say)
     if upload_repo:
         from ..checkpoint.card import upload_to_hub
 

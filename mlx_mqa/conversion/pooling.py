@@ -63,12 +63,15 @@ def convert_weights(
     if pool not in POOL_METHODS or groups_in not in GROUPS_IN:
         raise ConfigError(f"pooling {pool!r} in {groups_in!r}: choose from {POOL_METHODS} in {GROUPS_IN}")
     rng = np.random.default_rng(seed)
-    # T5's own initialisation of k/v (factor 1.0): normal with std d_model**-0.5.
-    init_std = args.d_model**-0.5
-    out = {}
-    for name in sorted(weights):
-        w = weights[name]
-        if is_grouped(name, groups_in) and (kv_heads != H or pool == "random"):
-            w = pool_heads(w, H, kv_heads, pool, rng, init_std)
-        out[name] = w
-    return out
+    return {name: pool_tensor(name, weights[name], args, kv_heads, pool, groups_in, rng) for name in sorted(weights)}
+
+
+def pool_tensor(
+    name: str, w: np.ndarray, args: ModelArgs, kv_heads: int, pool: str, groups_in: str, rng: np.random.Generator
+) -> np.ndarray:
+    """Tensor `name` of the converted checkpoint. `random` draws from `rng`: tensors must come in sorted order
+    for a conversion to be reproducible."""
+    if is_grouped(name, groups_in) and (kv_heads != args.num_heads or pool == "random"):
+        # T5's own initialisation of k/v (factor 1.0): normal with std d_model**-0.5.
+        return pool_heads(w, args.num_heads, kv_heads, pool, rng, args.d_model**-0.5)
+    return w

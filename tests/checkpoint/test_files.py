@@ -14,10 +14,9 @@ from tests.helpers import batch
 
 
 def test_make_shards_respects_the_limit_and_keeps_order():
-    w = {f"t{i}": mx.zeros((10,), mx.float32) for i in range(5)}  # 40 bytes each
-    shards = files.make_shards(w, max_bytes=100)
-    assert [list(s) for s in shards] == [["t0", "t1"], ["t2", "t3"], ["t4"]]
-    assert len(files.make_shards({"big": mx.zeros((100,))}, max_bytes=8)) == 1  # never split a tensor
+    sizes = {f"t{i}": 40 for i in range(5)}
+    assert files.make_shards(sizes, max_bytes=100) == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert files.make_shards({"big": 400}, max_bytes=8) == [["big"]]  # never split a tensor
 
 
 def test_sharded_conversion_loads_to_the_same_model(tmp_path, tokenizer, monkeypatch, hf_checkpoint):
@@ -52,3 +51,18 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
             (tmp / "model.safetensors").write_bytes(b"half")
             raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_writing_round_trips_and_checks_what_it_is_given(tmp_path):
+    w = {"a": mx.arange(12, dtype=mx.float32).reshape(3, 4).astype(mx.bfloat16), "b": mx.ones((5,), mx.uint32)}
+    plan = {k: files.TensorPlan(tuple(v.shape), v.dtype) for k, v in w.items()}
+    files.save_streamed(tmp_path, plan, w.__getitem__, max_bytes=16)  # two shards
+    back = {}
+    for f in sorted(tmp_path.glob("*.safetensors")):
+        back.update(mx.load(str(f)))
+    assert set(back) == set(w) and all(back[k].dtype == w[k].dtype for k in w)
+    assert all(mx.array_equal(back[k], w[k]).item() for k in w)
+    bad = dict(w, b=mx.ones((6,), mx.uint32))
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match=r"b: produced .*\(6,\), planned"):
+        files.save_streamed(tmp_path / "x", plan, bad.__getitem__)

@@ -188,3 +188,36 @@ def test_every_tensor_is_checked_against_the_config(tmp_path, small_cfg, tokeniz
     assert not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="config.json implies"):
         load_model(src)
+
+
+def test_a_full_disk_is_refused_before_writing_or_cleaned_up_after(tmp_path, small_cfg, tokenizer, monkeypatch):
+    import errno
+    from collections import namedtuple
+
+    from mlx_mqa.checkpoint import files
+
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 20))
+    with pytest.raises(CheckpointError, match=r"not enough disk space at .*the model needs .* GiB is free"):
+        convert(str(src), tmp_path / "out")
+    monkeypatch.undo()
+
+    def full(a):  # the disk fills up in the middle of the weights
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "_tensor_bytes", full)
+    with pytest.raises(CheckpointError, match="cannot write .*No space left on device; nothing was written"):
+        convert(str(src), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_conversion_holds_about_one_tensor_at_a_time(tmp_path, tokenizer):
+    """MLX's peak memory during a conversion stays near the largest tensor, not the model's size."""
+    cfg = t5_config("t5-small", num_layers=4, num_decoder_layers=4, vocab_size=4200)
+    src = save_random_checkpoint(cfg, tmp_path / "src", tokenizer=tokenizer)
+    sizes = [np.prod(s) * 4 for s in (t.shape for t in mx.load(str(src / "model.safetensors")).values())]
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    convert(str(src), tmp_path / "out", kv_heads=1, dtype="bfloat16")
+    assert mx.get_peak_memory() < 2 * max(sizes) < 0.5 * sum(sizes), (mx.get_peak_memory(), max(sizes), sum(sizes))
