@@ -1,5 +1,9 @@
-"""Time and peak memory of a calibrated conversion (calibration + merge + write) of random-weight checkpoints
-of real T5 shapes: `python docs/conversion_cost.py --shape t5-base --samples 32 64`.
+"""Time and peak memory of a conversion (for calibrated methods: calibration + merge + write) of random-weight
+checkpoints of real T5 shapes:
+
+    python docs/conversion_cost.py --shape t5-base --samples 32 64          # svd-q, float32 out
+    python docs/conversion_cost.py --shape t5-large --pool mean --dtype bfloat16
+    python docs/conversion_cost.py --shape t5-large --pool mean --dtype bfloat16 --checkout ../old  # another version
 
 Each conversion runs as its own process (`python -m mlx_mqa.convert`); its anonymous resident memory (RssAnon:
 mapped checkpoint pages are reclaimable and not counted) is sampled every 50 ms, and its peak VmHWM is read at
@@ -34,9 +38,9 @@ def _status(pid: int, key: str) -> int:
     return 0
 
 
-def measure(cmd) -> dict:
+def measure(cmd, cwd=None) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
     peak = {"anon": 0, "hwm": 0}
 
     def sample():
@@ -79,45 +83,42 @@ def checkpoint(shape: str, cache: Path) -> Path:
 @click.option("--pool", default="svd-q", show_default=True)
 @click.option("--kv-heads", type=int, default=1, show_default=True)
 @click.option("--calibration", default=str(ROOT.parent / "shared" / "data"), show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option(
+    "--checkout",
+    default=None,
+    help="Run the convert CLI of this source checkout (e.g. a git worktree of an older commit) instead.",
+)
 @click.option("--cache", default=str(Path(tempfile.gettempdir()) / "mlx_mqa_cost"), show_default=True)
-def main(shape, samples, pool, kv_heads, calibration, cache):
+def main(shape, samples, pool, kv_heads, calibration, dtype, checkout, cache):
     import mlx_mqa
     from mlx_mqa.bench.results import cpu_name, package_versions
 
     src = checkpoint(shape, Path(cache))
     weights = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
-    for n in samples:
+    calibrated = pool not in ("mean", "first", "random")
+    for n in samples if calibrated else [0]:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [
-                sys.executable,
-                "-m",
-                "mlx_mqa.convert",
-                "--hf-path",
-                str(src),
-                "--mlx-path",
-                f"{tmp}/out",
-                "--kv-heads",
-                str(kv_heads),
-                "--pool",
-                pool,
-                "--calibration",
-                calibration,
-                "--calibration-samples",
-                str(n),
-                "--calibration-lengths",
-                "512x128",
-                "--dtype",
-                "float32",
-            ]
+            cmd = [sys.executable, "-m", "mlx_mqa.convert", "--hf-path", str(src), "--mlx-path", f"{tmp}/out"]
+            cmd += ["--kv-heads", str(kv_heads), "--pool", pool, "--dtype", dtype]
+            if calibrated:
+                cmd += ["--calibration", calibration, "--calibration-samples", str(n)]
+                cmd += ["--calibration-lengths", "512x128"]
+            cost = measure(cmd, cwd=checkout)
+            output = sum(f.stat().st_size for f in Path(tmp, "out").glob("*.safetensors"))
             row = {
                 "shape": shape,
                 "pool": pool,
                 "kv_heads": kv_heads,
-                "samples": n,
-                "input_tokens": 512,
+                "dtype": dtype,
+                "samples": n if calibrated else None,
+                "input_tokens": 512 if calibrated else None,
                 "checkpoint_mib": weights / 2**20,
-                **measure(cmd),
+                "output_mib": output / 2**20,
+                **cost,
+                "peak_anon_over_output": cost["peak_rss_anon_mib"] / (output / 2**20),
+                "code": checkout or "this checkout",
                 "cpu": cpu_name(),
                 "machine": platform.machine(),
                 "mlx_mqa": mlx_mqa.__version__,
