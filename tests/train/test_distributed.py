@@ -4,8 +4,10 @@ with gradient accumulation over the same global batch; rank 0 alone writes; resu
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from mlx_mqa.errors import CheckpointError
-from mlx_mqa.train.checkpoints import STATE_FILE
+from mlx_mqa.train.checkpoints import STATE_FILE, list_checkpoints
 
 from .conftest import write_corpus
 from .tiny import span_trainer
@@ -41,24 +43,16 @@ tr.train()
 pytestmark = pytest.mark.skipif(shutil.which("mlx.launch") is None, reason="mlx.launch is not installed")
 
 
-def launch(tmp_path, run_dir, steps, mode="fresh", corpus="-"):
+def launch_command(tmp_path, run_dir, steps, mode="fresh", corpus="-"):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    cmd = ["mlx.launch", "--backend", "ring", "-n", "2", "--python", sys.executable, str(script)]
+    return cmd + [str(run_dir), str(steps), mode, str(corpus)]
+
+
+def launch(tmp_path, run_dir, steps, mode="fresh", corpus="-"):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [
-        "mlx.launch",
-        "--backend",
-        "ring",
-        "-n",
-        "2",
-        "--python",
-        sys.executable,
-        str(script),
-        str(run_dir),
-        str(steps),
-        mode,
-        str(corpus),
-    ]
+    cmd = launch_command(tmp_path, run_dir, steps, mode, corpus)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     return [json.loads((run_dir / f"rank{i}.json").read_text()) for i in (0, 1)]
@@ -100,3 +94,24 @@ def test_streamed_shards_resume_every_rank_at_its_own_position(tmp_path, tokeniz
     launch(tmp_path, tmp_path / "cut", 2, corpus=corpus)
     resumed = launch(tmp_path, tmp_path / "cut", 4, "resume", corpus=corpus)
     assert resumed[0]["losses"] == whole[0]["losses"] and resumed[1]["step"] == 4
+
+
+def test_a_killed_launch_resumes_from_its_last_checkpoint(tmp_path, tokenizer):
+    """SIGKILL to every process of a running launch; --resume continues with the losses of an uninterrupted run."""
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = launch_command(tmp_path, run, 10**6)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run / "ckpt-0000004").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "worker.py")])
+    step = int(list_checkpoints(run)[-1].name.split("-")[1])
+    assert step >= 4
+    resumed = launch(tmp_path, run, step + 2, "resume")
+    assert resumed[0]["step"] == step + 2 and len(resumed[0]["losses"]) == step + 2
+    one = span_trainer(tokenizer, tmp_path / "single", batch_size=2, grad_accum=2, steps=step + 2, save_every=0)
+    one.train()
+    np.testing.assert_allclose(resumed[0]["losses"], one.losses, rtol=2e-5)
