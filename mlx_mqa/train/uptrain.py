@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+from itertools import islice
 from pathlib import Path
 
 import click
@@ -72,11 +73,17 @@ def streamed_span_data(tokenizer, sources, eval_sources, o):
     --eval-examples of --eval-data, or of the stream's leading documents (which training then skips)."""
     import mlx.core as mx
 
+    from .data import iter_texts
     from .objectives import span_lengths
     from .stream import StreamedSpanData, held_out_prefix
 
     raw, _ = span_lengths(o["input_length"])
     held, used = held_out_prefix(eval_sources or sources, o["source_field"], tokenizer, raw, o["eval_examples"])
+    if not eval_sources and next(islice(iter_texts(sources, o["source_field"], True), used, None), None) is None:
+        raise InputError(
+            f"the {len(held)} held-out windows take all {used} documents of the corpus: "
+            f"lower --eval-examples or give --eval-data"
+        )
     group = mx.distributed.init()
     data = StreamedSpanData(
         sources,

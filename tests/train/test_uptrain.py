@@ -226,3 +226,5 @@ def test_cli_streamed_corpus_trains_and_resumes_exactly(converted, corpus, tmp_p
     args = span_args(converted, tmp_path / "s", corpus, "--stream", "--objective", "supervised", "--steps", "2")
     r = CliRunner().invoke(main, args)
     one_line_error(r, 2, r"--stream reads span-corruption corpora")
+    r = CliRunner().invoke(main, span_args(converted, tmp_path / "t", corpus, "--stream", "--steps", "2"))
+    one_line_error(r, 4, r"held-out windows take all 40 documents of the corpus: lower --eval-examples")
