@@ -12,14 +12,12 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
-from itertools import islice
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..cli import CONTEXT, fail
-from ..errors import ConfigError, InputError, MlxMqaError
+from ..errors import ConfigError, MlxMqaError
 
 
 def steps_from(steps, alpha, pretrain_steps) -> int:
@@ -37,86 +35,6 @@ def steps_from(steps, alpha, pretrain_steps) -> int:
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, not {steps}")
     return steps
-
-
-def span_data(tokenizer, sources, eval_sources, o):
-    from .data import SpanCorruptionData, make_windows, read_texts, split_held_out, tokenize_stream
-    from .objectives import span_lengths
-
-    texts = read_texts(sources, field=o["source_field"])
-    if eval_sources:
-        train_texts, held_texts = texts, read_texts(eval_sources, field=o["source_field"])
-    else:
-        train_texts, held_texts = split_held_out(texts, o["eval_fraction"], seed=0)
-    raw, _ = span_lengths(o["input_length"])
-    stream = tokenize_stream(tokenizer, train_texts)
-    train = make_windows(stream, raw)
-    if len(train) == 0:
-        raise InputError(
-            f"the training texts hold {len(stream)} tokens, fewer than the {raw} of one window "
-            f"(--input-length {o['input_length']})"
-        )
-    held = make_windows(tokenize_stream(tokenizer, held_texts), raw) if held_texts else train[:0]
-    if len(held) > o["eval_examples"]:
-        held = held[np.sort(np.random.default_rng(0).choice(len(held), o["eval_examples"], replace=False))]
-    data = SpanCorruptionData(train, tokenizer, o["batch_size"], seed=o["seed"])
-    evals = data.eval_batches(held, o["batch_size"]) if len(held) else []
-    return (
-        data,
-        evals,
-        f"{len(train)} windows of {raw} tokens ({o['input_length']} after corruption), {len(held)} held out",
-    )
-
-
-def streamed_span_data(tokenizer, sources, eval_sources, o):
-    """--stream: the corpus is read lazily, each rank its own documents; the held-out windows are the first
-    --eval-examples of --eval-data, or of the stream's leading documents (which training then skips)."""
-    import mlx.core as mx
-
-    from .data import iter_texts
-    from .objectives import span_lengths
-    from .stream import StreamedSpanData, held_out_prefix
-
-    raw, _ = span_lengths(o["input_length"])
-    held, used = held_out_prefix(eval_sources or sources, o["source_field"], tokenizer, raw, o["eval_examples"])
-    if not eval_sources and next(islice(iter_texts(sources, o["source_field"], True), used, None), None) is None:
-        raise InputError(
-            f"the {len(held)} held-out windows take all {used} documents of the corpus: "
-            f"lower --eval-examples or give --eval-data"
-        )
-    group = mx.distributed.init()
-    data = StreamedSpanData(
-        sources,
-        tokenizer,
-        o["batch_size"],
-        raw,
-        seed=o["seed"],
-        field=o["source_field"],
-        rank=group.rank(),
-        world=group.size(),
-        skip_documents=0 if eval_sources else used,
-    )
-    evals = data.eval_batches(held, o["batch_size"]) if len(held) else []
-    where = "--eval-data" if eval_sources else f"the first {used} documents"
-    desc = f"streamed windows of {raw} tokens ({o['input_length']} after corruption), {len(held)} held out from {where}"
-    return data, evals, desc
-
-
-def supervised_data(tokenizer, sources, eval_sources, o):
-    from .data import SupervisedData, encode_pairs, read_pairs, split_held_out
-
-    pairs = read_pairs(sources, o["source_field"], o["target_field"])
-    if eval_sources:
-        held_pairs = read_pairs(eval_sources, o["source_field"], o["target_field"])
-    else:
-        pairs, held_pairs = split_held_out(pairs, o["eval_fraction"], seed=0)
-    if not pairs:
-        raise InputError(f"no training pairs left after holding out --eval-fraction {o['eval_fraction']}")
-    lengths = (o["max_source_length"], o["max_target_length"], o["prefix"])
-    enc = encode_pairs(tokenizer, pairs, *lengths)
-    held = encode_pairs(tokenizer, held_pairs[: o["eval_examples"]], *lengths)
-    data = SupervisedData(enc, tokenizer, o["batch_size"], seed=o["seed"])
-    return data, data.eval_batches(held, o["batch_size"]), f"{len(enc)} training pairs, {len(held)} held out"
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -289,6 +207,7 @@ def run(o: dict) -> None:
 
     from ..checkpoint.load import load
     from .config import TrainConfig
+    from .run_data import run_data
     from .trainer import Trainer, check_trainable
 
     total = steps_from(o["steps"], o["alpha"], o["pretrain_steps"])
@@ -322,8 +241,7 @@ def run(o: dict) -> None:
     model, tokenizer = load(o["model_path"], dtype=o["dtype"])
     check_trainable(model)
     teacher = load_teacher(o, model, tokenizer) if o["teacher"] else None
-    build = supervised_data if o["objective"] != "span" else streamed_span_data if o["stream"] else span_data
-    data, eval_batches, desc = build(tokenizer, o["sources"], o["eval_sources"], o)
+    data, eval_batches, desc = run_data(tokenizer, o)
     say(f"data: {desc}")
     if o["overwrite"] and mx.distributed.init().rank() == 0:
         clear_run_dir(run_dir)
