@@ -72,16 +72,29 @@ def distill(res, run, tok, train, held, teacher, student, path, w, seed, P):
 @click.option("--pretrain-steps", "P", type=int, default=800, show_default=True)
 @click.option("--seeds", default="1,2", show_default=True, help="Uptraining data seeds.")
 @click.option("--only", default=None, help="Comma list of students (default: all; mean pooling first).")
+@click.option(
+    "--results",
+    "results_path",
+    default=str(RESULTS),
+    show_default=True,
+    help="Results JSON; another file lets a second process run other students in parallel (merge with --merge).",
+)
+@click.option("--merge", "merge_from", multiple=True, help="Add the runs of these results files, then report.")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
-def main(run_dir, P, seeds, only, report_only):
+def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
     from distill_uptrain_report import write_report
 
-    res = load_results(RESULTS)
+    results = Path(results_path)
+    res = load_results(results)
+    for other in merge_from:
+        for seed, runs in load_results(Path(other)).get("runs", {}).items():
+            res.setdefault("runs", {}).setdefault(seed, {}).update(runs)
+        save_results(results, res)
     merge = load_results(MERGE_RESULTS)
     missing = [s for s in STUDENTS if s not in merge.get("conversions", {})]
     if missing:
         raise click.ClickException(f"run experiments/calibrated_merge.py first (no conversion {', '.join(missing)})")
-    if not report_only:
+    if not report_only and not merge_from:
         run = Path(run_dir)
         tok, train, held = prepare(run, {})
         teacher = load_model(run / "pretrained-mha")
@@ -90,7 +103,7 @@ def main(run_dir, P, seeds, only, report_only):
                 for w in WEIGHTS:
                     path = merge["conversions"][student]["path"]
                     distill(res, run, tok, train, held, teacher, student, path, w, seed, P)
-                    save_results(RESULTS, res)
+                    save_results(results, res)
     write_report(res, merge, EXP)
 
 
