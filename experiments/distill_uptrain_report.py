@@ -51,14 +51,14 @@ def analyse(res, merge):
 
 def table(rows):
     head = "| student | KD weight w | " + " | ".join(f"a={a}" for a in ALPHAS)
-    lines = [head + " | steps to mean pooling's span a=0.05 loss | train tokens/s | seeds |"]
-    lines.append("|" + "---|" * (len(ALPHAS) + 5))
+    lines = [head + " | steps to mean pooling's span a=0.05 loss | seeds |"]
+    lines.append("|" + "---|" * (len(ALPHAS) + 4))
     for r in rows:
         cells = [fmt(r["curve"][a][0]) if a in r["curve"] else "-" for a in ALPHAS]
         lines.append(
             f"| {r['student']} | {r['kd_weight']:g} | "
             + " | ".join(cells)
-            + f" | {fmt(r['steps_to_mean_span_a005'], 0)} | {fmt(r['tokens_per_s'], 0)} | {r['seeds']} |"
+            + f" | {fmt(r['steps_to_mean_span_a005'], 0)} | {r['seeds']} |"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Data-parallel uptraining throughput: 1 process vs 2 ranks (mlx.launch, ring backend) on this machine.
+"""Uptraining throughput on this machine: 1 process vs 2 ranks (mlx.launch, ring backend), and the cost of
+distillation (the same step with a multi-head teacher of the same size, w = 0.5).
 
 The model is the 12 M T5 of experiments/ (GQA-2 after conversion; random weights: speed does not depend on
 them), span corruption of random token windows, per-rank batch 16 x 128 input tokens, Adafactor, float32.
@@ -6,7 +7,7 @@ Each configuration runs 3 warm-up steps and 12 timed steps (median). The all-red
 time of one all_sum of a gradient-sized tree alone, over the median step of the same 2-rank run; the bytes
 all-reduced per step are the float32 gradients (4 bytes per trainable parameter).
 
-    .venv/bin/python docs/distributed_throughput.py     # writes docs/distributed_throughput.{json,md}
+    .venv/bin/python docs/uptrain_throughput.py     # writes docs/uptrain_throughput.{json,md}
 
 Run it on a quiet machine: it is a timing job.
 """
@@ -46,7 +47,7 @@ MODEL = dict(
 BATCH, INPUT_LEN, WARMUP, STEPS = 16, 128, 3, 12
 
 
-def worker(out: Path) -> None:
+def worker(out: Path, teacher: bool) -> None:
     """One process of a run: time the steps (and, with 2 ranks, an all-reduce alone); rank 0 writes `out`."""
     import mlx.core as mx
     import numpy as np
@@ -65,9 +66,17 @@ def worker(out: Path) -> None:
     ids = np.random.default_rng(0).integers(3, 4000, 512 * raw).astype(np.int32)
     model = init_model(ModelArgs.from_dict(MODEL), seed=0)
     data = SpanCorruptionData(make_windows(ids, raw), tok, BATCH, seed=1)
-    cfg = TrainConfig(steps=WARMUP + STEPS, batch_size=BATCH, optimizer="adafactor", lr=1e-3, save_every=0)
+    kd = 0.5 if teacher else 0.0
+    cfg = TrainConfig(
+        steps=WARMUP + STEPS, batch_size=BATCH, optimizer="adafactor", lr=1e-3, save_every=0, kd_weight=kd
+    )
+    mha = (
+        init_model(ModelArgs.from_dict({**MODEL, "num_key_value_heads": MODEL["num_heads"]}), seed=1)
+        if teacher
+        else None
+    )
     with tempfile.TemporaryDirectory() as run_dir:
-        tr = Trainer(model, data, cfg, run_dir)
+        tr = Trainer(model, data, cfg, run_dir, teacher=mha)
         times, tokens = [], []
         for i in range(WARMUP + STEPS):
             t0 = time.perf_counter()
@@ -92,6 +101,7 @@ def worker(out: Path) -> None:
         step = statistics.median(times)
         rec = {
             "ranks": tr.world,
+            "distillation": teacher,
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
             "per_rank_batch": BATCH,
             "global_batch": BATCH * tr.world,
@@ -107,8 +117,9 @@ def worker(out: Path) -> None:
         out.write_text(json.dumps(rec))
 
 
-def launch(cmd, out: Path, env: dict) -> dict:
-    subprocess.run(cmd + [sys.executable, __file__, "--worker", str(out)], check=True, env={**os.environ, **env})
+def launch(cmd, out: Path, env: dict, teacher: bool = False) -> dict:
+    args = [sys.executable, __file__, "--worker", str(out), "teacher" if teacher else "-"]
+    subprocess.run(cmd + args, check=True, env={**os.environ, **env})
     return json.loads(out.read_text())
 
 
@@ -123,6 +134,7 @@ def main() -> None:
             launch([], tmp / "a.json", {}),
             launch([], tmp / "b.json", {"OPENBLAS_NUM_THREADS": "1"}),
             launch(two, tmp / "c.json", {"OPENBLAS_NUM_THREADS": "1"}),
+            launch([], tmp / "d.json", {}, teacher=True),
         ]
     base = rows[0]["tokens_per_s"]
     for r in rows:
@@ -137,29 +149,30 @@ def main() -> None:
         "model": MODEL,
         "rows": rows,
     }
-    (HERE / "distributed_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    (HERE / "uptrain_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"CPU: {cpu}, {os.cpu_count()} cores; 12 M T5 (GQA-2), per-rank batch {BATCH} x {INPUT_LEN} tokens, "
         f"median of {STEPS} steps.",
         "",
-        "| processes | BLAS threads each | global batch | step (s) | tokens/s | vs 1 process | all-reduce (s) | "
-        "all-reduce share | bytes all-reduced per step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| processes | BLAS threads each | distillation | global batch | step (s) | tokens/s | vs 1 process | "
+        "all-reduce (s) | all-reduce share | bytes all-reduced per step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         red = f"{r['allreduce_s_median']:.3f}" if r["allreduce_s_median"] else "-"
         share = f"{r['allreduce_share']:.0%}" if r["allreduce_share"] else "-"
+        kd = "w = 0.5" if r["distillation"] else "-"
         lines.append(
-            f"| {r['ranks']} | {r['blas_threads']} | {r['global_batch']} | {r['step_s_median']:.3f} | "
+            f"| {r['ranks']} | {r['blas_threads']} | {kd} | {r['global_batch']} | {r['step_s_median']:.3f} | "
             f"{r['tokens_per_s']:.0f} | {r['speedup_vs_1_process']:.2f} | {red} | {share} | "
             f"{r['allreduce_bytes_per_step'] / 2**20:.1f} MiB |"
         )
-    (HERE / "distributed_throughput.md").write_text("\n".join(lines) + "\n")
+    (HERE / "uptrain_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker(Path(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(Path(sys.argv[2]), sys.argv[3] == "teacher")
     else:
         main()
