@@ -88,11 +88,6 @@ def open_checkpoint(path: Path) -> CheckpointTensors:
     return tensors
 
 
-def load_hf_weights(path: Path) -> Dict[str, np.ndarray]:
-    """All tensors of a HF checkpoint in memory, as float32 numpy arrays."""
-    return {k: np.array(v) for k, v in open_checkpoint(path).items()}
-
-
 def fix_feed_forward(config: dict, weights: Dict[str, np.ndarray]) -> dict:
     """Legacy Flan-T5 configs say 'gelu' while their FFN is gated (wi_0/wi_1): trust the weights."""
     config = dict(config)
