@@ -213,11 +213,11 @@ def test_a_full_disk_is_refused_before_writing_or_cleaned_up_after(tmp_path, sma
 
 
 def test_conversion_holds_about_one_tensor_at_a_time(tmp_path, tokenizer):
-    """MLX's peak memory during a conversion stays near the largest tensor, not the model's size."""
+    """MLX's peak memory during a conversion stays within a few tensors, not the model's size."""
     cfg = t5_config("t5-small", num_layers=4, num_decoder_layers=4, vocab_size=4200)
     src = save_random_checkpoint(cfg, tmp_path / "src", tokenizer=tokenizer)
     sizes = [np.prod(s) * 4 for s in (t.shape for t in mx.load(str(src / "model.safetensors")).values())]
     mx.clear_cache()
     mx.reset_peak_memory()
     convert(str(src), tmp_path / "out", kv_heads=1, dtype="bfloat16")
-    assert mx.get_peak_memory() < 2 * max(sizes) < 0.5 * sum(sizes), (mx.get_peak_memory(), max(sizes), sum(sizes))
+    assert mx.get_peak_memory() < 3 * max(sizes) < 0.5 * sum(sizes), (mx.get_peak_memory(), max(sizes), sum(sizes))
