@@ -30,20 +30,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODEL = dict(
-    vocab_size=8192,
-    d_model=256,
-    d_kv=32,
-    d_ff=768,
-    num_layers=4,
-    num_decoder_layers=4,
-    num_heads=8,
-    num_key_value_heads=2,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-)
+sys.path.insert(0, str(HERE.parent / "experiments"))
+from gqa_uptrain import MODEL as EXPERIMENT_MODEL  # noqa: E402
+
+MODEL = {**EXPERIMENT_MODEL, "num_key_value_heads": 2}
 BATCH, INPUT_LEN, WARMUP, STEPS = 16, 128, 3, 12
 
 

@@ -31,9 +31,10 @@ import numpy as np
 from gqa_uptrain import (
     BATCH,
     EXP,
-    load_results,
+    load_merged,
     log,
     prepare,
+    results_options,
     run_pretrain,
     save_results,
     span_trainer,
@@ -182,26 +183,13 @@ RESULTS = EXP / "results" / "calibrated_merge.json"
 @click.option(
     "--only", default=None, help="Comma list of conversions to uptrain (default: all, most informative first)."
 )
-@click.option(
-    "--results",
-    "results_path",
-    default=str(RESULTS),
-    show_default=True,
-    help="Results JSON; another file lets a second process uptrain other seeds in parallel (merge with --merge).",
-)
-@click.option(
-    "--merge", "merge_from", multiple=True, help="Add the uptraining runs of these results files, then report."
-)
+@results_options(RESULTS, "seeds")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
 def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
     from calibrated_merge_report import write_report
 
     results = Path(results_path)
-    res = load_results(results)
-    for other in merge_from:
-        for seed, runs in load_results(Path(other)).get("runs", {}).items():
-            res.setdefault("runs", {}).setdefault(seed, {}).update(runs)
-        save_results(results, res)
+    res = load_merged(results, merge_from)
     if not report_only and not merge_from:
         run = Path(run_dir)
         tok, train, held = prepare(run, {})

@@ -25,7 +25,17 @@ from pathlib import Path
 
 import click
 from calibrated_merge import RESULTS as MERGE_RESULTS
-from gqa_uptrain import EXP, load_results, log, prepare, save_results, span_trainer, uptrain_config
+from gqa_uptrain import (
+    EXP,
+    load_merged,
+    load_results,
+    log,
+    prepare,
+    results_options,
+    save_results,
+    span_trainer,
+    uptrain_config,
+)
 
 from mlx_mqa import load_model
 
@@ -72,24 +82,13 @@ def distill(res, run, tok, train, held, teacher, student, path, w, seed, P):
 @click.option("--pretrain-steps", "P", type=int, default=800, show_default=True)
 @click.option("--seeds", default="1,2", show_default=True, help="Uptraining data seeds.")
 @click.option("--only", default=None, help="Comma list of students (default: all; mean pooling first).")
-@click.option(
-    "--results",
-    "results_path",
-    default=str(RESULTS),
-    show_default=True,
-    help="Results JSON; another file lets a second process run other students in parallel (merge with --merge).",
-)
-@click.option("--merge", "merge_from", multiple=True, help="Add the runs of these results files, then report.")
+@results_options(RESULTS, "students")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
 def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
     from distill_uptrain_report import write_report
 
     results = Path(results_path)
-    res = load_results(results)
-    for other in merge_from:
-        for seed, runs in load_results(Path(other)).get("runs", {}).items():
-            res.setdefault("runs", {}).setdefault(seed, {}).update(runs)
-        save_results(results, res)
+    res = load_merged(results, merge_from)
     merge = load_results(MERGE_RESULTS)
     missing = [s for s in STUDENTS if s not in merge.get("conversions", {})]
     if missing:

@@ -82,6 +82,35 @@ def save_results(path, res):
     atomic_write_json(path, res)
 
 
+def results_options(default: Path, what: str):
+    """--results and --merge: a second process may write its own results file, merged afterwards."""
+
+    def wrap(f):
+        f = click.option(
+            "--merge", "merge_from", multiple=True, help="Add the runs of these results files, then report."
+        )(f)
+        return click.option(
+            "--results",
+            "results_path",
+            default=str(default),
+            show_default=True,
+            help=f"Results JSON; another file lets a second process run other {what} in parallel (see --merge).",
+        )(f)
+
+    return wrap
+
+
+def load_merged(results_path, merge_from) -> dict:
+    """The results at `results_path` with the uptraining runs of `merge_from` added (and saved)."""
+    results = Path(results_path)
+    res = load_results(results)
+    for other in merge_from:
+        for seed, runs in load_results(Path(other)).get("runs", {}).items():
+            res.setdefault("runs", {}).setdefault(seed, {}).update(runs)
+        save_results(results, res)
+    return res
+
+
 def records(seed=0, eval_fraction=0.1):
     """Train/held-out texts: whole records (document and summary) are held out together."""
     train, held = [], []
