@@ -122,10 +122,20 @@ def plot(rows, mha, path):
             ax.fill_between(a, [p[1][1] for p in pts], [p[1][2] for p in pts], alpha=0.15)
         ax.axhline(mha, color="k", ls=":", label="MHA (before uptraining)")
         ax.set_title(f"{GNAME[G]} (mean of seeds; band: min-max)")
-        ax.set_xlabel("alpha (uptraining steps / pretraining steps)")
-        ax.set_ylabel("held-out span-corruption loss")
         ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        label_axes(ax)
+    save_figure(fig, path)
+
+
+def label_axes(ax):
+    ax.set_xlabel("alpha (uptraining steps / pretraining steps)")
+    ax.set_ylabel("held-out span-corruption loss")
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

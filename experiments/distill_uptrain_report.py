@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from calibrated_merge_report import GNAME, fmt, steps_to
+from calibrated_merge_report import GNAME, fmt, label_axes, save_figure, steps_to
 
 ALPHAS = (0.0, 0.025, 0.05, 0.075, 0.1)
 
@@ -89,12 +89,8 @@ def plot(rows, mha, path):
             f"{GNAME[G]}: distillation vs span corruption\n"
             f"(mean of seeds, band min-max; mean pooling at alpha=0: {start:.2f})"
         )
-        ax.set_xlabel("alpha (uptraining steps / pretraining steps)")
-        ax.set_ylabel("held-out span-corruption loss")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        label_axes(ax)
+    save_figure(fig, path)
 
 
 def write_report(res, merge, exp_dir: Path):
