@@ -17,6 +17,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from ..errors import CheckpointError
+from .tensors import SAFETENSORS_NAME
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -71,18 +72,6 @@ def atomic_write_json(path: Path, data) -> None:
 # mlx-lm's shard size and file names (its `make_shards` counts whole GB; bytes here, so tests can shard small).
 MAX_SHARD_BYTES = 5 << 30
 
-_SAFETENSORS_DTYPE = {
-    mx.float32: "F32",
-    mx.float16: "F16",
-    mx.bfloat16: "BF16",
-    mx.uint32: "U32",
-    mx.int32: "I32",
-    mx.uint8: "U8",
-    mx.int8: "I8",
-    mx.int64: "I64",
-    mx.bool_: "BOOL",
-}
-
 
 class TensorPlan(NamedTuple):
     """A tensor to write: its shape and dtype, known before it is computed."""
@@ -121,7 +110,7 @@ def _write_safetensors(file: Path, names: List[str], plan: Dict[str, TensorPlan]
     for k in names:
         t = plan[k]
         header[k] = {
-            "dtype": _SAFETENSORS_DTYPE[t.dtype],
+            "dtype": SAFETENSORS_NAME[t.dtype],
             "shape": list(t.shape),
             "data_offsets": [offset, offset + t.nbytes],
         }

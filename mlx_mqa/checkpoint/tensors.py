@@ -12,14 +12,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, Iterator, NamedTuple, Sequence, Tuple
 
+import mlx.core as mx
 import numpy as np
 
 from ..errors import CheckpointError
 
-# safetensors dtype names -> numpy (bfloat16 has none: it is read as uint16 and widened).
-_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-_NUMPY.update({"I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U32": np.uint32})
-_NUMPY.update({"BOOL": np.bool_})
+# The safetensors dtype names, read (numpy; bfloat16 has none: it is read as uint16 and widened) and written (MLX).
+DTYPES = {
+    "F64": (np.float64, mx.float64),
+    "F32": (np.float32, mx.float32),
+    "F16": (np.float16, mx.float16),
+    "BF16": (np.uint16, mx.bfloat16),
+    "I64": (np.int64, mx.int64),
+    "I32": (np.int32, mx.int32),
+    "I16": (np.int16, mx.int16),
+    "I8": (np.int8, mx.int8),
+    "U8": (np.uint8, mx.uint8),
+    "U32": (np.uint32, mx.uint32),
+    "BOOL": (np.bool_, mx.bool_),
+}
+_NUMPY = {name: np_type for name, (np_type, _) in DTYPES.items()}
+SAFETENSORS_NAME = {mx_type: name for name, (_, mx_type) in DTYPES.items()}
 
 
 class Spec(NamedTuple):

@@ -29,17 +29,12 @@ def held_out_prefix(
     the number of documents they took). Training skips those documents."""
     parts: List[np.ndarray] = []
     tokens = used = 0
-    texts = iter_texts(sources, field, streaming=True)
-    while tokens < n_windows * window:
-        chunk = list(islice(texts, READ_DOCUMENTS))
-        if not chunk:
+    for text in iter_texts(sources, field, streaming=True):
+        if tokens >= n_windows * window:
             break
-        for text in chunk:
-            parts.append(tokenize_stream(tokenizer, [text]))
-            tokens += len(parts[-1])
-            used += 1
-            if tokens >= n_windows * window:
-                break
+        parts.append(tokenize_stream(tokenizer, [text]))
+        tokens += len(parts[-1])
+        used += 1
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     return make_windows(stream, window)[:n_windows], used
 
