@@ -5,7 +5,9 @@ A small C shim (csrc/gemv_shim.c, compiled on first use into a private cache dir
 mlx_mqa.paths) is loaded globally before mlx.core and serves MLX's cblas_sgemm from an OpenBLAS opened
 privately, so that PyTorch in the same process keeps its own MKL (a globally loaded OpenBLAS would
 replace torch's sgemm_ too, and torch would run ~3x slower). The shim also routes single-row matmuls
-(every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS.
+(every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS, and head-sized products (attention
+blocks, which run on two CPU streams at once) to a second, single-threaded instance of the same library,
+so that the two streams do not fight over the cores.
 
 The BLAS, first found wins: the scipy-openblas32 wheel (a dependency on Linux; its symbols carry a
 scipy_ prefix, which only the shim can serve), then a system OpenBLAS (Debian's libopenblas0-pthread,

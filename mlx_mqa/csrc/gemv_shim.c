@@ -22,6 +22,7 @@ typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int
 typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
 
 static sgemm_fn real_sgemm = 0;
+static sgemm_fn single_sgemm = 0; /* a second OpenBLAS instance, fixed at one thread */
 static sgemv_fn real_sgemv = 0;
 static int route = 0;
 static void *blas = 0;
@@ -35,6 +36,24 @@ static void *lookup(void *h, const char *pre, const char *name) {
   char full[128];
   snprintf(full, sizeof full, "%s%s", pre, name);
   return dlsym(h, full);
+}
+
+/* The same library again in its own link-map namespace: its own thread count, set to one. Attention
+ * runs its small products on two CPU streams at once; with the shared multi-threaded instance the two
+ * streams' calls contend for the same cores. */
+static void open_single(const char *blas_path, const char *pre) {
+  void *h = dlmopen(LM_ID_NEWLM, blas_path, RTLD_NOW | RTLD_LOCAL);
+  if (!h)
+    return;
+  typedef void (*threads_fn)(int);
+  threads_fn set_threads = (threads_fn)lookup(h, pre, "openblas_set_num_threads");
+  sgemm_fn gemm = (sgemm_fn)lookup(h, pre, "cblas_sgemm");
+  if (!set_threads || !gemm) {
+    dlclose(h);
+    return;
+  }
+  set_threads(1);
+  single_sgemm = gemm;
 }
 
 /* 0: ready; 1: the library cannot be opened; 2: it has no cblas_sgemm/cblas_sgemv. */
@@ -54,6 +73,7 @@ int mlx_mqa_gemv_shim_init(const char *blas_path, int route_gemv) {
       real_sgemm = gemm;
       real_sgemv = gemv;
       route = route_gemv;
+      open_single(blas_path, prefixes[i]);
       return 0;
     }
   }
@@ -95,6 +115,11 @@ void cblas_sgemm(int order, int transA, int transB, int M, int N, int K, float a
       real_sgemv(RowMajor, Trans, K, M, alpha, A, lda, B, incx, beta, C, ldc);
     else /* A stored [M, K] */
       real_sgemv(RowMajor, NoTrans, M, K, alpha, A, lda, B, incx, beta, C, ldc);
+    return;
+  }
+  /* A head-sized product (an attention block's Q K^T or P V): one thread, see open_single. */
+  if (single_sgemm && (N <= 128 || K <= 128) && (double)M * N * K <= 33554432.0) {
+    single_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   real_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -1,53 +1,77 @@
 """Attention kernels, apart from the architecture: T5's unscaled attention over grouped K/V heads.
 
 On Metal/CUDA MLX's fused kernel takes fewer K/V heads than query heads as they are. On CPU the same
-math runs as grouped matmuls, long inputs in bounded score blocks on two streams.
+math runs as grouped matmuls; long inputs run in cache-sized blocks of query rows on two streams.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
-# Most attention scores materialised at once on CPU (elements): 2**26 floats = 256 MiB.
-SCORES_CHUNK = 2**26
-# From this many scores on (16 MiB), CPU attention is split in two blocks that run in parallel.
-PARALLEL_SCORES = 2**22
+# Scores one CPU block holds (4 MiB of float32): a block's passes (product, max, exp, sum) then read
+# cached data, and no big buffer is page-faulted in per pass.
+BLOCK_SCORES = 2**20
+# From this many scores on, CPU attention runs in blocks alternating between two streams.
+PARALLEL_SCORES = 2**21
 # Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
 FEW_SCORES = 2**16
 LOG2E = math.log2(math.e)
 
+# An additive mask: one array, or several added in turn (T5's position bias [1, H, L, S] and the padding
+# [B, 1, 1, S] stay apart, so no [B, H, L, S] mask is ever built on CPU).
+Mask = Union[None, mx.array, Tuple[mx.array, ...]]
 
-def attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -> mx.array:
+
+def attention(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
     """T5 attention: no 1/sqrt(d) scaling; position bias and padding come in as an additive mask.
 
     k and v may have fewer heads than q (GQA/MQA) and are never tiled. On Metal/CUDA the fused
     kernel does this; MLX's CPU fallback repeats K/V per query head (measured 2.5-4x slower for MQA
     decode steps), so on CPU the same math runs as grouped matmuls.
     """
-    if mask is not None and mask.dtype != q.dtype:
-        mask = mask.astype(q.dtype)
+    terms = mask_terms(mask, q.dtype)
     if mx.default_device() != mx.cpu:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=mask)
-    B, H, L, D = q.shape
+        combined = None if not terms else sum(terms[1:], terms[0])
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=combined)
+    B, H, L, _ = q.shape
     S = k.shape[2]
-    rows = max(1, SCORES_CHUNK // (B * H * S))
-    if L <= rows and (L == 1 or B * H * L * S < PARALLEL_SCORES):
-        return _grouped_attention(q, k, v, mask)
-    n_blocks = -(-L // rows)
-    n_blocks += n_blocks % 2  # an even number of equal blocks keeps both CPU streams busy
-    rows = -(-L // n_blocks)
-    # Long inputs: bounded [B, H, rows, S] score blocks, alternating between two CPU streams. MLX runs
-    # each stream on its own thread, and its elementwise CPU ops (the softmax) are single-threaded.
-    blocks = []
-    for n, i in enumerate(range(0, L, rows)):
-        m = mask if mask is None or mask.shape[-2] == 1 else mask[..., i : i + rows, :]
-        with mx.stream(_cpu_streams()[n % 2]):
-            blocks.append(_grouped_attention(q[:, :, i : i + rows], k, v, m))
-    return mx.concatenate(blocks, axis=2)
+    if L == 1 or B * H * L * S < PARALLEL_SCORES:
+        return _grouped_attention(q, k, v, terms)
+    # Blocks of query rows, one input at a time, alternating between two CPU streams: MLX runs each stream
+    # on its own thread, and its elementwise CPU ops (the softmax) are single-threaded. The blocks are
+    # listed in order, so MLX dispatches them interleaved and both streams stay busy.
+    rows = max(1, BLOCK_SCORES // (H * S))
+    # Every block reads all of K and V: laid out once here, not copied per block from a transposed view.
+    k, v = mx.contiguous(k), mx.contiguous(v)
+    streams, n, per_input = _cpu_streams(), 0, []
+    for b in range(B):
+        blocks = []
+        for i in range(0, L, rows):
+            with mx.stream(streams[n % 2]):
+                sliced = [_block_of(t, b, i, rows) for t in terms]
+                blocks.append(_grouped_attention(q[b : b + 1, :, i : i + rows], k[b : b + 1], v[b : b + 1], sliced))
+            n += 1
+        per_input.append(mx.concatenate(blocks, axis=2) if len(blocks) > 1 else blocks[0])
+    return mx.concatenate(per_input, axis=0) if B > 1 else per_input[0]
+
+
+def mask_terms(mask: Mask, dtype) -> Tuple[mx.array, ...]:
+    """The mask as a tuple of additive terms in `dtype`."""
+    if mask is None:
+        return ()
+    terms = (mask,) if isinstance(mask, mx.array) else tuple(mask)
+    return tuple(t if t.dtype == dtype else t.astype(dtype) for t in terms)
+
+
+def _block_of(term: mx.array, b: int, i: int, rows: int) -> mx.array:
+    """The part of a [1|B, 1|H, 1|L, S] mask term that input b's query rows i..i+rows see."""
+    if term.shape[0] > 1:
+        term = term[b : b + 1]
+    return term if term.shape[2] == 1 else term[:, :, i : i + rows]
 
 
 _streams = threading.local()
@@ -61,21 +85,48 @@ def _cpu_streams():
     return pair
 
 
-# exp(x - m) as 2**((x - m) * log2 e), fused into one pass: MLX's CPU exp costs ~5x a multiply-add
-# pass, its pow(2, .) ~2.5x (same accuracy, ~4e-6 relative at x - m = -80).
-_exp_shifted = mx.compile(lambda x, m: mx.power(2.0, (x - m) * LOG2E), shapeless=True)
+# 2**f on [-1/2, 1/2]: least-squares fit, relative error at most 1.5e-7 with these float32 coefficients.
+EXP2_COEFFS = (
+    1.0000001192092896,
+    0.6931469440460205,
+    0.24022121727466583,
+    0.0555073693394661,
+    0.0096754767000675,
+    0.0013268870534375,
+)
 
 
-def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, mask: Optional[mx.array]) -> mx.array:
+def _exp_shifted_fn(x: mx.array, m: mx.array) -> mx.array:
+    """exp(x - m) for x <= m as 2**n * 2**f, f in [-1/2, 1/2], fused into one pass. MLX's CPU exp is a
+    scalar libm call (measured ~15 ns per element, pow(2, .) ~6); this is a few multiply-adds."""
+    u = mx.maximum((x - m) * LOG2E, -127.0)
+    n = mx.stop_gradient((u + 127.5).astype(mx.int32))  # round(u) + 127 >= 0, so truncation rounds
+    f = u - (n.astype(mx.float32) - 127.0)
+    p = EXP2_COEFFS[-1]
+    for c in reversed(EXP2_COEFFS[:-1]):
+        p = p * f + c
+    # 2**(n - 127) from its exponent bits; n == 0 gives 0.0, so masked keys weigh exactly nothing.
+    return p * mx.stop_gradient(mx.view(n << 23, mx.float32))
+
+
+# Not shapeless: MLX cannot infer a view's shape; blocks come in at most two shapes per input length.
+_exp_shifted = mx.compile(_exp_shifted_fn)
+
+
+def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> mx.array:
     B, H, L, D = q.shape
     G = k.shape[1]
     # Heads g*H/G .. (g+1)*H/G-1 share K/V head g: stack them along the query axis.
     qg = q.reshape(B, G, (H // G) * L, D)
-    scores = qg @ k.swapaxes(-1, -2)
-    if mask is not None:
-        mb, mh = mask.shape[0], mask.shape[1]
-        m = mask if mh == 1 else mask.reshape(mb, G, (H // G) * L, mask.shape[-1])
-        scores = scores + m
+    grouped = [t if t.shape[1] == 1 else t.reshape(t.shape[0], G, (H // G) * L, t.shape[-1]) for t in terms]
+    if grouped:
+        # The first term is the product's initial value (BLAS adds it): one pass over the scores fewer.
+        shape = (B, G, (H // G) * L, k.shape[2])
+        scores = mx.addmm(mx.broadcast_to(grouped[0], shape), qg, k.swapaxes(-1, -2))
+        for t in grouped[1:]:
+            scores = scores + t
+    else:
+        scores = qg @ k.swapaxes(-1, -2)
     if v.dtype != mx.float32 or scores.size < FEW_SCORES:
         # Half precision (unnormalised sums could overflow) and small decode steps (overhead-bound).
         probs = mx.softmax(scores.astype(mx.float32), axis=-1).astype(v.dtype)

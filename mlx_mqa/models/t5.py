@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .attention import attention, padding_mask
+from .attention import Mask, attention, padding_mask
 from .cache import CrossKV, KVCache, StaticKVCache
 from .config import ModelArgs
 
@@ -78,8 +78,9 @@ class T5Attention(nn.Module):
         q_pos = (mx.arange(query_length) + offset)[:, None]
         k_pos = mx.arange(key_length)[None, :]
         buckets = table[mx.clip(k_pos - q_pos, -md, md) + md]
-        values = self.relative_attention_bias(buckets)  # [Tq, Tk, H]
-        return values.transpose(2, 0, 1)[None]
+        # Gathered from the [H, buckets] table, so the bias is laid out [H, Tq, Tk] as attention reads it
+        # (an [Tq, Tk, H] gather, transposed, would be read with a stride of H).
+        return mx.take(self.relative_attention_bias.weight.T, buckets, axis=1)[None]
 
     def project_kv(self, x: mx.array):
         B, L, _ = x.shape
@@ -88,7 +89,7 @@ class T5Attention(nn.Module):
         return k, v
 
     def __call__(
-        self, x: mx.array, mask: Optional[mx.array], cache: Optional[KVCache] = None, cross: Optional[CrossKV] = None
+        self, x: mx.array, mask: Mask, cache: Optional[KVCache] = None, cross: Optional[CrossKV] = None
     ) -> mx.array:
         B, L, _ = x.shape
         q = self.q(x).reshape(B, L, self.n_heads, self.d_kv).transpose(0, 2, 1, 3)
@@ -253,10 +254,9 @@ class Model(nn.Module):
     def encode(self, input_ids: mx.array, attention_mask: Optional[mx.array] = None) -> mx.array:
         x = self.shared(input_ids)
         L = input_ids.shape[1]
-        mask = self.encoder.bias_owner.position_bias(L, L).astype(x.dtype)
+        bias = self.encoder.bias_owner.position_bias(L, L).astype(x.dtype)
         pad = padding_mask(attention_mask, x.dtype)
-        if pad is not None:
-            mask = mask + pad
+        mask = bias if pad is None else (bias, pad)  # never summed into one [B, H, L, L] mask
         for block in self.encoder.block:
             x = block(x, mask)
         return self.encoder.final_layer_norm(x)

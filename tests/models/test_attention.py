@@ -20,25 +20,36 @@ def test_attention_helper_equals_fused_kernel(B, H, G, L, S):
         np.testing.assert_allclose(np.array(attention(q, k, v, m)), np.array(ref), atol=1e-5)
 
 
-def test_attention_in_query_chunks_is_exact(monkeypatch):
+def test_attention_in_row_blocks_is_exact(monkeypatch):
+    """Blocks of query rows on two streams, one input at a time, give the unblocked result bit for bit."""
     import mlx_mqa.models.attention as m
 
     rng = np.random.default_rng(5)
     q, k, v = (
         mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(2, 8, 37, 16), (2, 2, 37, 16), (2, 2, 37, 16)]
     )
-    masks = [
-        mx.array(rng.standard_normal((1, 8, 37, 37)).astype(np.float32)),
-        mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32)),
-    ]
+    bias = mx.array(rng.standard_normal((1, 8, 37, 37)).astype(np.float32))
+    pad = mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32))
+    masks = [bias, pad, (bias, pad), None]
     whole = [np.array(m.attention(q, k, v, mask)) for mask in masks]
-    monkeypatch.setattr(m, "SCORES_CHUNK", 2 * 8 * 37 * 5)  # 5 query rows per chunk
-    for mask, ref in zip(masks, whole):
-        np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
-    monkeypatch.setattr(m, "SCORES_CHUNK", 2**26)
-    monkeypatch.setattr(m, "PARALLEL_SCORES", 1)  # two row blocks on two CPU streams
-    for mask, ref in zip(masks, whole):
-        np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
+    monkeypatch.setattr(m, "PARALLEL_SCORES", 1)
+    for rows in (5, 1, 37):
+        monkeypatch.setattr(m, "BLOCK_SCORES", 8 * 37 * rows)
+        for mask, ref in zip(masks, whole):
+            np.testing.assert_array_equal(np.array(m.attention(q, k, v, mask)), ref)
+
+
+def test_mask_terms_equal_their_sum():
+    """Position bias and padding passed apart (never a [B, H, L, S] mask) equal the summed mask."""
+    from mlx_mqa.models.attention import attention
+
+    rng = np.random.default_rng(6)
+    q, k, v = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(2, 4, 9, 8), (2, 4, 9, 8), (2, 4, 9, 8)])
+    bias = mx.array(rng.standard_normal((1, 4, 9, 9)).astype(np.float32))
+    pad = mx.array(np.where(rng.random((2, 1, 1, 9)) < 0.3, -1e9, 0.0).astype(np.float32))
+    np.testing.assert_allclose(
+        np.array(attention(q, k, v, (bias, pad))), np.array(attention(q, k, v, bias + pad)), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("L", [6, 1])
@@ -82,6 +93,7 @@ def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
     grad = mx.grad(loss, argnums=(0, 1, 2))
     ref = [np.array(g) for g in mx.grad(ref_loss, argnums=(0, 1, 2))(q, k, v)]
     monkeypatch.setattr(m, "FEW_SCORES", 1)
+    monkeypatch.setattr(m, "BLOCK_SCORES", 4 * 12 * 5)  # blocks of 5 query rows
     for parallel in (2**22, 1):
         monkeypatch.setattr(m, "PARALLEL_SCORES", parallel)
         for g, r in zip(grad(q, k, v), ref):
