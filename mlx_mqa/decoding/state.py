@@ -16,6 +16,9 @@ from ..errors import InputError
 from ..models.cache import CrossKV, StaticKVCache
 
 _LOCKS_GUARD = threading.Lock()
+# Tokens encoded at once when decoding: a bigger batch is encoded a few inputs at a time, so the encoder's
+# workspace (activations, attention blocks, the [H, L, L] position bias) does not grow with the batch.
+ENCODE_TOKENS = 4096
 
 
 def model_lock(model) -> threading.RLock:
@@ -53,6 +56,27 @@ def check_decode_inputs(model, input_ids: mx.array, attention_mask: Optional[mx.
             raise InputError("a row of attention_mask is all padding; every input needs at least one token")
 
 
+def encode_bounded(model, input_ids: mx.array, attention_mask: Optional[mx.array]) -> mx.array:
+    """The encoder output of a batch, at most ENCODE_TOKENS tokens (and at least one input) at a time.
+
+    Each part is evaluated before the next is built, so peak memory is the weights, the output and one
+    part's workspace. Inference only: a batch that fits in one part is returned unevaluated, as before.
+    """
+    B, L = input_ids.shape
+    rows = max(1, ENCODE_TOKENS // L)
+    if B <= rows:
+        with model_lock(model):
+            return model.encode(input_ids, attention_mask)
+    parts = []
+    for i in range(0, B, rows):
+        mask = None if attention_mask is None else attention_mask[i : i + rows]
+        with model_lock(model):
+            part = model.encode(input_ids[i : i + rows], mask)
+        mx.eval(part)  # outside the lock: other threads may build their graphs meanwhile
+        parts.append(part)
+    return mx.concatenate(parts, axis=0)
+
+
 class DecodeState:
     """Everything one decode step reads: cross-attention K/V, the self-attention caches and the
     encoder padding mask. Built once per input; the cross K/V are never recomputed.
@@ -74,8 +98,8 @@ class DecodeState:
         self.model = model
         self.max_steps = max_steps
         self.steps = 0
+        enc = encode_bounded(model, input_ids, attention_mask)
         with model_lock(model):
-            enc = model.encode(input_ids, attention_mask)
             self.cross = model.cross_kv(enc)
         self.attention_mask = attention_mask
         self.compiled = compiled

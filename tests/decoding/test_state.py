@@ -93,3 +93,43 @@ def test_one_model_from_several_threads_at_once(model_path, tokenizer, monkeypat
     assert errors == []
     assert results == expected
     assert np.all([len(r) for r in results])
+
+
+def test_a_big_batch_is_encoded_in_parts_with_the_same_result(model_path, tokenizer, monkeypatch):
+    """Inputs encoded a few at a time (padding included) give the one-batch encoder output and tokens."""
+    import mlx_mqa.decoding.state as state
+
+    model = load_model(model_path)
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+    whole = np.array(model.encode(ids, mask))
+    tokens = generate_tokens(model, ids, mask, 5)
+    monkeypatch.setattr(state, "ENCODE_TOKENS", ids.shape[1])  # one input per part
+    np.testing.assert_allclose(np.array(state.encode_bounded(model, ids, mask)), whole, rtol=0, atol=1e-5)
+    assert generate_tokens(model, ids, mask, 5) == tokens
+
+
+def test_encoder_workspace_does_not_grow_with_the_batch(model_path, monkeypatch):
+    """Peak memory of building a decode state grows by the K/V and encoder output of each added input, not
+    by its encoder workspace: 8 inputs cost less than 8 times one input's peak."""
+    import mlx_mqa.decoding.state as state
+
+    model = load_model(model_path)
+    L = 256
+    monkeypatch.setattr(state, "ENCODE_TOKENS", L)
+
+    def peak(rows: int) -> tuple:
+        ids = mx.array(np.full((rows, L), 5, np.int32))
+        mx.eval(ids)
+        mx.synchronize()
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        s = DecodeState(model, ids, None, 4)
+        mx.eval([c.keys for c in s.cross] + [c.values for c in s.cross])
+        kept = s.nbytes() + rows * L * model.args.d_model * 4  # K/V and the encoder output
+        return mx.get_peak_memory() - base, kept
+
+    one, kept_one = peak(1)
+    eight, kept_eight = peak(8)
+    workspace = one - kept_one
+    assert workspace > kept_one  # the encoder's workspace is what a part costs
+    assert eight <= kept_eight + 1.5 * workspace
