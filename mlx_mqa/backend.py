@@ -210,19 +210,29 @@ def _coretype(path: str) -> str | None:
     return "SKYLAKEX" if "avx512f" in flags and "avx512bw" in flags else None
 
 
-def _with_coretype(path: str, load):
-    """Run load() (which opens `path`) with OPENBLAS_CORETYPE set only if that library needs it: the
-    variable is read when OpenBLAS initialises, and left set it would also steer numpy's OpenBLAS."""
+# OpenBLAS's idle threads spin for 2**n cycles before sleeping (default n = 28, ~0.1 s). After a threaded
+# matmul, a spinning thread takes the core that CPU attention's second stream needs (measured: attention
+# right after the projections took 2x as long). 2**22 cycles (~2 ms) still spans the gaps between a
+# decode step's calls: encoder and decode step were both faster than with the default in the same session.
+THREAD_TIMEOUT = "22"
+
+
+def _with_openblas_env(path: str, load):
+    """Run load() (which opens `path`) with OpenBLAS's variables set for it: OPENBLAS_THREAD_TIMEOUT unless
+    the user set it, and OPENBLAS_CORETYPE only if that library needs it. They are read when OpenBLAS
+    initialises; left set, they would also steer numpy's OpenBLAS."""
     global coretype_override
     core = _coretype(path)
-    if core is None:
-        return load()
-    os.environ["OPENBLAS_CORETYPE"] = core
+    extra = {"OPENBLAS_CORETYPE": core} if core else {}
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        extra["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
+    os.environ.update(extra)
     try:
         result = load()
     finally:
-        del os.environ["OPENBLAS_CORETYPE"]
-    if result:
+        for key in extra:
+            del os.environ[key]
+    if result and core:
         coretype_override = core
     return result
 
@@ -285,7 +295,7 @@ def _load_blas() -> tuple[str, str] | None:
     if shim is not None:
         errors = []
         for path in paths:
-            if _with_coretype(path, lambda p=path: shim.mlx_mqa_gemv_shim_init(p.encode(), int(route_gemv)) == 0):
+            if _with_openblas_env(path, lambda p=path: shim.mlx_mqa_gemv_shim_init(p.encode(), int(route_gemv)) == 0):
                 # Promote the shim to global so that mlx.core's cblas_sgemm resolves to it.
                 ctypes.CDLL(shim.path, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
                 loaded_blas, blas_scope = path, "private"
@@ -295,7 +305,7 @@ def _load_blas() -> tuple[str, str] | None:
             errors.append(shim.mlx_mqa_gemv_shim_error().decode())
         return f"no usable BLAS ({'; '.join(errors)})", fix
     for path in paths:
-        if _with_coretype(path, lambda p=path: _load_global(p)):
+        if _with_openblas_env(path, lambda p=path: _load_global(p)):
             loaded_blas, blas_scope = path, "global"
             return None
     # Only the shim can serve the scipy_-prefixed symbols of scipy-openblas32 (or any OpenBLAS privately).

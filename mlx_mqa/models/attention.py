@@ -12,9 +12,9 @@ from typing import Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 
-# Scores one CPU block holds (4 MiB of float32): a block's passes (product, max, exp, sum) then read
+# Scores one CPU block holds (2 MiB of float32, an L2 cache): a block's passes (product, max, exp, sum) then read
 # cached data, and no big buffer is page-faulted in per pass.
-BLOCK_SCORES = 2**20
+BLOCK_SCORES = 2**19
 # From this many scores on, CPU attention runs in blocks alternating between two streams.
 PARALLEL_SCORES = 2**21
 # Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
