@@ -17,3 +17,9 @@ class CheckpointError(MlxMqaError):
 
 class InputError(MlxMqaError):
     exit_code = 4
+
+
+class MemoryBudgetError(MlxMqaError):
+    """Nothing fits the memory budget asked for."""
+
+    exit_code = 5

@@ -14,6 +14,7 @@ from ..cli import CONTEXT, calibration_options, fail, lengths_pair
 from ..conversion import GROUPINGS
 from ..errors import MlxMqaError
 from . import report
+from .budget import parse_size
 from .config import BenchConfig
 from .runner import run
 from .speed import parse_ints, parse_lengths
@@ -123,6 +124,14 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
     default=3,
     show_default=True,
     help="Timed runs per variant and setting, interleaved across variants; medians with min-max.",
+)
+@click.option(
+    "--memory-budget",
+    default=None,
+    metavar="SIZE",
+    help="E.g. 6GB: for MHA, every timed GQA/MQA variant and PyTorch's MHA, find the largest batch whose peak "
+    "memory (measured in a fresh process: weights, K/V, workspace) fits, at the first --lengths, and report "
+    "tokens/s at it, with a plot. Exit code 5 when batch 1 does not fit; the message names the minimum.",
 )
 @click.option("--speed/--no-speed", default=True, show_default=True, help="Run the speed sweep.")
 @click.option(
@@ -235,6 +244,8 @@ def main(**opts):
       python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --quantize 8,4
       python bench.py --model ./t5-dir --data articles.jsonl --quality-lengths 1024x128 --no-speed
       python bench.py --model ./t5-dir --data articles.jsonl --pool mean,fit,svd-q --no-speed
+      python bench.py --model random:t5-base --kv-heads 12,4,1 --lengths 2048x128 --memory-budget 6GB \\
+          --no-speed --no-quality
     """
     cfg = None
     try:
@@ -301,6 +312,7 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         warmup=o["warmup"],
         repeats=o["repeats"],
         speed=o["speed"],
+        memory_budget=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
         quality=o["quality"],
         datasets=datasets,
         data_files=list(o["data_files"]),

@@ -38,6 +38,7 @@ class BenchConfig:
     quality_batch_size: int = 8
     num_beams: Sequence[int] = (1,)  # quality runs once per beam width (1 = greedy)
     bootstrap: int = 1000
+    memory_budget: Optional[int] = None  # bytes: find each variant's largest batch that fits (bench.budget)
     decode_path: str = "auto"  # auto: compiled (the library's DecodeState), or compiled / eager
     out: str = "results/bench"
     cache_dir: Optional[str] = None

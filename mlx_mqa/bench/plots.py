@@ -140,3 +140,34 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_budget(budget: dict, path, title: str = "") -> Optional[Path]:
+    """Within one memory budget: the largest batch (left) and tokens/s at it (right) vs K/V groups G (log2);
+    PyTorch's multi-head figures as dashed lines."""
+    rows = [r for r in budget["rows"] if r["backend"] == "mlx"]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rows = sorted(rows, key=lambda r: r["kv_heads"])
+    xs = [r["kv_heads"] for r in rows]
+    torch_row = next((r for r in budget["rows"] if r["backend"] == "torch"), None)
+    for ax, key, label in ((axes[0], "batch", "largest batch that fits"), (axes[1], "tokens_per_s", "tokens/s")):
+        ax.plot(xs, [r[key] for r in rows], marker="o", label="MLX")
+        for x, r in zip(xs, rows):
+            ax.annotate(f"{r[key]:.0f}", (x, r[key]), textcoords="offset points", xytext=(0, 6), ha="center")
+        if torch_row:
+            ax.axhline(torch_row[key], ls="--", color="gray", label="PyTorch MHA")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("K/V heads G")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    b = rows[0]["budget_bytes"] / 2**30
+    fig.suptitle(f"{title}\nbudget {b:.2f} GiB, {budget['input_len']} -> {budget['output_len']} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from .budget import budget_summary
 from .rouge import METRICS
 
 RANDOM_ROUGE_WARNING = (
@@ -247,6 +248,10 @@ def summary(res: dict) -> str:
         ]
         if res["mlx_vs_torch"]:
             out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
+    if res.get("budget"):
+        b = res["budget"]
+        out += ["", f"Largest batch within the memory budget ({b['input_len']} -> {b['output_len']} tokens):"]
+        out += budget_summary(b["rows"])
     if res["quality"]:
         warning = ["!! " + RANDOM_ROUGE_WARNING] if random_weights else []
         parity = mha_parity_lines(res["quality"])

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
 from . import speed as sp
+from .budget import run_budget
 from .config import BenchConfig
 from .data import dataset_lengths, load_examples
 from .deps import check_dependencies, plots_available
@@ -101,6 +102,8 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
     bench = prepare(cfg, log or (lambda m: None))
     if cfg.speed:
         run_speed(bench)
+    if cfg.memory_budget:
+        run_budget(bench)
     quality = run_quality(bench)
     run_agreement(bench)
     return write(bench, quality)
@@ -332,7 +335,7 @@ def write(bench: Bench, quality: List[ql.QualityResult]) -> dict:
 
 
 def write_plots(bench: Bench, out: Path) -> None:
-    from .plots import plot_rouge_vs_time, plot_time_vs_groups
+    from .plots import plot_budget, plot_rouge_vs_time, plot_time_vs_groups
 
     results = bench.results
     title = f"{bench.cfg.model} ({bench.dtype}, {results['environment']['mlx_device']})"
@@ -341,6 +344,10 @@ def write_plots(bench: Bench, out: Path) -> None:
     )
     if p:
         results["files"]["plot_time_vs_groups"] = p.name
+    if results.get("budget"):
+        p = plot_budget(results["budget"], out / "budget.png", title=f"Largest batch within the budget\n{title}")
+        if p:
+            results["files"]["plot_budget"] = p.name
     p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=bench.source.is_random)
     if p:
         results["files"]["plot_rouge_vs_time"] = p.name

@@ -53,9 +53,13 @@ class Bench:
     def num_heads(self) -> int:
         return self.source.num_heads
 
+    def represents_speed(self, spec: VariantSpec) -> bool:
+        """Whether `spec` is timed for its shape: MHA and the variants of the timed pool (`timed_pool`)."""
+        return spec.kv_heads == self.num_heads or spec.pool == timed_pool(self.cfg.pool)
+
     def timed(self, spec: VariantSpec) -> bool:
-        """Whether the speed sweep times `spec`: MHA and the variants of the timed pool (`timed_pool`)."""
-        return self.cfg.speed and (spec.kv_heads == self.num_heads or spec.pool == timed_pool(self.cfg.pool))
+        """Whether the speed sweep times `spec` (see `represents_speed`)."""
+        return self.cfg.speed and self.represents_speed(spec)
 
     def torch_model(self, kv_heads: int):
         """The PyTorch reference for `kv_heads` (group-mean K/V), loaded on first use."""

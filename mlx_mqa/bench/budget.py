@@ -1,0 +1,160 @@
+"""Throughput under a memory budget: per variant, the largest batch whose measured peak fits, and its tokens/s.
+
+Every probe is a whole speed run in a fresh process (`mlx_mqa.bench.footprint`). Batches 1 and 2 give the
+memory one more input costs (at least its K/V); the batch that slope predicts is then run, and lowered one at
+a time until its measured peak fits. The batch after the answer is not run: its peak is predicted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from ..errors import ConfigError, MemoryBudgetError
+from .footprint import Footprint
+
+UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+MAX_BATCH = 4096
+
+
+def parse_size(text: str) -> int:
+    """'6GB', '6GiB', '1500MB', '2.5G' -> bytes (binary units: 1 GB = 2**30 bytes, as memory is sold)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--memory-budget {text!r} is not a size such as 6GB, 6GiB or 1500MB")
+    return int(float(m.group(1)) * UNITS[m.group(2)])
+
+
+def format_size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class BudgetResult:
+    name: str
+    kv_heads: int
+    backend: str
+    budget_bytes: int
+    best: Footprint  # the largest batch measured to fit
+    per_input_bytes: float  # measured peak(2) - peak(1)
+    next_peak_predicted: float  # the peak the next batch would have, from that slope
+    probes: List[Footprint]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kv_heads": self.kv_heads,
+            "backend": self.backend,
+            "budget_bytes": self.budget_bytes,
+            "batch": self.best.batch,
+            "peak_bytes": self.best.peak_bytes,
+            "kv_bytes": self.best.kv_bytes,
+            "tokens_per_s": self.best.tokens_per_s,
+            "encoder_s": self.best.encoder_s,
+            "decode_s": self.best.decode_s,
+            "per_input_bytes": self.per_input_bytes,
+            "next_batch_peak_predicted": self.next_peak_predicted,
+            "probes": [{"batch": p.batch, "peak_bytes": p.peak_bytes} for p in self.probes],
+        }
+
+
+def largest_batch(
+    name: str, kv_heads: int, backend: str, budget: int, probe: Callable[[int], Footprint], max_batch: int = MAX_BATCH
+) -> BudgetResult:
+    """The largest batch whose measured peak is at most `budget` bytes; `probe(b)` runs batch b."""
+    seen = {}
+
+    def run(b: int) -> Footprint:
+        if b not in seen:
+            seen[b] = probe(b)
+        return seen[b]
+
+    one = run(1)
+    if one.peak_bytes > budget:
+        raise MemoryBudgetError(
+            f"--memory-budget {format_size(budget)} is too small: {name} needs {format_size(one.peak_bytes)} "
+            f"at batch 1 (measured); give at least {format_size(one.peak_bytes)}"
+        )
+    # An input costs at least its K/V: a floor for a slope lost in the noise of a small model.
+    slope = max(run(2).peak_bytes - one.peak_bytes, one.kv_bytes, 1) if max_batch > 1 else 1
+    b = 1 + int((budget - one.peak_bytes) // slope)
+    b = max(1, min(b, max_batch))
+    while b > 1 and run(b).peak_bytes > budget:
+        b -= 1
+    best = run(b)
+    return BudgetResult(
+        name, kv_heads, backend, budget, best, float(slope), best.peak_bytes + slope, sorted(seen.values(), key=_batch)
+    )
+
+
+def _batch(f: Footprint) -> int:
+    return f.batch
+
+
+def budget_summary(rows: List[dict], mha: Optional[str] = "MHA") -> List[str]:
+    """One line per variant: its batch and tokens/s, and the gain over MHA's."""
+    base = next((r for r in rows if r["name"] == mha), None)
+    lines = []
+    for r in rows:
+        gain = f", {r['tokens_per_s'] / base['tokens_per_s']:.2f}x MHA's tokens/s" if base and r is not base else ""
+        lines.append(
+            f"{r['name']}: batch {r['batch']} fits (peak {format_size(r['peak_bytes'])} of "
+            f"{format_size(r['budget_bytes'])}; +{format_size(r['per_input_bytes'])} per input), "
+            f"{r['tokens_per_s']:.1f} tokens/s{gain}"
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- the bench step
+
+CSV_COLUMNS = [
+    "name",
+    "backend",
+    "kv_heads",
+    "budget_bytes",
+    "batch",
+    "peak_bytes",
+    "kv_bytes",
+    "per_input_bytes",
+    "next_batch_peak_predicted",
+    "tokens_per_s",
+    "encoder_s",
+    "decode_s",
+]
+
+
+def run_budget(bench) -> None:
+    """`--memory-budget`: the largest batch of every timed variant (and PyTorch's MHA) at the first --lengths."""
+    import csv
+
+    from .footprint import Probe, measure
+    from .results import write_results
+    from .state import progress_bar
+
+    cfg = bench.cfg
+    input_len, output_len = cfg.lengths[0]
+    runs = [
+        (v.spec.name, v.spec.kv_heads, "mlx", str(v.path)) for v in bench.variants if bench.represents_speed(v.spec)
+    ]
+    if cfg.torch and bench.device == "cpu":
+        runs.append(("torch MHA", bench.num_heads, "torch", str(bench.source.path)))
+    bench.say(f"memory budget {format_size(cfg.memory_budget)}: largest batch of {len(runs)} variants, fresh processes")
+    rows = []
+    with progress_bar(len(runs), "memory budget", cfg.progress) as bar:
+        for name, g, impl, path in runs:
+
+            def probe(b, impl=impl, path=path, name=name):
+                bar.set_postfix_str(f"{name} batch {b}")
+                return measure(Probe(path, impl, b, input_len, output_len, bench.dtype, bench.decode_path, cfg.seed))
+
+            rows.append(largest_batch(name, g, impl, cfg.memory_budget, probe).to_dict())
+            bar.update(1)
+            bench.results["budget"] = {"input_len": input_len, "output_len": output_len, "rows": rows}
+            write_results(bench.results, cfg.out)
+    out = cfg.out
+    with open(f"{out}/budget.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    bench.results["files"]["budget_csv"] = "budget.csv"

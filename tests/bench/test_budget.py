@@ -1,0 +1,114 @@
+"""Throughput under a memory budget: sizes, the batch search, fresh-process measurement, the CLI's output."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlx_mqa.bench import budget as bg
+from mlx_mqa.bench.footprint import Footprint, Probe, measure
+from mlx_mqa.errors import ConfigError, MemoryBudgetError
+
+from .tiny import TINY, run_speed_only
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize(
+    "text,expected", [("6GB", 6 * 2**30), ("6GiB", 6 * 2**30), ("1500MB", 1500 * MiB), ("2.5g", int(2.5 * 2**30))]
+)
+def test_sizes(text, expected):
+    assert bg.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "six GB", "-1GB", "0", "6PB"])
+def test_a_bad_size_names_the_option(text):
+    with pytest.raises(ConfigError, match="--memory-budget"):
+        bg.parse_size(text)
+
+
+def fake(peak_mib):
+    """A probe whose peak at batch b is peak_mib(b) MiB, K/V 1 MiB per input."""
+    calls = []
+
+    def probe(b):
+        calls.append(b)
+        return Footprint(b, int(peak_mib(b) * MiB), b * MiB, 1.0, 1.0, 8)
+
+    return probe, calls
+
+
+def test_the_largest_batch_that_fits_is_measured():
+    probe, calls = fake(lambda b: 100 + 30 * b)
+    r = bg.largest_batch("MQA", 1, "mlx", 250 * MiB, probe)
+    assert r.best.batch == 5 and r.best.peak_bytes == 250 * MiB
+    assert calls == [1, 2, 5]
+    assert r.per_input_bytes == 30 * MiB and r.next_peak_predicted == 280 * MiB
+    assert r.to_dict()["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
+
+
+def test_a_prediction_that_does_not_fit_is_lowered_until_one_does():
+    probe, calls = fake(lambda b: 100 + 30 * b + (50 if b > 3 else 0))
+    r = bg.largest_batch("MHA", 4, "mlx", 250 * MiB, probe)
+    assert r.best.batch == 3 and calls == [1, 2, 5, 4, 3]
+
+
+def test_a_slope_lost_in_noise_falls_back_to_the_kv_bytes():
+    probe, calls = fake(lambda b: 100)  # no measurable growth: each input still costs its 1 MiB of K/V
+    r = bg.largest_batch("MQA", 1, "mlx", 110 * MiB, probe)
+    assert r.best.batch == 11 and calls == [1, 2, 11]
+
+
+def test_a_budget_below_batch_1_names_the_minimum():
+    probe, _ = fake(lambda b: 300 + b)
+    with pytest.raises(MemoryBudgetError, match=r"needs 301 MiB at batch 1 .*give at least 301 MiB") as e:
+        bg.largest_batch("MHA", 4, "mlx", 200 * MiB, probe)
+    assert e.value.exit_code == 5
+
+
+@pytest.fixture(scope="module")
+def tiny(hf_checkpoint):
+    return hf_checkpoint("t5-small", shared_std=0.05, seed=2, **TINY)
+
+
+def test_measure_runs_in_a_fresh_process(tiny, tmp_path):
+    from mlx_mqa.conversion import convert
+
+    mlx_dir = convert(str(tiny), tmp_path / "mqa", kv_heads=1, dtype="float32")
+    one, four = (measure(Probe(str(mlx_dir), "mlx", b, 64, 4)) for b in (1, 4))
+    weights = (mlx_dir / "model.safetensors").stat().st_size
+    assert one.peak_bytes > weights  # weights and the run, not the libraries
+    # K/V of 2 layers, 1 head of 16, (64 + 4) tokens, float32
+    assert one.kv_bytes == 2 * 2 * 16 * 68 * 4 and four.kv_bytes == 4 * one.kv_bytes
+    assert four.batch == 4 and four.encoder_s > 0 and four.decode_s > 0
+
+
+def test_measure_reports_a_failed_child(tmp_path):
+    with pytest.raises(Exception, match="mlx run at batch 1 failed"):
+        measure(Probe(str(tmp_path / "missing"), "mlx", 1, 8, 2))
+
+
+def test_cli_budget_step_writes_rows_csv_and_plot(tiny, tmp_path, monkeypatch):
+    """The bench step, with every probe faked linear (2 MiB per K/V head per input): MQA fits more inputs."""
+    import mlx_mqa.bench.footprint as fp
+
+    def fake_measure(probe, timeout_s=None):
+        heads = json.loads((Path(probe.path) / "config.json").read_text())["num_key_value_heads"]
+        kv = 2 * MiB * probe.batch * heads
+        return Footprint(probe.batch, 50 * MiB + kv, kv, 0.5, 0.5, probe.output_len)
+
+    monkeypatch.setattr(fp, "measure", fake_measure)
+    res = run_speed_only(tiny, tmp_path / "out", tmp_path / "cache", "1", "--no-speed", "--memory-budget", "70MB")
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {r["name"]: r for r in results["budget"]["rows"]}
+    assert set(rows) == {"MHA", "MQA"} and rows["MQA"]["batch"] >= rows["MHA"]["batch"]
+    assert all(r["peak_bytes"] <= 70 * MiB for r in rows.values())
+    assert (tmp_path / "out" / "budget.csv").read_text().startswith("name,backend,kv_heads")
+    assert "Largest batch within the memory budget" in res.output
+
+
+def test_cli_budget_too_small_exits_5(tiny, tmp_path):
+    res = run_speed_only(tiny, tmp_path / "out", tmp_path / "cache", "1", "--no-speed", "--memory-budget", "1MB")
+    assert res.exit_code == 5, res.output
+    assert "give at least" in res.output
