@@ -124,7 +124,7 @@ def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx
     G = k.shape[1]
     # Heads g*H/G .. (g+1)*H/G-1 share K/V head g: stack them along the query axis.
     qg = q.reshape(B, G, (H // G) * L, D)
-    grouped = [t if t.shape[1] == 1 else t.reshape(t.shape[0], G, (H // G) * L, t.shape[-1]) for t in terms]
+    grouped = [t if t.shape[1] == 1 or G == H else t.reshape(t.shape[0], G, (H // G) * L, t.shape[-1]) for t in terms]
     if grouped:
         # The first term is the product's initial value (BLAS adds it): one pass over the scores fewer.
         shape = (B, G, (H // G) * L, k.shape[2])
