@@ -83,6 +83,18 @@ class T5Attention(nn.Module):
         n = row.shape[1]
         return mx.as_strided(row, (1, self.n_heads, query_length, key_length), (0, n, -1, 1), query_length - 1)
 
+    def project_kv_heads(self, x: mx.array):
+        """K and V as contiguous [B, G, L, D] (cross-attention K/V, read every step): each head's product is
+        written in place, where a transposed [B, L, G, D] projection would be copied, holding both at once."""
+        if not isinstance(self.k, nn.Linear):  # quantized: project, then lay out
+            k, v = self.project_kv(x)
+            return mx.contiguous(k), mx.contiguous(v)
+
+        def heads(linear: nn.Linear) -> mx.array:
+            return x[:, None] @ linear.weight.reshape(self.n_kv_heads, self.d_kv, -1).swapaxes(-1, -2)
+
+        return heads(self.k), heads(self.v)
+
     def project_kv(self, x: mx.array):
         B, L, _ = x.shape
         k = self.k(x).reshape(B, L, self.n_kv_heads, self.d_kv).transpose(0, 2, 1, 3)
@@ -264,9 +276,7 @@ class Model(nn.Module):
 
     def cross_kv(self, encoder_out: mx.array) -> List[CrossKV]:
         """Cross-attention K/V of every decoder layer, computed once per input."""
-        # Stored contiguous: they are read every step, and a transposed view would be copied each time.
-        kvs = [b.layer[1].EncDecAttention.project_kv(encoder_out) for b in self.decoder.block]
-        return [CrossKV(mx.contiguous(k), mx.contiguous(v)) for k, v in kvs]
+        return [CrossKV(*b.layer[1].EncDecAttention.project_kv_heads(encoder_out)) for b in self.decoder.block]
 
     def decode(
         self,
