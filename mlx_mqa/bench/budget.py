@@ -1,8 +1,9 @@
 """Throughput under a memory budget: per variant, the largest batch whose measured peak fits, and its tokens/s.
 
-Every probe is a whole speed run in a fresh process (`mlx_mqa.bench.footprint`). Batches 1 and 2 give the
-memory one more input costs (at least its K/V); the batch that slope predicts is then run, and lowered one at
-a time until its measured peak fits. The batch after the answer is not run: its peak is predicted.
+Every probe is a whole speed run in a fresh process (`mlx_mqa.bench.footprint`). From batches 1 and 2 on,
+the slope of the last two fitting batches (at least the K/V of an input) predicts the next batch to run;
+past the budget, bisection. The answer is a measured fit whose next batch was measured not to fit (the first
+step's slope overestimates: batch 2 is the first to encode two inputs at once).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class BudgetResult:
     backend: str
     budget_bytes: int
     best: Footprint  # the largest batch measured to fit
-    per_input_bytes: float  # measured peak(2) - peak(1)
+    per_input_bytes: float  # the last slope: peak difference of the last two fits per input
     next_peak_predicted: float  # the peak the next batch would have, from that slope
     probes: List[Footprint]
 
@@ -76,15 +77,28 @@ def largest_batch(
             f"--memory-budget {format_size(budget)} is too small: {name} needs {format_size(one.peak_bytes)} "
             f"at batch 1 (measured); give at least {format_size(one.peak_bytes)}"
         )
-    # An input costs at least its K/V: a floor for a slope lost in the noise of a small model.
-    slope = max(run(2).peak_bytes - one.peak_bytes, one.kv_bytes, 1) if max_batch > 1 else 1
-    b = 1 + int((budget - one.peak_bytes) // slope)
-    b = max(1, min(b, max_batch))
-    while b > 1 and run(b).peak_bytes > budget:
-        b -= 1
-    best = run(b)
+    # Secant steps on the measured peaks of the last two fits (batch 2 first), each input costing at least
+    # its K/V (a floor for a slope lost in a small model's noise); past the budget, bisection.
+    prev, best, over, slope = None, one, None, float(max(one.kv_bytes, 1))
+    while True:
+        if prev is not None:
+            slope = max((best.peak_bytes - prev.peak_bytes) / (best.batch - prev.batch), one.kv_bytes, 1)
+        b = 2 if prev is None else best.batch + max(1, int((budget - best.peak_bytes) // slope))
+        b = min(b, max_batch, over - 1 if over else max_batch)
+        if b <= best.batch:
+            break
+        if run(b).peak_bytes <= budget:
+            prev, best = best, run(b)
+            continue
+        over = b
+        while over - best.batch > 1:
+            mid = (best.batch + over) // 2
+            if run(mid).peak_bytes <= budget:
+                prev, best = best, run(mid)
+            else:
+                over = mid
     return BudgetResult(
-        name, kv_heads, backend, budget, best, float(slope), best.peak_bytes + slope, sorted(seen.values(), key=_batch)
+        name, kv_heads, backend, budget, best, slope, best.peak_bytes + slope, sorted(seen.values(), key=_batch)
     )
 
 

@@ -1,9 +1,11 @@
 """Peak memory of one speed run, measured in a fresh process: `measure(Probe(...))`.
 
 The child loads the checkpoint, runs one `mlx_run` or `torch_run` (encoder, cross K/V, greedy steps) and
-reports the kernel's peak resident set (VmHWM) minus its resident set after the imports, before the
-weights: weights, activations, K/V and allocator slack, whatever the framework. A fresh process has no
-allocator holding memory from an earlier run, which an in-process figure cannot rule out.
+reports its peak resident set minus its resident set after the imports, before the weights: weights,
+activations, K/V and allocator slack, whatever the framework (Linux: VmHWM and VmRSS; elsewhere the
+peak from getrusage for both, plus MLX's own peak on a GPU, whose buffers are not resident-set pages).
+A fresh process has no allocator holding memory from an earlier run, which an in-process figure cannot
+rule out.
 
     python -m mlx_mqa.bench.footprint '{"path": ..., "impl": "mlx", "batch": 4, ...}'   # one JSON line out
 """
@@ -14,7 +16,6 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional
 
 from ..errors import MlxMqaError
@@ -62,13 +63,6 @@ def measure(probe: Probe, timeout_s: Optional[float] = None) -> Footprint:
     return Footprint(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def _status_bytes(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise MlxMqaError(f"/proc/self/status has no {key}: peak memory is measured on Linux only")
-
-
 def _child(probe: Probe) -> Footprint:
     # isort: off
     from .. import backend  # noqa: F401  (its BLAS before mlx.core)
@@ -77,13 +71,14 @@ def _child(probe: Probe) -> Footprint:
     import numpy as np
 
     from . import speed as sp
+    from .memory import current_rss, peak_rss
 
     if probe.impl == "torch":
         from transformers import T5ForConditionalGeneration  # noqa: F401  (its code is not the run's memory)
 
         from .torch_reference import load_reference
 
-        base = _status_bytes("VmRSS")
+        base = current_rss()
         model = load_reference(probe.path, dtype=probe.dtype)
         vocab, eos = model.config.vocab_size, model.config.eos_token_id
 
@@ -92,7 +87,7 @@ def _child(probe: Probe) -> Footprint:
     else:
         from ..checkpoint.load import load_model
 
-        base = _status_bytes("VmRSS")
+        base = current_rss()
         model = load_model(probe.path)
         vocab, eos = model.args.vocab_size, model.args.eos_token_id
 
@@ -103,12 +98,21 @@ def _child(probe: Probe) -> Footprint:
     sample = run(np.asarray(sp.random_inputs(setting, vocab, probe.seed, eos)))
     return Footprint(
         batch=probe.batch,
-        peak_bytes=_status_bytes("VmHWM") - base,
+        peak_bytes=peak_rss() - base + _device_peak(probe.impl),
         kv_bytes=sample.kv_self_bytes + sample.kv_cross_bytes,
         encoder_s=sample.encoder_s,
         decode_s=sample.decode_s,
         output_len=probe.output_len,
     )
+
+
+def _device_peak(impl: str) -> int:
+    """Memory a GPU backend holds outside the resident set: MLX's Metal/CUDA buffers (0 on CPU)."""
+    if impl != "mlx":
+        return 0
+    import mlx.core as mx
+
+    return 0 if mx.default_device() == mx.cpu else int(mx.get_peak_memory())
 
 
 if __name__ == "__main__":

@@ -42,21 +42,28 @@ def test_the_largest_batch_that_fits_is_measured():
     probe, calls = fake(lambda b: 100 + 30 * b)
     r = bg.largest_batch("MQA", 1, "mlx", 250 * MiB, probe)
     assert r.best.batch == 5 and r.best.peak_bytes == 250 * MiB
-    assert calls == [1, 2, 5]
+    assert calls == [1, 2, 5, 6]  # batch 6 measured not to fit
     assert r.per_input_bytes == 30 * MiB and r.next_peak_predicted == 280 * MiB
     assert r.to_dict()["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
 
 
-def test_a_prediction_that_does_not_fit_is_lowered_until_one_does():
+def test_a_prediction_that_does_not_fit_is_bisected():
     probe, calls = fake(lambda b: 100 + 30 * b + (50 if b > 3 else 0))
     r = bg.largest_batch("MHA", 4, "mlx", 250 * MiB, probe)
-    assert r.best.batch == 3 and calls == [1, 2, 5, 4, 3]
+    assert r.best.batch == 3 and calls == [1, 2, 5, 3, 4]
+
+
+def test_a_slope_that_overestimates_is_corrected_by_the_next_fit():
+    """Batch 2 costs more than later inputs (its encoder part grows); the search goes on past the first step."""
+    probe, calls = fake(lambda b: 100 + (40 if b > 1 else 0) + 5 * b)
+    r = bg.largest_batch("MQA", 1, "mlx", 200 * MiB, probe)
+    assert r.best.batch == 12 and r.best.peak_bytes == 200 * MiB and calls[-1] == 13
 
 
 def test_a_slope_lost_in_noise_falls_back_to_the_kv_bytes():
-    probe, calls = fake(lambda b: 100)  # no measurable growth: each input still costs its 1 MiB of K/V
+    probe, calls = fake(lambda b: 100 + max(0, b - 2))  # flat to batch 2; each input costs its 1 MiB of K/V
     r = bg.largest_batch("MQA", 1, "mlx", 110 * MiB, probe)
-    assert r.best.batch == 11 and calls == [1, 2, 11]
+    assert r.best.batch == 12 and calls == [1, 2, 12, 13]
 
 
 def test_a_budget_below_batch_1_names_the_minimum():
