@@ -19,3 +19,10 @@ $PY bench.py --model random:t5-base --kv-heads mha --batch-sizes 1 --lengths 512
 # takes tens of seconds, so first-use costs are negligible; one round to fit a 2-core box).
 $PY bench.py --model random:t5-base --kv-heads 12,4,1 --batch-sizes 1,8,16 --lengths 2048x64 \
   --warmup 0 --repeats 1 --no-quality --no-progress --out results/sweep-t5-base-2048
+
+# Long inputs (issue 11). Encoder time vs transformers (t5-small/base, 512/2048 tokens, batch 1/8), peak memory
+# of MHA/GQA-4/MQA vs transformers at 2048 -> 64 in fresh processes, and the largest batch within 1.75 GiB.
+$PY docs/encoder_speed.py
+$PY docs/peak_memory.py
+$PY bench.py --model random:t5-base --kv-heads 12,4,1 --lengths 2048x128 --memory-budget 1.75GB --no-speed \
+  --no-quality --no-progress --out results/budget-t5-base-2048
