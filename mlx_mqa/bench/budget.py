@@ -2,7 +2,7 @@
 
 Every probe is a whole speed run in a fresh process (`mlx_mqa.bench.footprint`). From batches 1 and 2 on,
 the slope of the last two fitting batches (at least the K/V of an input) predicts the next batch to run;
-past the budget, bisection. The answer is a measured fit whose next batch was measured not to fit (the first
+past the budget, regula falsi. The answer is a measured fit whose next batch was measured not to fit (the first
 step's slope overestimates: batch 2 is the first to encode two inputs at once).
 """
 
@@ -78,7 +78,7 @@ def largest_batch(
             f"at batch 1 (measured); give at least {format_size(one.peak_bytes)}"
         )
     # Secant steps on the measured peaks of the last two fits (batch 2 first), each input costing at least
-    # its K/V (a floor for a slope lost in a small model's noise); past the budget, bisection.
+    # its K/V (a floor for a slope lost in a small model's noise); past the budget, regula falsi.
     prev, best, over, slope = None, one, None, float(max(one.kv_bytes, 1))
     while True:
         if prev is not None:
@@ -91,8 +91,9 @@ def largest_batch(
             prev, best = best, run(b)
             continue
         over = b
-        while over - best.batch > 1:
-            mid = (best.batch + over) // 2
+        while over - best.batch > 1:  # regula falsi between the last fit and the first batch over
+            rise = (run(over).peak_bytes - best.peak_bytes) / (over - best.batch)
+            mid = min(max(best.batch + int((budget - best.peak_bytes) // max(rise, 1)), best.batch + 1), over - 1)
             if run(mid).peak_bytes <= budget:
                 prev, best = best, run(mid)
             else:

@@ -47,7 +47,7 @@ def test_the_largest_batch_that_fits_is_measured():
     assert r.to_dict()["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
 
 
-def test_a_prediction_that_does_not_fit_is_bisected():
+def test_a_prediction_that_does_not_fit_is_narrowed_down():
     probe, calls = fake(lambda b: 100 + 30 * b + (50 if b > 3 else 0))
     r = bg.largest_batch("MHA", 4, "mlx", 250 * MiB, probe)
     assert r.best.batch == 3 and calls == [1, 2, 5, 3, 4]
