@@ -68,18 +68,21 @@ class T5Attention(nn.Module):
             self._num_buckets = args.relative_attention_num_buckets
             self._max_distance = args.relative_attention_max_distance
 
-    def position_bias(self, query_length: int, key_length: int, offset=0) -> mx.array:
+    def position_bias(self, query_length: int, key_length: int, offset=0, dtype=None) -> mx.array:
         """[1, H, Tq, Tk] bias for queries at offset..offset+Tq-1 over keys 0..Tk-1.
 
         `offset` may be an mx.array (compiled decoding), so nothing here depends on its value. The bias of
         query i and key j depends on j - i only: it is a strided view of one row of Tq + Tk - 1 values per
-        head, not an [H, Tq, Tk] array (192 MiB for t5-base at 2048 tokens).
+        head, not an [H, Tq, Tk] array (192 MiB for t5-base at 2048 tokens). `dtype` casts that row, so a cast
+        does not materialise the view.
         """
         table = mx.array(bucket_table(self._bidirectional, self._num_buckets, self._max_distance))
         md = self._max_distance
         # Relative positions j - (i + offset) from -(Tq - 1) - offset to Tk - 1 - offset: value j - i + Tq - 1.
         rel = mx.arange(key_length + query_length - 1) - (query_length - 1) - offset
         row = mx.take(self.relative_attention_bias.weight.T, table[mx.clip(rel, -md, md) + md], axis=1)
+        if dtype is not None:
+            row = row.astype(dtype)
         n = row.shape[1]
         return mx.as_strided(row, (1, self.n_heads, query_length, key_length), (0, n, -1, 1), query_length - 1)
 
@@ -267,7 +270,7 @@ class Model(nn.Module):
     def encode(self, input_ids: mx.array, attention_mask: Optional[mx.array] = None) -> mx.array:
         x = self.shared(input_ids)
         L = input_ids.shape[1]
-        bias = self.encoder.bias_owner.position_bias(L, L).astype(x.dtype)
+        bias = self.encoder.bias_owner.position_bias(L, L, dtype=x.dtype)
         pad = padding_mask(attention_mask, x.dtype)
         mask = bias if pad is None else (bias, pad)  # never summed into one [B, H, L, L] mask
         for block in self.encoder.block:
@@ -302,7 +305,7 @@ class Model(nn.Module):
         static = isinstance(cache[0], StaticKVCache) if cache is not None else False
         # A static cache attends over its whole buffer: the causal mask hides unwritten slots.
         key_length = cache[0].capacity if static else offset + T
-        self_mask = self.decoder.bias_owner.position_bias(T, key_length, offset).astype(dtype)
+        self_mask = self.decoder.bias_owner.position_bias(T, key_length, offset, dtype)
         if T > 1 or static:
             causal = mx.arange(key_length)[None, :] <= (mx.arange(T) + offset)[:, None]
             self_mask = mx.where(causal, self_mask, mx.finfo(dtype).min)
