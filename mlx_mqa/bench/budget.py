@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import ConfigError, MemoryBudgetError
@@ -141,10 +142,8 @@ CSV_COLUMNS = [
 
 def run_budget(bench) -> None:
     """`--memory-budget`: the largest batch of every timed variant (and PyTorch's MHA) at the first --lengths."""
-    import csv
-
     from .footprint import Probe, measure
-    from .results import write_results
+    from .results import write_csv, write_results
     from .state import progress_bar
 
     cfg = bench.cfg
@@ -167,9 +166,5 @@ def run_budget(bench) -> None:
             bar.update(1)
             bench.results["budget"] = {"input_len": input_len, "output_len": output_len, "rows": rows}
             write_results(bench.results, cfg.out)
-    out = cfg.out
-    with open(f"{out}/budget.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(Path(cfg.out) / "budget.csv", CSV_COLUMNS, [{k: r[k] for k in CSV_COLUMNS} for r in rows])
     bench.results["files"]["budget_csv"] = "budget.csv"

@@ -262,7 +262,7 @@ def quality_row(q: dict, env: dict, meaningful: bool) -> dict:
     return {k: row.get(k) for k in QUALITY_COLUMNS}
 
 
-def _write_csv(path: Path, columns: List[str], rows: List[dict]) -> None:
+def write_csv(path: Path, columns: List[str], rows: List[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
@@ -317,8 +317,8 @@ def write_results(results: dict, out_dir) -> Dict[str, str]:
         "quality_csv": str(out_dir / "quality.csv"),
     }
     results["files"].update({k: Path(v).name for k, v in paths.items()})
-    _write_csv(out_dir / "speed.csv", SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
-    _write_csv(out_dir / "quality.csv", QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    write_csv(out_dir / "speed.csv", SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
+    write_csv(out_dir / "quality.csv", QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
     tmp = out_dir / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     os.replace(tmp, out_dir / "results.json")
