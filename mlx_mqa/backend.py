@@ -7,7 +7,8 @@ privately, so that PyTorch in the same process keeps its own MKL (a globally loa
 replace torch's sgemm_ too, and torch would run ~3x slower). The shim also routes single-row matmuls
 (every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS, and head-sized products (attention
 blocks, which run on two CPU streams at once) to a second, single-threaded instance of the same library,
-so that the two streams do not fight over the cores.
+so that the two streams do not fight over the cores. The same library holds a CPU attention kernel
+(csrc/attention.c, used by mlx_mqa.models.cpu_attention), which runs its products on that instance.
 
 The BLAS, first found wins: the scipy-openblas32 wheel (a dependency on Linux; its symbols carry a
 scipy_ prefix, which only the shim can serve), then a system OpenBLAS (Debian's libopenblas0-pthread,
@@ -43,12 +44,15 @@ CANDIDATES = (  # system OpenBLAS builds, after the scipy-openblas32 wheel
     "/usr/lib64/libopenblas.so.0",
 )
 SHIM_SOURCE = Path(__file__).parent / "csrc" / "gemv_shim.c"
+# Every source of the library (the shim, the attention kernel, their header): the build's cache key.
+SHIM_SOURCES = tuple(sorted(SHIM_SOURCE.parent.glob("*.[ch]")))
 
 loaded_blas = None  # path of the BLAS MLX uses, or None for MLX's bundled one
 blas_scope = None  # "private" (behind the shim: other libraries keep their BLAS) or "global"
 gemv_shim = None  # path of the shim when it routes single-row matmuls to sgemv, else None
 blas_config = None  # openblas_get_config() and core of the loaded OpenBLAS, e.g. "OpenBLAS 0.3.34 ...; core SkylakeX"
 coretype_override = None  # the OPENBLAS_CORETYPE set while loading the library, if any
+shim_library = None  # the loaded shim (ctypes), once it serves MLX's sgemm; holds the attention kernel
 
 COST = "float32 matmuls ~10x slower (the offline `python bench.py` took ~201 s instead of ~20 s with OpenBLAS)"
 
@@ -123,11 +127,12 @@ def _compile(cc: str, folder: Path, so: Path) -> str | None:
     """Build the shim into `so` (atomically, with its digest beside it). Returns the compiler's error, or
     None; raises OSError when `folder` cannot be written."""
     tmp = tempfile.mkdtemp(prefix=".build-", dir=folder)
+    sources = [p for p in SHIM_SOURCES if p.suffix == ".c"]
     try:
         out = Path(tmp) / "shim.so"
         try:
             r = subprocess.run(
-                [cc, "-O2", "-shared", "-fPIC", str(SHIM_SOURCE), "-o", str(out), "-ldl"],
+                [cc, "-O2", "-shared", "-fPIC", *map(str, sources), "-o", str(out), "-ldl", "-lpthread", "-lm"],
                 check=False,
                 capture_output=True,
                 text=True,
@@ -151,7 +156,8 @@ def _shim():
     """(the shim, loaded privately, None) or (None, why not)."""
     if not SHIM_SOURCE.is_file():
         return None, f"the shim's source {SHIM_SOURCE} is missing"
-    name = f"gemv_shim-{hashlib.sha1(SHIM_SOURCE.read_bytes()).hexdigest()[:12]}-{platform.machine()}"
+    key = hashlib.sha1(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in SHIM_SOURCES)).hexdigest()
+    name = f"gemv_shim-{key[:12]}-{platform.machine()}"
     try:
         folder = private_dir(cache_dir())
     except (OSError, RuntimeError):  # not ours, not creatable, or no home directory
@@ -267,7 +273,7 @@ GENERAL_FIX = "pip install scipy-openblas32, or install a C compiler (cc)"
 
 def _load_blas() -> tuple[str, str] | None:
     """Put an optimized BLAS under MLX; returns why not and the fix (for the warning), or None."""
-    global loaded_blas, blas_scope, gemv_shim, blas_config
+    global loaded_blas, blas_scope, gemv_shim, blas_config, shim_library
     choice = os.environ.get("MLX_MQA_BLAS", "1")
     if platform.system() != "Linux" or choice == "0":
         return None
@@ -301,6 +307,7 @@ def _load_blas() -> tuple[str, str] | None:
                 loaded_blas, blas_scope = path, "private"
                 gemv_shim = shim.path if route_gemv else None
                 blas_config = shim.mlx_mqa_blas_info().decode() or None
+                shim_library = shim
                 return None
             errors.append(shim.mlx_mqa_gemv_shim_error().decode())
         return f"no usable BLAS ({'; '.join(errors)})", fix

@@ -14,11 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-enum { RowMajor = 101, ColMajor = 102 };
-enum { NoTrans = 111, Trans = 112, ConjTrans = 113 };
+#include "shim.h"
 
-typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float,
-                         float *, int);
 typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
 
 static sgemm_fn real_sgemm = 0;
@@ -83,6 +80,8 @@ int mlx_mqa_gemv_shim_init(const char *blas_path, int route_gemv) {
 }
 
 const char *mlx_mqa_gemv_shim_error(void) { return error; }
+
+sgemm_fn mlx_mqa_single_sgemm(void) { return single_sgemm; }
 
 /* "<openblas_get_config()>; core <openblas_get_corename()>", or "" for a BLAS other than OpenBLAS. */
 const char *mlx_mqa_blas_info(void) {

@@ -32,6 +32,7 @@ def test_attention_in_row_blocks_is_exact(monkeypatch):
     pad = mx.array(rng.standard_normal((2, 1, 1, 37)).astype(np.float32))
     masks = [bias, pad, (bias, pad), None]
     whole = [np.array(m.attention(q, k, v, mask)) for mask in masks]
+    monkeypatch.setattr(m.cpu_attention, "_kernel", None)  # the MLX blocks (the C kernel: test_cpu_attention)
     monkeypatch.setattr(m, "PARALLEL_SCORES", 1)
     for rows in (5, 1, 37):
         monkeypatch.setattr(m, "BLOCK_SCORES", 8 * 37 * rows)
@@ -94,6 +95,7 @@ def test_attention_gradients_same_on_parallel_blocks(monkeypatch):
     ref = [np.array(g) for g in mx.grad(ref_loss, argnums=(0, 1, 2))(q, k, v)]
     monkeypatch.setattr(m, "FEW_SCORES", 1)
     monkeypatch.setattr(m, "BLOCK_SCORES", 4 * 12 * 5)  # blocks of 5 query rows
+    monkeypatch.setattr(m.cpu_attention, "_kernel", None)  # the MLX blocks, not the C kernel
     for parallel in (2**22, 1):
         monkeypatch.setattr(m, "PARALLEL_SCORES", parallel)
         for g, r in zip(grad(q, k, v), ref):

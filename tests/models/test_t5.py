@@ -10,8 +10,16 @@ from mlx_mqa.models.t5 import bucket_table
 from tests.helpers import PROMPTS, VARIANTS, batch, hf_model, reference_logits
 
 
+@pytest.mark.parametrize("cpu_kernel", [False, True], ids=["mlx-attention", "c-kernel"])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_logits_match_transformers_on_padded_batch(name, hf_checkpoint, tokenizer):
+def test_logits_match_transformers_on_padded_batch(name, cpu_kernel, hf_checkpoint, tokenizer, monkeypatch):
+    """Every architecture variant, with CPU attention in MLX ops and (for every input length) in the C kernel."""
+    from mlx_mqa.models import attention, cpu_attention
+
+    if cpu_kernel:
+        if not cpu_attention.available():
+            pytest.skip("no BLAS shim (no C compiler or OpenBLAS)")
+        monkeypatch.setattr(attention, "PARALLEL_SCORES", 1)
     path = hf_checkpoint(name)
     ids, mask = batch(tokenizer)
     assert mask.min() == 0, "the batch must contain padding"
