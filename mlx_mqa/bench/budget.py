@@ -2,8 +2,9 @@
 
 Every probe is a whole speed run in a fresh process (`mlx_mqa.bench.footprint`). From batches 1 and 2 on,
 the slope of the last two fitting batches (at least the K/V of an input) predicts the next batch to run;
-past the budget, regula falsi. The answer is a measured fit whose next batch was measured not to fit (the first
-step's slope overestimates: batch 2 is the first to encode two inputs at once).
+past the budget, regula falsi, stepping at least a quarter of the bracket. The answer is a measured fit whose
+next batch was measured not to fit (the first step's slope overestimates: batch 2 is the first to encode two
+inputs at once).
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def largest_batch(
         over = b
         while over - best.batch > 1:  # regula falsi between the last fit and the first batch over
             rise = (run(over).peak_bytes - best.peak_bytes) / (over - best.batch)
-            mid = min(max(best.batch + int((budget - best.peak_bytes) // max(rise, 1)), best.batch + 1), over - 1)
+            mid = best.batch + int((budget - best.peak_bytes) // max(rise, 1))
+            # At least a quarter of the way in: on a convex peak regula falsi alone lands just below the answer
+            # time after time (MQA's search crept up one or two inputs per probe).
+            mid = min(max(mid, best.batch + max(1, (over - best.batch) // 4)), over - 1)
             if run(mid).peak_bytes <= budget:
                 prev, best = best, run(mid)
             else:

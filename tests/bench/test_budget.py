@@ -119,3 +119,11 @@ def test_cli_budget_too_small_exits_5(tiny, tmp_path):
     res = run_speed_only(tiny, tmp_path / "out", tmp_path / "cache", "1", "--no-speed", "--memory-budget", "1MB")
     assert res.exit_code == 5, res.output
     assert "give at least" in res.output
+
+
+def test_a_convex_peak_is_not_crept_up_on():
+    """Regula falsi alone moves one input at a time under a convex peak (here 52 probes, MQA's real search crept
+    from 38 to 44); stepping at least a quarter of the bracket ends it in 10."""
+    probe, calls = fake(lambda b: 100 + b + (0 if b <= 40 else 4 * (b - 40) ** 2))
+    r = bg.largest_batch("MQA", 1, "mlx", 600 * MiB, probe)
+    assert r.best.batch == 50 and calls == [1, 2, 500, 126, 33, 56, 43, 48, 50, 51]
