@@ -61,6 +61,8 @@ def encode_bounded(model, input_ids: mx.array, attention_mask: Optional[mx.array
 
     Each part is evaluated before the next is built, so peak memory is the weights, the output and one
     part's workspace. Inference only: a batch that fits in one part is returned unevaluated, as before.
+    On CPU the attention kernel evaluates each layer's inputs while the graph is built, so there a part is
+    computed under the lock; it uses every core anyway.
     """
     B, L = input_ids.shape
     rows = max(1, ENCODE_TOKENS // L)

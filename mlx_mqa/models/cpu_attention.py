@@ -22,7 +22,7 @@ from .. import backend
 # took 94 ms per layer, 2**19 69 ms, 2**20 69 ms).
 BLOCK_SCORES = 2**19
 MAX_TERMS = 2
-ERRORS = {1: "no single-threaded BLAS", 2: "arguments it does not take", 3: "out of memory"}
+OUT_OF_MEMORY = 3  # the kernel's return code when a thread cannot get its block buffer
 
 
 def _library():
@@ -102,8 +102,8 @@ def run(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> Opt
     flat = (ctypes.c_long * (3 * len(views)))(*(x for s in strides for x in s))
     dims = (ctypes.c_int * 7)(B, H, G, L, S, D, rows)
     rc = _kernel(ptrs, flat, dims, len(terms), out.ctypes.data, THREADS)
-    if rc == 3:
-        raise MemoryError(f"CPU attention: {ERRORS[rc]} for blocks of {rows} x {S} scores")
-    if rc != 0:
+    if rc == OUT_OF_MEMORY:
+        raise MemoryError(f"CPU attention: out of memory for {THREADS} blocks of {rows} x {S} float32 scores")
+    if rc != 0:  # no single-threaded BLAS, or arguments the kernel does not take: the MLX path answers
         return None
     return mx.array(out).transpose(0, 2, 1, 3)

@@ -128,3 +128,19 @@ def test_threads_share_the_kernel():
     for i in range(2):
         for r in range(4):
             np.testing.assert_array_equal(got[i][r], want[i])
+
+
+@pytest.mark.parametrize("rc", [1, 2, 3])
+def test_kernel_failures_fall_back_or_say_out_of_memory(rc, monkeypatch):
+    """No single-threaded BLAS (1) or arguments it refuses (2): the MLX path answers. A thread without its
+    block buffer (3) is a MemoryError naming the blocks, not a half-written output."""
+    q, k, v, bias, pad = operands(1, 4, 2, 24, 24, 8, seed=10)
+    monkeypatch.setattr(cpu_attention, "_kernel", lambda *args: rc)
+    if rc == 3:
+        with pytest.raises(MemoryError, match=r"blocks of 24 x 24 float32 scores"):
+            cpu_attention.run(q, k, v, (bias, pad))
+        return
+    assert cpu_attention.run(q, k, v, (bias, pad)) is None
+    monkeypatch.setattr(attn, "PARALLEL_SCORES", 1)
+    out = np.array(attn.attention(q, k, v, (bias, pad)))
+    np.testing.assert_allclose(out, reference(q, k, v, (bias, pad)), rtol=0, atol=1e-5)
