@@ -13,14 +13,9 @@
 #include <string.h>
 
 #include "shim.h"
+#include "simd.h"
 
-#define INLINE static inline __attribute__((always_inline))
-
-typedef float v8sf __attribute__((vector_size(32)));
-typedef float v8sf_u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned access */
-typedef int v8si __attribute__((vector_size(32)));
-
-enum { LANES = 8, MAX_TERMS = 2, MAX_THREADS = 64 };
+enum { MAX_TERMS = 2, MAX_THREADS = 64 };
 
 /* Strides are in elements; the last axis of every operand is contiguous. */
 struct operand {
@@ -40,15 +35,6 @@ struct job {
   int next;   /* the next unit to take, atomically */
   int failed; /* a worker could not get its buffer */
 };
-
-INLINE v8sf splat(float a) { return (v8sf){a, a, a, a, a, a, a, a}; }
-INLINE v8sf load(const float *p) { return *(const v8sf_u *)p; }
-INLINE void store(float *p, v8sf v) { *(v8sf_u *)p = v; }
-
-INLINE v8sf vmax(v8sf a, v8sf b) {
-  v8si gt = a > b;
-  return (v8sf)((gt & (v8si)a) | (~gt & (v8si)b));
-}
 
 /* The polynomial's coefficients, highest degree first: 2**f on [-1/2, 1/2], relative error <= 1.5e-7. */
 #define C5 0.0013268870534375f
@@ -120,21 +106,13 @@ static float softmax_row_base(float *x, int n, const float *t0, const float *t1)
   return softmax_row(x, n, t0, t1);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-/* The same code compiled for AVX2 and FMA (6x faster than the baseline's SSE2, measured), chosen by CPU
- * feature: a VM may report no CPU model, so target_clones' "arch=" never picks its copy. */
-__attribute__((target("avx2,fma"))) static float softmax_row_avx2(float *x, int n, const float *t0,
-                                                                   const float *t1) {
+/* The same code compiled for AVX2 and FMA: 0.43 ns per score on one core, against 2.5 for the baseline's
+ * (measured, 2048-score rows). */
+AVX2_FMA static float softmax_row_avx2(float *x, int n, const float *t0, const float *t1) {
   return softmax_row(x, n, t0, t1);
 }
 
-static row_fn pick_softmax_row(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? softmax_row_avx2 : softmax_row_base;
-}
-#else
-static row_fn pick_softmax_row(void) { return softmax_row_base; }
-#endif
+static row_fn pick_softmax_row(void) { return has_avx2_fma() ? softmax_row_avx2 : softmax_row_base; }
 
 /* One block of query rows of one input and one head. `buf` holds rows * (S + 1) floats. */
 static void run_unit(const struct job *j, int unit, float *buf) {
