@@ -7,6 +7,7 @@ meanwhile; evaluation itself runs outside the lock, on each thread's own streams
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Optional
 
@@ -19,6 +20,28 @@ _LOCKS_GUARD = threading.Lock()
 # Tokens encoded at once when decoding: a bigger batch is encoded a few inputs at a time, so the encoder's
 # workspace (activations, attention blocks, the [H, L, L] position bias) does not grow with the batch.
 ENCODE_TOKENS = 4096
+
+
+def _malloc_trim():
+    try:  # glibc: hands freed heap memory back to the system
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl)
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_trim = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give memory that is free but still held back to the system: MLX's buffer cache (the encoder's workspace,
+    the encoder output once its cross K/V exist) and, with glibc, the heap (the CPU attention kernel's and
+    OpenBLAS's freed buffers). Otherwise it stays resident under the K/V allocated next: measured 50-60 MiB of
+    heap and 48 MiB of cache at t5-base, batch 8, 2048 tokens."""
+    mx.clear_cache()
+    if _trim is not None:
+        _trim(0)
 
 
 def model_lock(model) -> threading.RLock:
@@ -101,8 +124,18 @@ class DecodeState:
         self.max_steps = max_steps
         self.steps = 0
         enc = encode_bounded(model, input_ids, attention_mask)
+        # A long batch's encoder leaves large freed buffers behind; handed back before the cross K/V (and again
+        # after, with the encoder output) they do not add to the peak. Short inputs keep MLX's cache warm.
+        settle = input_ids.size >= ENCODE_TOKENS and mx.default_device() == mx.cpu
+        if settle:
+            mx.eval(enc)
+            release_freed_memory()
         with model_lock(model):
             self.cross = model.cross_kv(enc)
+        if settle:
+            mx.eval([c.keys for c in self.cross], [c.values for c in self.cross])
+            del enc
+            release_freed_memory()
         self.attention_mask = attention_mask
         self.compiled = compiled
         rows = input_ids.shape[0] * beams

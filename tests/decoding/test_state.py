@@ -133,3 +133,21 @@ def test_encoder_workspace_does_not_grow_with_the_batch(model_path, monkeypatch)
     workspace = one - kept_one
     assert workspace > kept_one  # the encoder's workspace is what a part costs
     assert eight <= kept_eight + 1.5 * workspace
+
+
+def test_long_batches_hand_freed_memory_back(model_path, monkeypatch):
+    """From ENCODE_TOKENS tokens on, a CPU decode state returns freed memory (MLX's cache, the heap) after the
+    encoder and again after the cross K/V, which are then evaluated; the tokens do not change. Shorter inputs
+    keep MLX's cache."""
+    import mlx_mqa.decoding.state as state
+
+    model = load_model(model_path)
+    ids = mx.array(np.arange(3, 3 + 4 * 64, dtype=np.int32).reshape(4, 64) % 500)
+    want = generate_tokens(model, ids, None, 4)
+    calls = []
+    real = state.release_freed_memory
+    monkeypatch.setattr(state, "release_freed_memory", lambda: (real(), calls.append(mx.get_cache_memory())))
+    assert generate_tokens(model, ids, None, 4) == want and calls == []
+    monkeypatch.setattr(state, "ENCODE_TOKENS", 128)  # two inputs per part: this batch is "long"
+    assert generate_tokens(model, ids, None, 4) == want
+    assert calls == [0, 0]  # MLX's cache emptied after the encoder and after the cross K/V
