@@ -201,8 +201,9 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
     type=click.Choice(["auto", "eager", "compiled"]),
     default="auto",
     show_default=True,
-    help="MLX decode loop for speed runs: compiled (the library's compiled step with a "
-    "fixed-capacity cache; auto) or eager (model.decode + KVCache).",
+    help="MLX decode loop for speed runs: auto (the library's default: the compiled step, or on CPU the eager "
+    "one where the C attention kernel reads a large cross K/V), compiled (fixed-capacity cache) or eager "
+    "(model.decode + KVCache). speed.csv's decode_step says which ran.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
 @click.option(

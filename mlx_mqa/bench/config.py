@@ -39,7 +39,7 @@ class BenchConfig:
     num_beams: Sequence[int] = (1,)  # quality runs once per beam width (1 = greedy)
     bootstrap: int = 1000
     memory_budget: Optional[int] = None  # bytes: find each variant's largest batch that fits (bench.budget)
-    decode_path: str = "auto"  # auto: compiled (the library's DecodeState), or compiled / eager
+    decode_path: str = "auto"  # auto: the library's default step (bench.speed.DECODE_PATHS), or compiled / eager
     out: str = "results/bench"
     cache_dir: Optional[str] = None
     plots: bool = True

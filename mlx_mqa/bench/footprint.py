@@ -29,7 +29,7 @@ class Probe:
     input_len: int
     output_len: int
     dtype: str = "float32"
-    decode_path: str = "compiled"
+    decode_path: str = "auto"
     seed: int = 0
 
 

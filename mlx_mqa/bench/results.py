@@ -31,6 +31,8 @@ ENV_COLUMNS = [
 ]
 # How a variant's K/V heads were made (--pool, --grouping); after the older columns, which keep their order.
 METHOD_COLUMNS = ["pool", "grouping"]
+# The MLX decode step that ran (--decode auto picks it per run); after the method columns.
+STEP_COLUMNS = ["decode_step"]
 SPEED_COLUMNS = (
     [
         "variant",
@@ -74,6 +76,7 @@ SPEED_COLUMNS = (
     ]
     + ENV_COLUMNS
     + METHOD_COLUMNS
+    + STEP_COLUMNS
 )
 QUALITY_COLUMNS = (
     [

@@ -58,12 +58,10 @@ TORCH_MEMORY = {"cuda": "torch.cuda.max_memory_allocated()", "mps": "torch.mps.d
 TORCH_CPU_MEMORY = "process RSS: torch weights + (peak RSS - RSS before the run)"
 
 
-def resolve_decode_path(choice: str) -> str:
-    """'auto' is the compiled step (the library's default); 'compiled' and 'eager' as asked."""
-    if choice == "auto":
-        return "compiled"
+def check_decode_path(choice: str) -> str:
+    """'auto' (the library's default step), 'compiled' or 'eager'."""
     if choice not in sp.DECODE_PATHS:
-        raise ConfigError(f"unknown --decode {choice!r}; choose from {['auto', *sp.DECODE_PATHS]}")
+        raise ConfigError(f"unknown --decode {choice!r}; choose from {list(sp.DECODE_PATHS)}")
     return choice
 
 
@@ -116,7 +114,7 @@ def prepare(cfg: BenchConfig, say: Callable[[str], None]) -> Bench:
         say("note: " + note)
     check_settings(cfg)
     dtype = cfg.dtype or default_dtype()
-    decode_path = resolve_decode_path(cfg.decode_path)
+    decode_path = check_decode_path(cfg.decode_path)
     jobs = load_quality_jobs(cfg) if cfg.quality else []
 
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else paths.cache_dir()
@@ -182,7 +180,6 @@ def start_results(bench: Bench, first_notes: Sequence[str], last_notes: Sequence
         },
         cfg.to_dict(),
     )
-    results["settings"]["decode_path_resolved"] = bench.decode_path
     results["variants"] = [
         {
             "name": v.spec.name,
@@ -250,7 +247,6 @@ def speed_variants(bench: Bench) -> List[SpeedVariant]:
             quantize_bits=v.spec.quantize_bits,
             pool=v.spec.pool,
             grouping=v.spec.grouping,
-            self_kv="full" if path == "compiled" else "mean",
             decode_path=path,
             device=bench.results["environment"]["mlx_device"],
             memory_method=MLX_MEMORY,

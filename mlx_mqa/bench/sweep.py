@@ -33,8 +33,7 @@ class SpeedVariant:
     decoder_step_bytes: int
     run: Callable[[np.ndarray, int], RunSample]
     quantize_bits: Optional[int] = None
-    self_kv: str = "mean"  # how the decode reads its self-attention cache (traffic model)
-    decode_path: str = "eager"
+    decode_path: str = "auto"
     device: str = "cpu"
     memory_method: str = ""
     pool: str = "mean"  # how the K/V heads were made (the PyTorch reference: group means)
@@ -81,6 +80,7 @@ class SpeedResult:
     baseline: Optional[str] = None
     pool: str = "mean"
     grouping: str = "contiguous"
+    decode_step: str = ""  # MLX: the step that ran, compiled or eager ("auto" picks per run)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +97,8 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
         s.input_len,
         s.output_len,
         v.itemsize,
-        v.self_kv,
+        # A compiled step reads its fixed-capacity self cache in full; others up to the current position.
+        "full" if runs[-1].compiled else "mean",
     )
     peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
     procs = [r.peak_process_bytes for r in runs if r.peak_process_bytes is not None]
@@ -129,6 +130,7 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
         traffic_bytes_per_step=traffic,
         pool=v.pool,
         grouping=v.grouping,
+        decode_step={None: "", True: "compiled", False: "eager"}[runs[-1].compiled],
     )
 
 

@@ -31,6 +31,7 @@ struct job {
   long out_b, out_h, out_row;
   int nterms, H, group, L, S, D, rows, blocks, units;
   sgemm_fn gemm;
+  sgemv_fn gemv;
   row_fn softmax_row;
   int next;   /* the next unit to take, atomically */
   int failed; /* a worker could not get its buffer */
@@ -123,7 +124,13 @@ static void run_unit(const struct job *j, int unit, float *buf) {
   const float *q = j->q.p + b * j->q.b + h * j->q.h + i0 * j->q.row;
   const float *k = j->k.p + b * j->k.b + g * j->k.h;
   const float *v = j->v.p + b * j->v.b + g * j->v.h;
-  j->gemm(RowMajor, NoTrans, Trans, R, S, D, 1.0f, q, (int)j->q.row, k, (int)j->k.row, 0.0f, buf, S);
+  /* One query row per head (a decode step): sgemv streams K and V once, where sgemm would pack them first.
+   * Decided per call, not per block, so blocking never changes a bit. */
+  int single = j->L == 1;
+  if (single)
+    j->gemv(RowMajor, NoTrans, S, D, 1.0f, k, (int)j->k.row, q, 1, 0.0f, buf, 1);
+  else
+    j->gemm(RowMajor, NoTrans, Trans, R, S, D, 1.0f, q, (int)j->q.row, k, (int)j->k.row, 0.0f, buf, S);
   for (int r = 0; r < R; r++) {
     const float *rows[MAX_TERMS] = {0, 0};
     for (int t = 0; t < j->nterms; t++) {
@@ -133,7 +140,10 @@ static void run_unit(const struct job *j, int unit, float *buf) {
     sums[r] = j->softmax_row(buf + (size_t)r * S, S, rows[0], rows[1]);
   }
   float *out = j->out + b * j->out_b + h * j->out_h + i0 * j->out_row;
-  j->gemm(RowMajor, NoTrans, NoTrans, R, D, S, 1.0f, buf, S, v, (int)j->v.row, 0.0f, out, (int)j->out_row);
+  if (single)
+    j->gemv(RowMajor, Trans, S, D, 1.0f, v, (int)j->v.row, buf, 1, 0.0f, out, 1);
+  else
+    j->gemm(RowMajor, NoTrans, NoTrans, R, D, S, 1.0f, buf, S, v, (int)j->v.row, 0.0f, out, (int)j->out_row);
   for (int r = 0; r < R; r++)
     for (int d = 0; d < D; d++)
       out[r * j->out_row + d] /= sums[r];
@@ -156,13 +166,14 @@ static void *worker(void *arg) {
   return 0;
 }
 
-/* ptrs: q, k, v, then `nterms` terms; strides: (b, head, row) of each, in the same order;
- * dims: B, H, G, L, S, D, rows per block. out: [B, L, H, D], contiguous.
+/* ptrs: q, k, v, then `nterms` terms; strides: (b, head, row) of each, in the same order, then of out;
+ * dims: B, H, G, L, S, D, rows per block. A decode step's caller may pass a group's heads as its rows.
  * Returns 0; 1 without the single-threaded BLAS; 2 for arguments it does not take; 3 out of memory. */
 int mlx_mqa_attention(const float *const *ptrs, const long *strides, const int *dims, int nterms, float *out,
                       int threads) {
   sgemm_fn gemm = mlx_mqa_single_sgemm();
-  if (!gemm)
+  sgemv_fn gemv = mlx_mqa_single_sgemv();
+  if (!gemm || !gemv)
     return 1;
   struct job j = {0};
   int B = dims[0], G = dims[2];
@@ -173,8 +184,10 @@ int mlx_mqa_attention(const float *const *ptrs, const long *strides, const int *
   struct operand *ops[] = {&j.q, &j.k, &j.v, &j.terms[0], &j.terms[1]};
   for (int i = 0; i < 3 + nterms; i++)
     *ops[i] = (struct operand){ptrs[i], strides[3 * i], strides[3 * i + 1], strides[3 * i + 2]};
-  j.nterms = nterms, j.group = j.H / G, j.gemm = gemm, j.out = out, j.softmax_row = pick_softmax_row();
-  j.out_row = (long)j.H * j.D, j.out_h = j.D, j.out_b = (long)j.L * j.out_row;
+  const long *o = strides + 3 * (3 + nterms);
+  j.out_b = o[0], j.out_h = o[1], j.out_row = o[2];
+  j.nterms = nterms, j.group = j.H / G, j.gemm = gemm, j.gemv = gemv, j.out = out;
+  j.softmax_row = pick_softmax_row();
   j.blocks = (j.L + j.rows - 1) / j.rows;
   j.units = B * j.H * j.blocks;
   if (threads > j.units)

@@ -16,10 +16,9 @@
 
 #include "shim.h"
 
-typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
-
 static sgemm_fn real_sgemm = 0;
 static sgemm_fn single_sgemm = 0; /* a second OpenBLAS instance, fixed at one thread */
+static sgemv_fn single_sgemv = 0;
 static sgemv_fn real_sgemv = 0;
 static int route = 0;
 static void *blas = 0;
@@ -45,12 +44,14 @@ static void open_single(const char *blas_path, const char *pre) {
   typedef void (*threads_fn)(int);
   threads_fn set_threads = (threads_fn)lookup(h, pre, "openblas_set_num_threads");
   sgemm_fn gemm = (sgemm_fn)lookup(h, pre, "cblas_sgemm");
-  if (!set_threads || !gemm) {
+  sgemv_fn gemv = (sgemv_fn)lookup(h, pre, "cblas_sgemv");
+  if (!set_threads || !gemm || !gemv) {
     dlclose(h);
     return;
   }
   set_threads(1);
   single_sgemm = gemm;
+  single_sgemv = gemv;
 }
 
 /* 0: ready; 1: the library cannot be opened; 2: it has no cblas_sgemm/cblas_sgemv. */
@@ -82,6 +83,8 @@ int mlx_mqa_gemv_shim_init(const char *blas_path, int route_gemv) {
 const char *mlx_mqa_gemv_shim_error(void) { return error; }
 
 sgemm_fn mlx_mqa_single_sgemm(void) { return single_sgemm; }
+
+sgemv_fn mlx_mqa_single_sgemv(void) { return single_sgemv; }
 
 /* "<openblas_get_config()>; core <openblas_get_corename()>", or "" for a BLAS other than OpenBLAS. */
 const char *mlx_mqa_blas_info(void) {

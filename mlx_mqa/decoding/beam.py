@@ -38,7 +38,7 @@ def beam_search(
     no_repeat_ngram_size: int = 0,
     eos_token_id: Optional[int] = None,
     pad_token_id: Optional[int] = None,
-    compiled: bool = True,
+    compiled: Optional[bool] = None,
     return_scores: bool = False,
     **unused,
 ):

@@ -31,7 +31,7 @@ def generate_step(
     eos_token_id: Optional[int] = None,
     pad_token_id: Optional[int] = None,
     ignore_eos: bool = False,
-    compiled: bool = True,
+    compiled: Optional[bool] = None,
 ) -> Generator[StepOutput, None, None]:
     """Yield one token per row per step until every row has emitted EOS or `max_new_tokens`.
 

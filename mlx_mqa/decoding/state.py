@@ -1,4 +1,5 @@
-"""What a decode step reads and writes: cross-attention K/V, self-attention caches, the compiled step.
+"""What a decode step reads and writes: cross-attention K/V, self-attention caches, the compiled step (or
+the eager one, whose attention over a large K/V on CPU is the C kernel's).
 
 Thread safety: building a step's graph is serialized per model (`model_lock`). Tracing the compiled
 step swaps the model's arrays for placeholders, so no other thread may build a graph from that model
@@ -14,6 +15,7 @@ from typing import Optional
 import mlx.core as mx
 
 from ..errors import InputError
+from ..models.attention import streams_kv
 from ..models.cache import CrossKV, StaticKVCache
 
 _LOCKS_GUARD = threading.Lock()
@@ -108,6 +110,7 @@ class DecodeState:
 
     With `beams` > 1 the decoder runs B*beams rows while the encoder output and cross K/V stay
     at B rows, shared by the beams of each input. At most `max_steps` steps fit its caches.
+    `compiled`: the compiled step (True), the eager one (False), or None: `default_compiled`.
     """
 
     def __init__(
@@ -116,7 +119,7 @@ class DecodeState:
         input_ids: mx.array,
         attention_mask: Optional[mx.array],
         max_steps: int,
-        compiled: bool = True,
+        compiled: Optional[bool] = None,
         beams: int = 1,
     ):
         check_decode_inputs(model, input_ids, attention_mask, max_steps)
@@ -137,7 +140,8 @@ class DecodeState:
             del enc
             release_freed_memory()
         self.attention_mask = attention_mask
-        self.compiled = compiled
+        self.compiled = default_compiled(self.cross) if compiled is None else compiled
+        compiled = self.compiled
         rows = input_ids.shape[0] * beams
         if compiled:
             G, D = model.args.num_key_value_heads, model.args.d_kv
@@ -189,6 +193,12 @@ class DecodeState:
     def nbytes(self) -> int:
         """Bytes of the filled self-attention caches plus the cross-attention K/V."""
         return sum(c.nbytes() for c in self.cache) + sum(c.nbytes() for c in self.cross)
+
+
+def default_compiled(cross) -> bool:
+    """The compiled step, unless on CPU the cross K/V are large enough for the C attention kernel, which cannot
+    run inside a compiled graph (t5-base, 2048 tokens, batch 16: an eager step took 200 ms, the compiled 299)."""
+    return not (cross and mx.default_device() == mx.cpu and streams_kv(cross[0].keys, cross[0].values))
 
 
 def compiled_decode_step(model):

@@ -2,7 +2,7 @@
 
 MLX's CPU softmax is scalar and single-threaded; the kernel fuses the additive terms, max, exp and sum
 over cached blocks of scores, vectorised, on threads of its own, with the products on the single-threaded
-OpenBLAS instance. It runs outside MLX's graph: its inputs must be evaluated, are read in place through
+OpenBLAS instance. In a decode step it reads each K/V head once, on every core. It runs outside MLX's graph: its inputs must be evaluated, are read in place through
 numpy views (strides and all, so transposed heads and the position-bias view are not copied), and the
 output comes back as a new array.
 """
@@ -29,8 +29,8 @@ def _library():
     lib = backend.shim_library
     if lib is None or not hasattr(lib, "mlx_mqa_attention"):
         return None
-    lib.mlx_mqa_single_sgemm.restype = ctypes.c_void_p
-    if not lib.mlx_mqa_single_sgemm():
+    lib.mlx_mqa_single_sgemm.restype = lib.mlx_mqa_single_sgemv.restype = ctypes.c_void_p
+    if not lib.mlx_mqa_single_sgemm() or not lib.mlx_mqa_single_sgemv():
         return None
     fn = lib.mlx_mqa_attention
     fn.argtypes = [
@@ -97,10 +97,21 @@ def run(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> Opt
     if any(s is None for s in strides):
         return None
     out = np.empty((B, L, H, D), np.float32)
-    rows = max(1, min(L, BLOCK_SCORES // S))
+    heads, length, out_strides = H, L, [L * H * D, D, H * D]
+    if L == 1 and G < H:
+        # A decode step: the query heads sharing a K/V head become that head's rows, so each unit reads its
+        # K and V once (one product of H/G rows, not H/G single rows).
+        group = H // G
+        for i, s in enumerate(strides):
+            if i not in (1, 2):  # q and the terms; K and V keep their per-head strides
+                s[1], s[2] = group * s[1], s[1]
+        if strides[0][2] < D:  # broadcast query heads are no BLAS matrix
+            return None
+        heads, length, out_strides = G, group, [H * D, group * D, D]
+    rows = max(1, min(length, BLOCK_SCORES // S))
     ptrs = (ctypes.c_void_p * len(views))(*(a.ctypes.data for a in views))
-    flat = (ctypes.c_long * (3 * len(views)))(*(x for s in strides for x in s))
-    dims = (ctypes.c_int * 7)(B, H, G, L, S, D, rows)
+    flat = (ctypes.c_long * (3 * len(views) + 3))(*(x for s in strides for x in s), *out_strides)
+    dims = (ctypes.c_int * 7)(B, heads, G, length, S, D, rows)
     rc = _kernel(ptrs, flat, dims, len(terms), out.ctypes.data, THREADS)
     if rc == OUT_OF_MEMORY:
         raise MemoryError(f"CPU attention: out of memory for {THREADS} blocks of {rows} x {S} float32 scores")

@@ -164,7 +164,7 @@ torch_device cpu blas""".split()
 
 
 def test_default_run_keeps_names_paths_and_columns(run_cli):
-    """Without --pool: the names, cache paths and columns of before, the method columns appended."""
+    """Without --pool: the names, cache paths and columns of before, the method and step columns appended."""
     result, out = run_cli
     res = json.loads((out / "results.json").read_text())
     assert [(v["name"], v["pool"], v["grouping"], v["timed"]) for v in res["variants"]] == [
@@ -175,7 +175,9 @@ def test_default_run_keeps_names_paths_and_columns(run_cli):
     assert res["speed_note"] is None and "Speed is timed for" not in result.output
     assert "tokens = torch:" not in result.output
     with open(out / "speed.csv") as f:
-        assert next(csv.reader(f)) == SPEED_COLUMNS_BEFORE + ENV_COLUMNS_BEFORE + ["pool", "grouping"]
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == SPEED_COLUMNS_BEFORE + ENV_COLUMNS_BEFORE + ["pool", "grouping", "decode_step"]
+    assert [r["decode_step"] for r in rows[:4]] == ["compiled"] * 3 + [""]  # small K/V: the compiled step
     with open(out / "quality.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == QUALITY_COLUMNS_BEFORE + ENV_COLUMNS_BEFORE + ["pool", "grouping"]

@@ -3,15 +3,14 @@
 import pytest
 
 from mlx_mqa.bench.config import BenchConfig
-from mlx_mqa.bench.runner import check_settings, load_quality_jobs, resolve_decode_path
+from mlx_mqa.bench.runner import check_decode_path, check_settings, load_quality_jobs
 from mlx_mqa.errors import ConfigError, InputError
 
 
 def test_decode_path():
-    assert resolve_decode_path("auto") == "compiled"
-    assert [resolve_decode_path(p) for p in ("compiled", "eager")] == ["compiled", "eager"]
+    assert [check_decode_path(p) for p in ("auto", "compiled", "eager")] == ["auto", "compiled", "eager"]
     with pytest.raises(ConfigError, match=r"unknown --decode 'fast'; choose from \['auto', 'compiled', 'eager'\]"):
-        resolve_decode_path("fast")
+        check_decode_path("fast")
 
 
 def test_settings_checks():

@@ -151,3 +151,28 @@ def test_long_batches_hand_freed_memory_back(model_path, monkeypatch):
     monkeypatch.setattr(state, "ENCODE_TOKENS", 128)  # two inputs per part: this batch is "long"
     assert generate_tokens(model, ids, None, 4) == want
     assert calls == [0, 0]  # MLX's cache emptied after the encoder and after the cross K/V
+
+
+def test_a_large_cross_kv_decodes_eagerly_through_the_kernel(model_path, tokenizer, monkeypatch):
+    """On CPU a cross K/V of STREAM_KV_BYTES or more makes the default step the eager one, whose cross-attention
+    is the C kernel's (it cannot run in a compiled graph); greedy and beam tokens equal the compiled step's.
+    Asked for explicitly, the compiled step still runs."""
+    from mlx_mqa.decoding.beam import beam_search
+    from mlx_mqa.models import cpu_attention
+
+    if not cpu_attention.available() or mx.default_device() != mx.cpu:
+        pytest.skip("the C attention kernel runs on CPU with the BLAS shim")
+    model = load_model(model_path)
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+    want = generate_tokens(model, ids, mask, 6, compiled=True)
+    beams = beam_search(model, ids, mask, num_beams=3, max_new_tokens=6, compiled=True)
+    assert DecodeState(model, ids, mask, 2).compiled
+    calls = []
+    real = cpu_attention.run
+    monkeypatch.setattr(cpu_attention, "run", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    monkeypatch.setattr(attention, "STREAM_KV_BYTES", 1)
+    assert not DecodeState(model, ids, mask, 2).compiled and DecodeState(model, ids, mask, 2, compiled=True).compiled
+    assert generate_tokens(model, ids, mask, 6) == want
+    assert calls.count(1) >= 6  # one query row per step: the cross-attention (and the small self-attention)
+    assert beam_search(model, ids, mask, num_beams=3, max_new_tokens=6) == beams
+    assert 3 in calls  # three beams share an input's cross K/V: three query rows

@@ -36,7 +36,9 @@ def reference(q, k, v, terms):
 
 @pytest.mark.parametrize(
     "B,H,G,L,S,D",
-    [(2, 8, 2, 37, 37, 16), (1, 4, 4, 70, 13, 8), (3, 6, 1, 9, 101, 64), (2, 12, 4, 130, 130, 64)],
+    [(2, 8, 2, 37, 37, 16), (1, 4, 4, 70, 13, 8), (3, 6, 1, 9, 101, 64), (2, 12, 4, 130, 130, 64)]
+    # Decode steps (one query row: a K/V head's query heads become its rows) and beams (a few rows).
+    + [(3, 12, 12, 1, 50, 16), (2, 12, 4, 1, 77, 64), (4, 8, 1, 1, 33, 8), (2, 6, 2, 3, 40, 16)],
 )
 @pytest.mark.parametrize("which", ["none", "bias", "pad", "both"])
 def test_kernel_matches_float64(B, H, G, L, S, D, which, monkeypatch):
@@ -73,6 +75,30 @@ def test_attention_dispatches_long_inputs_to_the_kernel(monkeypatch):
     without = np.array(attn.attention(q, k, v, (bias, pad)))
     assert calls == [1]
     np.testing.assert_allclose(with_kernel, without, rtol=0, atol=2e-6 * np.abs(without).max())
+
+
+def test_decode_steps_over_a_large_kv_go_to_the_kernel(monkeypatch):
+    """A few query rows go to the kernel from STREAM_KV_BYTES of K and V on; below, and inside mx.compile,
+    the MLX path answers, with the same result."""
+    q, k, v, bias, pad = operands(3, 8, 2, 1, 300, 16, seed=6)
+    calls = []
+    real = cpu_attention.run
+    monkeypatch.setattr(cpu_attention, "run", lambda *a: calls.append(1) or real(*a))
+    below = np.array(attn.attention(q, k, v, (bias, pad)))
+    monkeypatch.setattr(attn, "STREAM_KV_BYTES", k.nbytes + v.nbytes)
+    assert attn.streams_kv(k, v) and not attn.streams_kv(k.astype(mx.float16), v.astype(mx.float16))
+    compiled = np.array(mx.compile(lambda *a: attn.attention(*a[:3], a[3:]))(q, k, v, bias, pad))
+    assert calls == []
+    np.testing.assert_array_equal(compiled, below)
+    kernel = np.array(attn.attention(q, k, v, (bias, pad)))
+    assert calls == [1]
+    np.testing.assert_allclose(kernel, below, rtol=0, atol=2e-6 * np.abs(below).max())
+
+
+def test_broadcast_query_heads_of_a_decode_step_fall_back():
+    """Query heads broadcast along the head axis are no matrix BLAS can read as a group's rows."""
+    q, k, v, _, pad = operands(2, 4, 1, 1, 20, 8, seed=8)
+    assert cpu_attention.run(mx.broadcast_to(q[:, :1], q.shape), k, v, (pad,)) is None
 
 
 def test_operands_it_cannot_read_fall_back(monkeypatch):
