@@ -19,6 +19,11 @@ $PY bench.py --model random:t5-base --kv-heads mha --batch-sizes 1 --lengths 512
 # takes tens of seconds, so first-use costs are negligible; one round to fit a 2-core box).
 $PY bench.py --model random:t5-base --kv-heads 12,4,1 --batch-sizes 1,8,16 --lengths 2048x64 \
   --warmup 0 --repeats 1 --no-quality --no-progress --out results/sweep-t5-base-2048
+# Batch 16, MHA vs PyTorch, 3 rounds: the closest of the sweep's MLX-vs-PyTorch comparisons.
+$PY bench.py --model random:t5-base --kv-heads 12 --batch-sizes 16 --lengths 2048x64 --warmup 0 --repeats 3 \
+  --no-quality --no-progress --out results/sweep-t5-base-2048-b16
+# Decode step: compiled vs eager vs eager with the C kernel, by cross K/V size (sets STREAM_KV_BYTES).
+$PY docs/decode_step.py
 
 # Long inputs (issue 11). Encoder time vs transformers (t5-small/base, 512/2048 tokens, batch 1/8), peak memory
 # of MHA/GQA-4/MQA vs transformers at 2048 -> 64 in fresh processes, and the largest batch within 1.75 GiB.

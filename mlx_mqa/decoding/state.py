@@ -3,7 +3,8 @@ the eager one, whose attention over a large K/V on CPU is the C kernel's).
 
 Thread safety: building a step's graph is serialized per model (`model_lock`). Tracing the compiled
 step swaps the model's arrays for placeholders, so no other thread may build a graph from that model
-meanwhile; evaluation itself runs outside the lock, on each thread's own streams.
+meanwhile; evaluation itself runs outside the lock, on each thread's own streams, except where the CPU attention
+kernel runs (it evaluates its inputs while the graph is built): a long input's encoder part and an eager step.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ BLOCK_SCORES = 2**19
 # From this many scores on, CPU attention runs in blocks alternating between two streams.
 PARALLEL_SCORES = 2**21
 # From this many bytes of K and V on, a few query rows (a decode step) go to the C kernel too: it reads K and V
-# once on every core, twice as fast as MLX's per-head products, but a call costs ~0.7 ms of synchronisation
-# (measured, t5-base decode steps: 64 MiB and more 17-33% faster, 48 MiB level, less slower).
+# once on every core, twice as fast as MLX's per-head products, but a call costs ~0.7 ms of synchronisation.
+# docs/decode_step.md, t5-base steps against the compiled one: from 64 MiB 0.70-0.83x, 32-48 MiB 0.92-0.96x
+# (an earlier run: 0.94-1.03x), 16 MiB and less up to 1.27x.
 STREAM_KV_BYTES = 64 * 2**20
 # Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
 FEW_SCORES = 2**16

@@ -2,9 +2,9 @@
 
 MLX's CPU softmax is scalar and single-threaded; the kernel fuses the additive terms, max, exp and sum
 over cached blocks of scores, vectorised, on threads of its own, with the products on the single-threaded
-OpenBLAS instance. In a decode step it reads each K/V head once, on every core. It runs outside MLX's graph: its inputs must be evaluated, are read in place through
-numpy views (strides and all, so transposed heads and the position-bias view are not copied), and the
-output comes back as a new array.
+OpenBLAS instance. In a decode step it reads each K/V head once, on every core. It runs outside MLX's
+graph: its inputs must be evaluated, are read in place through numpy views (strides and all, so transposed
+heads and the position-bias view are not copied), and the output comes back as a new array.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from mlx_mqa.bench import memory, speed
 from mlx_mqa.bench.sweep import SpeedVariant, sweep
 
 
-def fake_variant(name, g, calls, decode=0.01):
+def fake_variant(name, g, calls, decode=0.01, compiled=None):
     def run(ids, n):
         calls.append(name)
         return speed.RunSample(
@@ -18,6 +18,7 @@ def fake_variant(name, g, calls, decode=0.01):
             peak_process_bytes=200,
             kv_self_bytes=1,
             kv_cross_bytes=2,
+            compiled=compiled,
         )
 
     return SpeedVariant(
@@ -70,3 +71,17 @@ def test_sweep_reports_each_finished_setting():
     assert [len(s) for s in seen] == [2, 4, 6]
     assert seen[0] == [("MHA", 1, 1.0), ("MQA", 1, pytest.approx(4.0))]  # speedups present in partial results
     assert seen[-1] == [(r.variant, r.batch_size, r.measured_decode_speedup) for r in res]
+
+
+def test_the_step_that_ran_sets_the_traffic_model():
+    """A compiled step reads its fixed-capacity self cache in full, an eager one up to the position; the result
+    says which step ran (none for PyTorch)."""
+    res = {
+        c: sweep([fake_variant("MHA", 8, [], compiled=c)], speed.settings_grid([2], [(16, 4)]), 100, 0, 1)[0]
+        for c in (True, False, None)
+    }
+    assert [res[c].decode_step for c in (True, False, None)] == ["compiled", "eager", ""]
+    for c, self_kv in [(True, "full"), (False, "mean")]:
+        want = memory.traffic_per_step(1000, 2, 8, 8, 2, 16, 4, 4, self_kv)
+        assert res[c].traffic_bytes_per_step == want
+    assert res[True].traffic_bytes_per_step["kv_self"] > res[False].traffic_bytes_per_step["kv_self"]
