@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     a = p.parse_args()
     from mlx_mqa.bench.results import environment
+    from mlx_mqa.checkpoint.files import atomic_write_json
     from mlx_mqa.models.attention import STREAM_KV_BYTES
 
     rows = []
@@ -120,9 +121,7 @@ def main() -> None:
         "stream_kv_bytes": STREAM_KV_BYTES,
         "rows": rows,
     }
-    tmp = HERE / "decode_step.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(HERE / "decode_step.json")
+    atomic_write_json(HERE / "decode_step.json", result)
     (HERE / "decode_step.md").write_text(table(result) + "\n")
     print(table(result))
 

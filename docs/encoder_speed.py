@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--profile", default="t5-base:2048", help="SHAPE:LENGTH to profile, or '' for none")
     a = p.parse_args()
     from mlx_mqa.bench.results import environment
+    from mlx_mqa.checkpoint.files import atomic_write_json
 
     rows, prof = [], None
     for shape in a.shapes.split(","):
@@ -120,9 +121,7 @@ def main() -> None:
         if a.profile and a.profile.split(":")[0] == shape:
             prof = {"at": a.profile, "ms": profile(mlx_model, int(a.profile.split(":")[1]), a.repeats)}
     result = {"environment": environment("float32", "cpu"), "settings": vars(a), "rows": rows, "profile": prof}
-    tmp = HERE / "encoder_speed.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(HERE / "encoder_speed.json")
+    atomic_write_json(HERE / "encoder_speed.json", result)
     (HERE / "encoder_speed.md").write_text(table(result) + "\n")
     print(table(result))
 

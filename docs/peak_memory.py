@@ -17,12 +17,12 @@ import mlx_mqa  # noqa: F401  (loads its BLAS before anything imports mlx.core)
 
 # isort: on
 import argparse
-import json
 from pathlib import Path
 
 from mlx_mqa.bench.footprint import Probe, measure
 from mlx_mqa.bench.results import environment
 from mlx_mqa.bench.variants import VariantSpec, ensure_converted, prepare_source
+from mlx_mqa.checkpoint.files import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 MiB = 2**20
@@ -58,9 +58,7 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     result = {"environment": environment("float32", "cpu"), "settings": {**vars(a), "num_heads": H}, "rows": rows}
-    tmp = HERE / "peak_memory.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(HERE / "peak_memory.json")
+    atomic_write_json(HERE / "peak_memory.json", result)
     (HERE / "peak_memory.md").write_text(table(result) + "\n")
     print(table(result))
 
