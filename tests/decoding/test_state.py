@@ -70,11 +70,14 @@ def test_stepping_past_the_cache_is_an_error(compiled, model_path):
 
 
 def test_one_model_from_several_threads_at_once(model_path, tokenizer, monkeypatch):
-    # Long inputs take the two-stream CPU path; MLX streams belong to the thread that made them.
+    # Long inputs take the two-stream CPU path or the C kernel; MLX streams belong to the thread that made them.
+    # The default step (None) is the eager one with the kernel in every layer (it evaluates under the lock).
     monkeypatch.setattr(attention, "PARALLEL_SCORES", 2**10)
+    monkeypatch.setattr(attention, "STREAM_KV_BYTES", 1)
     model = load_model(model_path)
     long_prompt = "summarize: " + " ".join(PROMPTS * 6)
-    jobs = [([long_prompt], True), (PROMPTS, True), ([long_prompt], False), (PROMPTS[:2], False)] * 2
+    jobs = [([long_prompt], True), (PROMPTS, True), ([long_prompt], False), (PROMPTS[:2], False)]
+    jobs = (jobs + [([long_prompt], None), (PROMPTS, None)]) * 2
     expected = [generate(load_model(model_path), tokenizer, p, max_new_tokens=5, compiled=c) for p, c in jobs]
     results, errors = [None] * len(jobs), []
 
