@@ -56,6 +56,7 @@ class BudgetResult:
             "tokens_per_s": self.best.tokens_per_s,
             "encoder_s": self.best.encoder_s,
             "decode_s": self.best.decode_s,
+            "decode_step": self.best.decode_step,
             "per_input_bytes": self.per_input_bytes,
             "next_batch_peak_predicted": self.next_peak_predicted,
             "probes": [{"batch": p.batch, "peak_bytes": p.peak_bytes} for p in self.probes],
@@ -141,6 +142,7 @@ CSV_COLUMNS = [
     "tokens_per_s",
     "encoder_s",
     "decode_s",
+    "decode_step",
 ]
 
 

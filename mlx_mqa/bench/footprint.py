@@ -41,6 +41,7 @@ class Footprint:
     encoder_s: float
     decode_s: float
     output_len: int
+    decode_step: str = ""  # MLX: the step that ran (compiled or eager)
 
     @property
     def tokens_per_s(self) -> float:
@@ -103,6 +104,7 @@ def _child(probe: Probe) -> Footprint:
         encoder_s=sample.encoder_s,
         decode_s=sample.decode_s,
         output_len=probe.output_len,
+        decode_step=sample.decode_step,
     )
 
 

@@ -101,6 +101,11 @@ class RunSample:
     def total_s(self) -> float:
         return self.encoder_s + self.decode_s
 
+    @property
+    def decode_step(self) -> str:
+        """The MLX step that ran: 'compiled' or 'eager'; '' for PyTorch."""
+        return {None: "", True: "compiled", False: "eager"}[self.compiled]
+
 
 def _prefilled_arrays(state: DecodeState) -> list:
     """What exists once the encoder has run: cross-attention K/V, preallocated self caches, the mask."""

@@ -130,7 +130,7 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
         traffic_bytes_per_step=traffic,
         pool=v.pool,
         grouping=v.grouping,
-        decode_step={None: "", True: "compiled", False: "eager"}[runs[-1].compiled],
+        decode_step=runs[-1].decode_step,
     )
 
 

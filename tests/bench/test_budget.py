@@ -88,6 +88,7 @@ def test_measure_runs_in_a_fresh_process(tiny, tmp_path):
     # K/V of 2 layers, 1 head of 16, (64 + 4) tokens, float32
     assert one.kv_bytes == 2 * 2 * 16 * 68 * 4 and four.kv_bytes == 4 * one.kv_bytes
     assert four.batch == 4 and four.encoder_s > 0 and four.decode_s > 0
+    assert one.decode_step == "compiled"  # a small cross K/V: the library's default step is the compiled one
 
 
 def test_measure_reports_a_failed_child(tmp_path):
