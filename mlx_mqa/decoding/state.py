@@ -141,8 +141,9 @@ class DecodeState:
             del enc
             release_freed_memory()
         self.attention_mask = attention_mask
-        self.compiled = default_compiled(self.cross) if compiled is None else compiled
-        compiled = self.compiled
+        if compiled is None:
+            compiled = default_compiled(self.cross)
+        self.compiled = compiled
         rows = input_ids.shape[0] * beams
         if compiled:
             G, D = model.args.num_key_value_heads, model.args.d_kv

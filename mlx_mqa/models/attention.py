@@ -54,9 +54,13 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
 def kernel_applies(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> bool:
     """Whether CPU attention over these operands goes to the C kernel (outside mx.compile; inside it the MLX
     path runs): many scores (a long input), or a large K/V (a decode step of a big batch)."""
+    return (_long_input(q, k) or streams_kv(k, v)) and cpu_attention.applies(q, k, v, terms)
+
+
+def _long_input(q: mx.array, k: mx.array) -> bool:
+    """More than one query row and at least PARALLEL_SCORES scores: worth blocks on threads."""
     B, H, L, _ = q.shape
-    many_scores = L > 1 and B * H * L * k.shape[2] >= PARALLEL_SCORES
-    return (many_scores or streams_kv(k, v)) and cpu_attention.applies(q, k, v, terms)
+    return L > 1 and B * H * L * k.shape[2] >= PARALLEL_SCORES
 
 
 def streams_kv(k: mx.array, v: mx.array) -> bool:
@@ -65,10 +69,7 @@ def streams_kv(k: mx.array, v: mx.array) -> bool:
 
 
 def _mlx_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> mx.array:
-    B, H, L, _ = q.shape
-    if L == 1 or B * H * L * k.shape[2] < PARALLEL_SCORES:
-        return _grouped_attention(q, k, v, terms)
-    return _blocked_attention(q, k, v, terms)
+    return _blocked_attention(q, k, v, terms) if _long_input(q, k) else _grouped_attention(q, k, v, terms)
 
 
 @mx.custom_function
