@@ -1,12 +1,11 @@
 """MLX T5 with multi-query and grouped-query attention (Ainslie et al. 2023)."""
 
-__version__ = "0.1.0"
+import warnings
 
-import warnings  # noqa: E402
-
-from . import backend  # noqa: F401, E402, I001  (optimized BLAS on Linux must load before mlx.core)
-from .checkpoint.load import load, load_model, load_tokenizer  # noqa: E402
-from .generate import generate, generate_step, stream_generate  # noqa: E402
+from . import backend  # noqa: F401, I001  (optimized BLAS on Linux must load before mlx.core)
+from ._version import __version__
+from .checkpoint.load import load, load_model, load_tokenizer
+from .generate import generate, generate_step, stream_generate
 
 # `python -m mlx_mqa.generate` runs a module this package already imported (for the names above, as
 # mlx-lm does); runpy's warning about that is expected.

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint.card import create_model_card
 from ..checkpoint.files import (
     TOKENIZER_FILES,

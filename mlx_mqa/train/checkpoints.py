@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint.files import atomic_directory, atomic_write_json, save_mlx_weights
 from ..checkpoint.hf import weight_files
 from ..errors import CheckpointError
