@@ -1,11 +1,14 @@
 """MLX T5 with multi-query and grouped-query attention (Ainslie et al. 2023)."""
 
+import sys
 import warnings
 
-from . import backend  # noqa: F401, I001  (optimized BLAS on Linux must load before mlx.core)
-from ._version import __version__
-from .checkpoint.load import load, load_model, load_tokenizer
-from .generate import generate, generate_step, stream_generate
+if sys.platform == "linux":  # OpenBLAS under MLX's Linux CPU backend: loaded before anything imports mlx.core
+    from .cpu import blas  # noqa: F401
+
+from ._version import __version__  # noqa: E402
+from .checkpoint.load import load, load_model, load_tokenizer  # noqa: E402
+from .generate import generate, generate_step, stream_generate  # noqa: E402
 
 # `python -m mlx_mqa.generate` runs a module this package already imported (for the names above, as
 # mlx-lm does); runpy's warning about that is expected.

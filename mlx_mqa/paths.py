@@ -1,6 +1,6 @@
 """Where mlx_mqa keeps its per-user cache (the compiled BLAS shim, ...).
 
-Standard library only: mlx_mqa.backend imports this before mlx.core is loaded.
+Standard library only: mlx_mqa.cpu.blas imports this before mlx.core is loaded.
 """
 
 from __future__ import annotations

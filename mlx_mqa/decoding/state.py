@@ -1,61 +1,48 @@
-"""What a decode step reads and writes: cross-attention K/V, self-attention caches, the compiled step (or
-the eager one, whose attention over a large K/V on CPU is the C kernel's).
+"""What a decode step reads and writes: cross-attention K/V, the self-attention caches, and the step itself
+(the compiled one, or the eager one where the engine prefers it).
 
 Thread safety: building a step's graph is serialized per model (`model_lock`). Tracing the compiled
 step swaps the model's arrays for placeholders, so no other thread may build a graph from that model
-meanwhile; evaluation itself runs outside the lock, on each thread's own streams, except where the CPU attention
-kernel runs (it evaluates its inputs while the graph is built): a long input's encoder part and an eager step.
+meanwhile; evaluation itself runs outside the lock, on each thread's own streams, except where an engine
+evaluates while the graph is built (the Linux CPU engine's attention kernel).
 """
 
 from __future__ import annotations
 
-import ctypes
-import threading
+import os
 from typing import Optional
 
 import mlx.core as mx
 
+from .. import engine
 from ..errors import InputError
-from ..models.attention import streams_kv
-from ..models.cache import CrossKV, StaticKVCache
+from ..models.cache import StaticKVCache
+from .compiled import compiled_decode_step, discard_compiled_steps, model_lock
 
-_LOCKS_GUARD = threading.Lock()
 # Tokens encoded at once when decoding: a bigger batch is encoded a few inputs at a time, so the encoder's
-# workspace (activations, attention blocks, the [H, L, L] position bias) does not grow with the batch.
+# workspace (activations, attention scores, the position bias) does not grow with the batch.
 ENCODE_TOKENS = 4096
 
 
-def _malloc_trim():
-    try:  # glibc: hands freed heap memory back to the system
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl)
+def machine_memory() -> Optional[int]:
+    """Bytes of memory on this machine (the GPU's share of it is the same memory on Apple silicon)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
 
 
-_trim = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give memory that is free but still held back to the system: MLX's buffer cache (the encoder's workspace,
-    the encoder output once its cross K/V exist) and, with glibc, the heap (the CPU attention kernel's and
-    OpenBLAS's freed buffers). Otherwise it stays resident under the K/V allocated next: measured 50-60 MiB of
-    heap and 48 MiB of cache at t5-base, batch 8, 2048 tokens."""
-    mx.clear_cache()
-    if _trim is not None:
-        _trim(0)
-
-
-def model_lock(model) -> threading.RLock:
-    """The lock that serializes graph building (and compiled-step tracing) on one model."""
-    lock = getattr(model, "_decode_lock", None)
-    if lock is None:
-        with _LOCKS_GUARD:
-            lock = getattr(model, "_decode_lock", None)
-            if lock is None:
-                lock = model._decode_lock = threading.RLock()
-    return lock
+def check_cache_fits(model, rows: int, max_steps: int, itemsize: int) -> None:
+    """The self-attention caches of `rows` decoder rows and `max_steps` steps fit in this machine's memory:
+    checked before anything is allocated."""
+    a = model.args
+    need = 2 * len(model.layers) * rows * a.num_key_value_heads * max_steps * a.d_kv * itemsize
+    total = machine_memory()
+    if total is not None and need > total // 2:
+        raise InputError(
+            f"{rows} decoder rows x max_new_tokens {max_steps} need {need / 2**30:.1f} GiB of self-attention "
+            f"cache; this machine has {total / 2**30:.1f} GiB: lower max_new_tokens, num_beams or the batch"
+        )
 
 
 def check_decode_inputs(model, input_ids: mx.array, attention_mask: Optional[mx.array], max_steps: int) -> None:
@@ -111,7 +98,7 @@ class DecodeState:
 
     With `beams` > 1 the decoder runs B*beams rows while the encoder output and cross K/V stay
     at B rows, shared by the beams of each input. At most `max_steps` steps fit its caches.
-    `compiled`: the compiled step (True), the eager one (False), or None: `default_compiled`.
+    `compiled`: the compiled step (True), the eager one (False), or None: the engine's choice.
     """
 
     def __init__(
@@ -124,33 +111,29 @@ class DecodeState:
         beams: int = 1,
     ):
         check_decode_inputs(model, input_ids, attention_mask, max_steps)
+        rows = input_ids.shape[0] * beams
+        check_cache_fits(model, rows, max_steps, model.dtype.size)
         self.model = model
         self.max_steps = max_steps
         self.steps = 0
+        eng = engine.current()
         enc = encode_bounded(model, input_ids, attention_mask)
-        # A long batch's encoder leaves large freed buffers behind; handed back before the cross K/V (and again
-        # after, with the encoder output) they do not add to the peak. Short inputs keep MLX's cache warm.
-        settle = input_ids.size >= ENCODE_TOKENS and mx.default_device() == mx.cpu
-        if settle:
-            mx.eval(enc)
-            release_freed_memory()
+        eng.release_memory(enc, input_ids.size)
         with model_lock(model):
             self.cross = model.cross_kv(enc)
-        if settle:
-            mx.eval([c.keys for c in self.cross], [c.values for c in self.cross])
-            del enc
-            release_freed_memory()
+        del enc  # once the cross K/V exist, the encoder output is garbage
+        eng.release_memory([[c.keys, c.values] for c in self.cross], input_ids.size)
         self.attention_mask = attention_mask
         if compiled is None:
-            compiled = default_compiled(self.cross)
+            compiled = not (self.cross and eng.eager_decode_step(self.cross[0].keys, self.cross[0].values))
         self.compiled = compiled
-        rows = input_ids.shape[0] * beams
         if compiled:
             G, D = model.args.num_key_value_heads, model.args.d_kv
             dtype = self.cross[0].keys.dtype
             self.cache = [StaticKVCache.empty(rows, G, max_steps, D, dtype) for _ in model.layers]
             if attention_mask is None:  # one compiled graph for padded and unpadded batches
                 self.attention_mask = mx.ones(input_ids.shape, dtype=mx.int32)
+            self._shape = (rows, max_steps, *self.cross[0].keys.shape, str(dtype))
             self._parameters = model.parameters()  # restored if a trace fails (see `_compiled_logits`)
         else:
             self.cache = model.make_cache(max_size=max_steps)
@@ -166,7 +149,7 @@ class DecodeState:
             return self._compiled_logits(y)
 
     def _compiled_logits(self, y: mx.array) -> mx.array:
-        step = compiled_decode_step(self.model)
+        step = compiled_decode_step(self.model, self._shape)
         offset = self.cache[0].offset
         try:
             logits, keys, values = step(
@@ -181,7 +164,7 @@ class DecodeState:
         except BaseException:
             # A trace that fails leaves placeholders in the model: put its arrays back, retrace next time.
             self.model.update(self._parameters)
-            self.model._compiled_decode_step = None
+            discard_compiled_steps(self.model)
             raise
         for c, k, v in zip(self.cache, keys, values):
             c.keys, c.values, c.offset = k, v, offset + 1
@@ -195,28 +178,3 @@ class DecodeState:
     def nbytes(self) -> int:
         """Bytes of the filled self-attention caches plus the cross-attention K/V."""
         return sum(c.nbytes() for c in self.cache) + sum(c.nbytes() for c in self.cross)
-
-
-def default_compiled(cross) -> bool:
-    """The compiled step, unless on CPU the cross K/V are large enough for the C attention kernel, which cannot
-    run inside a compiled graph (docs/decode_step.md: t5-base MHA, batch 16, 2048 tokens, 0.70x the time)."""
-    return not (cross and mx.default_device() == mx.cpu and streams_kv(cross[0].keys, cross[0].values))
-
-
-def compiled_decode_step(model):
-    """One decoder step traced once per shape and replayed: no Python graph building per token.
-
-    Model weights are declared as implicit inputs, so updated weights (after training) are used.
-    """
-    fn = getattr(model, "_compiled_decode_step", None)
-    if fn is None:
-
-        def step(y, offset, keys, values, cross_keys, cross_values, attention_mask):
-            cache = [StaticKVCache(k, v, offset) for k, v in zip(keys, values)]
-            cross = [CrossKV(k, v) for k, v in zip(cross_keys, cross_values)]
-            logits = model.decode(y, cross, attention_mask, cache)[:, -1, :]
-            return logits, [c.keys for c in cache], [c.values for c in cache]
-
-        fn = mx.compile(step, inputs=model.state)
-        model._compiled_decode_step = fn
-    return fn

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .attention import Mask, attention, padding_mask
+from .base import Mask, padding_mask, scaled_dot_product_attention
 from .cache import CrossKV, KVCache, StaticKVCache
 from .config import ModelArgs
 
@@ -117,14 +117,14 @@ class T5Attention(nn.Module):
                 # copying K/V per beam (cross-attention has no position bias, so this is exact).
                 Bk, H, D = k.shape[0], self.n_heads, self.d_kv
                 q = q.reshape(Bk, beams, H, L, D).transpose(0, 2, 1, 3, 4).reshape(Bk, H, beams * L, D)
-                out = attention(q, k, v, mask)
+                out = scaled_dot_product_attention(q, k, v, mask)
                 out = out.reshape(Bk, H, beams, L, D).transpose(0, 2, 1, 3, 4).reshape(B, H, L, D)
                 return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
         else:
             k, v = self.project_kv(x)
             if cache is not None:
                 k, v = cache.update_and_fetch(k, v)
-        out = attention(q, k, v, mask)
+        out = scaled_dot_product_attention(q, k, v, mask)
         return self.o(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

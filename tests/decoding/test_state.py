@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_mqa.models.attention as attention
+import mlx_mqa.cpu.attention as cpu_attention
 from mlx_mqa import generate, load_model
 from mlx_mqa.decoding.generate import generate_tokens
 from mlx_mqa.decoding.state import DecodeState
@@ -72,8 +72,8 @@ def test_stepping_past_the_cache_is_an_error(compiled, model_path):
 def test_one_model_from_several_threads_at_once(model_path, tokenizer, monkeypatch):
     # Long inputs take the two-stream CPU path or the C kernel; MLX streams belong to the thread that made them.
     # The default step (None) is the eager one with the kernel in every layer (it evaluates under the lock).
-    monkeypatch.setattr(attention, "PARALLEL_SCORES", 2**10)
-    monkeypatch.setattr(attention, "STREAM_KV_BYTES", 1)
+    monkeypatch.setattr(cpu_attention, "PARALLEL_SCORES", 2**10)
+    monkeypatch.setattr(cpu_attention, "KERNEL_KV_BYTES", 1)
     model = load_model(model_path)
     long_prompt = "summarize: " + " ".join(PROMPTS * 6)
     jobs = [([long_prompt], True), (PROMPTS, True), ([long_prompt], False), (PROMPTS[:2], False)]
@@ -136,46 +136,3 @@ def test_encoder_workspace_does_not_grow_with_the_batch(model_path, monkeypatch)
     workspace = one - kept_one
     assert workspace > kept_one  # the encoder's workspace is what a part costs
     assert eight <= kept_eight + 1.5 * workspace
-
-
-def test_long_batches_hand_freed_memory_back(model_path, monkeypatch):
-    """From ENCODE_TOKENS tokens on, a CPU decode state returns freed memory (MLX's cache, the heap) after the
-    encoder and again after the cross K/V, which are then evaluated; the tokens do not change. Shorter inputs
-    keep MLX's cache."""
-    import mlx_mqa.decoding.state as state
-
-    model = load_model(model_path)
-    ids = mx.array(np.arange(3, 3 + 4 * 64, dtype=np.int32).reshape(4, 64) % 500)
-    want = generate_tokens(model, ids, None, 4)
-    calls = []
-    real = state.release_freed_memory
-    monkeypatch.setattr(state, "release_freed_memory", lambda: (real(), calls.append(mx.get_cache_memory())))
-    assert generate_tokens(model, ids, None, 4) == want and calls == []
-    monkeypatch.setattr(state, "ENCODE_TOKENS", 128)  # two inputs per part: this batch is "long"
-    assert generate_tokens(model, ids, None, 4) == want
-    assert calls == [0, 0]  # MLX's cache emptied after the encoder and after the cross K/V
-
-
-def test_a_large_cross_kv_decodes_eagerly_through_the_kernel(model_path, tokenizer, monkeypatch):
-    """On CPU a cross K/V of STREAM_KV_BYTES or more makes the default step the eager one, whose cross-attention
-    is the C kernel's (it cannot run in a compiled graph); greedy and beam tokens equal the compiled step's.
-    Asked for explicitly, the compiled step still runs."""
-    from mlx_mqa.decoding.beam import beam_search
-    from mlx_mqa.models import cpu_attention
-
-    if not cpu_attention.available() or mx.default_device() != mx.cpu:
-        pytest.skip("the C attention kernel runs on CPU with the BLAS shim")
-    model = load_model(model_path)
-    ids, mask = (mx.array(a) for a in batch(tokenizer))
-    want = generate_tokens(model, ids, mask, 6, compiled=True)
-    beams = beam_search(model, ids, mask, num_beams=3, max_new_tokens=6, compiled=True)
-    assert DecodeState(model, ids, mask, 2).compiled
-    calls = []
-    real = cpu_attention.run
-    monkeypatch.setattr(cpu_attention, "run", lambda *a: calls.append(a[0].shape[2]) or real(*a))
-    monkeypatch.setattr(attention, "STREAM_KV_BYTES", 1)
-    assert not DecodeState(model, ids, mask, 2).compiled and DecodeState(model, ids, mask, 2, compiled=True).compiled
-    assert generate_tokens(model, ids, mask, 6) == want
-    assert calls.count(1) >= 6  # one query row per step: the cross-attention (and the small self-attention)
-    assert beam_search(model, ids, mask, num_beams=3, max_new_tokens=6) == beams
-    assert 3 in calls  # three beams share an input's cross K/V: three query rows

@@ -48,7 +48,7 @@ def test_float16_ffn_overflow_is_contained(tmp_path, tokenizer):
     # In float32 the first FFN's output really exceeds float16's range.
     m32 = load_model(src, dtype="float32")
     enc_block = m32.encoder.block[0]
-    from mlx_mqa.models.attention import padding_mask
+    from mlx_mqa.models.base import padding_mask
 
     x = m32.shared(mx.array(ids))
     bias = enc_block.layer[0].SelfAttention.position_bias(ids.shape[1], ids.shape[1]) + padding_mask(

@@ -81,7 +81,7 @@ def test_logits_agreement_measure(source, tokenizer, tmp_path):
 
 def test_cpu_dequantized_products_equal_quantized_kernel(source, tokenizer, tmp_path, monkeypatch):
     """Many-row products on CPU go through dequantize + BLAS; they compute what quantized_matmul does."""
-    from mlx_mqa.models import quantize
+    from mlx_mqa.cpu import quantized as quantize
 
     q = load_model(convert(str(source), tmp_path / "q", kv_heads=2, quantize=True, q_bits=4, q_group_size=32))
     assert type(q.decoder.block[0].layer[0].SelfAttention.q) is quantize.QuantizedLinear

@@ -14,10 +14,10 @@ from tests.helpers import PROMPTS, VARIANTS, batch, hf_model, reference_logits
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_logits_match_transformers_on_padded_batch(name, cpu_kernel, hf_checkpoint, tokenizer, monkeypatch):
     """Every architecture variant, with CPU attention in MLX ops and (for every input length) in the C kernel."""
-    from mlx_mqa.models import attention, cpu_attention
+    from mlx_mqa.cpu import attention, kernel
 
     if cpu_kernel:
-        if not cpu_attention.available():
+        if not kernel.available():
             pytest.skip("no BLAS shim (no C compiler or OpenBLAS)")
         monkeypatch.setattr(attention, "PARALLEL_SCORES", 1)
     path = hf_checkpoint(name)

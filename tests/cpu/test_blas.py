@@ -12,7 +12,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_mqa import backend, paths
+from mlx_mqa import paths
+from mlx_mqa.cpu import blas as backend
 
 SHAPES = [(1, 512, 2048), (1, 64, 7), (3, 64, 1), (1, 1, 5), (8, 512, 512), (1, 512, 4100), (5, 3, 1), (1, 7, 1)]
 
@@ -56,7 +57,7 @@ def test_shim_loaded_with_openblas_and_switches_work():
         pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")
     assert "openblas" in backend.loaded_blas
     code = (
-        "import ctypes, mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa import backend; "
+        "import ctypes, mlx_mqa, mlx.core as mx, numpy as np; from mlx_mqa.cpu import blas as backend; "
         "a = mx.array(np.arange(12, dtype=np.float32).reshape(1, 12)); b = mx.ones((12, 3)); "
         "exported = any(hasattr(ctypes.CDLL(None), n) for n in ('openblas_get_config', 'scipy_openblas_get_config')); "
         "print(backend.loaded_blas, backend.gemv_shim, backend.blas_scope, exported, (a @ b).tolist())"
@@ -79,7 +80,7 @@ def test_shim_loaded_with_openblas_and_switches_work():
 
 # ---- which BLAS is picked, and what happens when none can be (fresh processes, modified environments) ----
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(platform.system() != "Linux", reason="the BLAS loading is Linux-only")
 SCIPY_LIB = backend.scipy_openblas_library()
 needs_scipy = pytest.mark.skipif(SCIPY_LIB is None, reason="scipy-openblas32 is not installed")
@@ -97,7 +98,7 @@ with warnings.catch_warnings(record=True) as caught:
         os.path.exists = lambda p: "openblas" not in str(p) and exists(p)
     import mlx_mqa
 import mlx.core as mx, numpy as np
-from mlx_mqa import backend
+from mlx_mqa.cpu import blas as backend
 rng = np.random.default_rng(1)
 a, b = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal((40, 9)).astype(np.float32)
 ok = all(np.allclose(np.array(mx.array(x) @ mx.array(b)), x @ b, atol=1e-4) for x in (a, a[:1]))
@@ -291,7 +292,7 @@ def test_torch_in_the_same_process_keeps_its_blas(tmp_path):
     pytest.importorskip("torch")
     code = r"""
 import ctypes, json, mlx_mqa, mlx.core as mx, torch
-from mlx_mqa import backend
+from mlx_mqa.cpu import blas as backend
 class Info(ctypes.Structure):
     _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
                 ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
@@ -327,7 +328,7 @@ def test_shim_source_ships_in_the_wheel():
     tomllib = pytest.importorskip("tomllib")
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = cfg["tool"]["setuptools"]["package-data"]["mlx_mqa"]
-    pkg = Path(backend.__file__).parent
+    pkg = Path(backend.__file__).parent.parent
     shipped = {p for pat in patterns for p in pkg.glob(pat)}
     assert backend.SHIM_SOURCE in shipped and set(backend.SHIM_SOURCES) <= shipped  # the kernel and header too
     assert any(d.startswith("scipy-openblas32") and "linux" in d for d in cfg["project"]["dependencies"])

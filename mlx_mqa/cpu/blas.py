@@ -8,7 +8,7 @@ replace torch's sgemm_ too, and torch would run ~3x slower). The shim also route
 (every decode step) from sgemm to sgemv, 2-4x faster in OpenBLAS, and head-sized products (attention
 blocks, which run on two CPU streams at once) to a second, single-threaded instance of the same library,
 so that the two streams do not fight over the cores. The same library holds a CPU attention kernel
-(csrc/attention.c, used by mlx_mqa.models.cpu_attention), which runs its products on that instance.
+(csrc/attention.c, bound in mlx_mqa.cpu.kernel), which runs its products on that instance.
 
 The BLAS, first found wins: the scipy-openblas32 wheel (a dependency on Linux; its symbols carry a
 scipy_ prefix, which only the shim can serve), then a system OpenBLAS (Debian's libopenblas0-pthread,
@@ -35,7 +35,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .paths import cache_dir, private_dir
+from ..paths import cache_dir, private_dir
 
 CANDIDATES = (  # system OpenBLAS builds, after the scipy-openblas32 wheel
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",

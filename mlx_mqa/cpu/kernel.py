@@ -1,4 +1,4 @@
-"""The binding of the C attention kernel (mlx_mqa/csrc/attention.c, built into the BLAS shim).
+"""The binding of the C attention kernel (csrc/attention.c, built into the BLAS shim).
 
 MLX's CPU softmax is scalar and single-threaded; the kernel fuses the additive terms, max, exp and sum
 over cached blocks of scores, vectorised, on threads of its own, with the products on the single-threaded
@@ -16,17 +16,16 @@ from typing import Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .. import backend
+from . import blas
 
-# Scores per block of query rows: 2 MiB of float32 per thread, an L2 cache (t5-base at 2048 tokens: 2**16
-# took 94 ms per layer, 2**19 69 ms, 2**20 69 ms).
+# Scores per block of query rows: 2 MiB of float32 per thread, an L2 cache.
 BLOCK_SCORES = 2**19
 MAX_TERMS = 2
 OUT_OF_MEMORY = 3  # the kernel's return code when a thread cannot get its block buffer
 
 
 def _library():
-    lib = backend.shim_library
+    lib = blas.shim_library
     if lib is None or not hasattr(lib, "mlx_mqa_attention"):
         return None
     lib.mlx_mqa_single_sgemm.restype = lib.mlx_mqa_single_sgemv.restype = ctypes.c_void_p

@@ -1,20 +1,20 @@
-"""Attention kernels, apart from the architecture: T5's unscaled attention over grouped K/V heads.
+"""Attention on MLX's Linux CPU backend: T5's unscaled attention over grouped K/V heads.
 
-On Metal/CUDA MLX's fused kernel takes fewer K/V heads than query heads as they are. On CPU the same
-math runs as grouped matmuls; long inputs and decode steps over a large K/V run in the C kernel
-(`cpu_attention`, float32, where the BLAS shim was built, outside mx.compile); other long inputs run in
-cache-sized blocks of query rows on two streams, which also give the kernel's gradients.
+MLX's CPU fallback of the fused kernel repeats K/V per query head, and its elementwise ops (the softmax) are
+scalar and single-threaded. Here the same math runs as grouped matmuls; long inputs and decode steps over a
+large K/V run in the C kernel (`kernel`, float32, outside mx.compile); other long inputs run in cache-sized
+blocks of query rows on two streams, which also give the kernel's gradients.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import mlx.core as mx
 
-from . import cpu_attention
+from . import kernel
 
 # Scores one CPU block holds (2 MiB of float32, an L2 cache): a block's passes (product, max, exp, sum) then read
 # cached data, and no big buffer is page-faulted in per pass.
@@ -22,30 +22,16 @@ BLOCK_SCORES = 2**19
 # From this many scores on, CPU attention runs in blocks alternating between two streams.
 PARALLEL_SCORES = 2**21
 # From this many bytes of K and V on, a few query rows (a decode step) go to the C kernel too: it reads K and V
-# once on every core, twice as fast as MLX's per-head products, but a call costs ~0.7 ms of synchronisation.
-# docs/decode_step.md, t5-base steps against the compiled one: from 64 MiB 0.70-0.83x, 32-48 MiB 0.92-0.96x
-# (an earlier run: 0.94-1.03x), 16 MiB and less up to 1.27x.
-STREAM_KV_BYTES = 64 * 2**20
+# once on every core, but a call costs a synchronisation, which a smaller K/V does not repay
+# (docs/linux_cpu_engine.md).
+KERNEL_KV_BYTES = 64 * 2**20
 # Below this many scores (a decode step of a small batch) the plain softmax is as fast and fewer ops.
 FEW_SCORES = 2**16
 LOG2E = math.log2(math.e)
 
-# An additive mask: one array, or several added in turn (T5's position bias [1, H, L, S] and the padding
-# [B, 1, 1, S] stay apart, so no [B, H, L, S] mask is ever built on CPU).
-Mask = Union[None, mx.array, Tuple[mx.array, ...]]
 
-
-def attention(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
-    """T5 attention: no 1/sqrt(d) scaling; position bias and padding come in as an additive mask.
-
-    k and v may have fewer heads than q (GQA/MQA) and are never tiled. On Metal/CUDA the fused
-    kernel does this; MLX's CPU fallback repeats K/V per query head (measured 2.5-4x slower for MQA
-    decode steps), so on CPU the same math runs as grouped matmuls.
-    """
-    terms = mask_terms(mask, q.dtype)
-    if mx.default_device() != mx.cpu:
-        combined = None if not terms else sum(terms[1:], terms[0])
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=combined)
+def attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> mx.array:
+    """softmax(q k^T + sum(terms)) v with k, v of G <= H heads, never tiled."""
     if kernel_applies(q, k, v, terms):
         return _kernel_attention(q, k, v, *terms)
     return _mlx_attention(q, k, v, terms)
@@ -54,7 +40,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
 def kernel_applies(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> bool:
     """Whether CPU attention over these operands goes to the C kernel (outside mx.compile; inside it the MLX
     path runs): many scores (a long input), or a large K/V (a decode step of a big batch)."""
-    return (_long_input(q, k) or streams_kv(k, v)) and cpu_attention.applies(q, k, v, terms)
+    return (_long_input(q, k) or kernel_reads_kv(k, v)) and kernel.applies(q, k, v, terms)
 
 
 def _long_input(q: mx.array, k: mx.array) -> bool:
@@ -63,9 +49,9 @@ def _long_input(q: mx.array, k: mx.array) -> bool:
     return L > 1 and B * H * L * k.shape[2] >= PARALLEL_SCORES
 
 
-def streams_kv(k: mx.array, v: mx.array) -> bool:
-    """Whether a decode step's CPU attention over this K/V is the C kernel's: then the step must run eagerly."""
-    return cpu_attention.available() and k.dtype == v.dtype == mx.float32 and k.nbytes + v.nbytes >= STREAM_KV_BYTES
+def kernel_reads_kv(k: mx.array, v: mx.array) -> bool:
+    """Whether a decode step's attention over this K/V is the C kernel's (then the step must run eagerly)."""
+    return kernel.available() and k.dtype == v.dtype == mx.float32 and k.nbytes + v.nbytes >= KERNEL_KV_BYTES
 
 
 def _mlx_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx.array]) -> mx.array:
@@ -79,14 +65,13 @@ def _kernel_attention(q: mx.array, k: mx.array, v: mx.array, *terms: mx.array) -
         mx.eval(q, k, v, *terms)
     except ValueError:  # inside mx.compile or mx.vmap, where nothing may be evaluated
         return _mlx_attention(q, k, v, terms)
-    out = cpu_attention.run(q, k, v, terms)
+    out = kernel.run(q, k, v, terms)
     return _mlx_attention(q, k, v, terms) if out is None else out
 
 
 @_kernel_attention.vjp
 def _kernel_attention_vjp(primals, cotangent, output):
-    # The MLX path again, differentiated (a t5-small training step at 4 x 512 tokens: 4.27 s, against 4.42 s
-    # with the MLX path forward too).
+    # The MLX path again, differentiated.
     def reference(q, k, v, *terms):
         return _mlx_attention(q, k, v, terms)
 
@@ -112,14 +97,6 @@ def _blocked_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx
             n += 1
         per_input.append(mx.concatenate(blocks, axis=2) if len(blocks) > 1 else blocks[0])
     return mx.concatenate(per_input, axis=0) if B > 1 else per_input[0]
-
-
-def mask_terms(mask: Mask, dtype) -> Tuple[mx.array, ...]:
-    """The mask as a tuple of additive terms in `dtype`."""
-    if mask is None:
-        return ()
-    terms = (mask,) if isinstance(mask, mx.array) else tuple(mask)
-    return tuple(t if t.dtype == dtype else t.astype(dtype) for t in terms)
 
 
 def _block_of(term: mx.array, b: int, i: int, rows: int) -> mx.array:
@@ -153,7 +130,7 @@ EXP2_COEFFS = (
 
 def _exp2_parts(x: mx.array, m: mx.array):
     """exp(x - m) for x <= m as 2**f * 2**n, f in [-1/2, 1/2]: the polynomial 2**f and the exponent bits of
-    2**n, in one fused pass. MLX's CPU exp is a scalar libm call (measured ~15 ns per element, pow(2, .) ~6)."""
+    2**n, in one fused pass. MLX's CPU exp is a scalar libm call, several times slower."""
     u = mx.maximum((x - m) * LOG2E, -127.0)
     n = mx.stop_gradient((u + 127.5).astype(mx.int32))  # round(u) + 127 >= 0, so truncation rounds
     f = u - (n.astype(mx.float32) - 127.0)
@@ -163,8 +140,8 @@ def _exp2_parts(x: mx.array, m: mx.array):
     return p, n << 23
 
 
-# A view cannot be fused (nor compiled shapeless): the bits become a float outside the compiled pass
-# (measured 2x faster than a view inside it, which split the pass in two).
+# A view cannot be fused (nor compiled shapeless): the bits become a float outside the compiled pass, which a
+# view inside would split in two.
 _exp2_parts_compiled = mx.compile(_exp2_parts)
 
 
@@ -196,11 +173,3 @@ def _grouped_attention(q: mx.array, k: mx.array, v: mx.array, terms: Sequence[mx
     weights = _exp_shifted(scores, mx.stop_gradient(scores.max(axis=-1, keepdims=True)))
     out = (weights @ v) / weights.sum(axis=-1, keepdims=True)
     return out.reshape(B, H, L, -1)
-
-
-def padding_mask(attention_mask: Optional[mx.array], dtype) -> Optional[mx.array]:
-    """[B, S] of 1/0 -> additive [B, 1, 1, S]; None when nothing is padded."""
-    if attention_mask is None:
-        return None
-    keep = attention_mask.astype(mx.bool_)
-    return mx.where(keep, 0.0, mx.finfo(dtype).min).astype(dtype)[:, None, None, :]
