@@ -1,7 +1,7 @@
 """Decode step time on CPU: the compiled step, the eager step, and the eager step with the C attention kernel.
 
 Why: the C kernel reads a decode step's cross K/V once on every core, but cannot run inside a compiled step, and
-each call costs a synchronisation; `mlx_mqa.models.attention.STREAM_KV_BYTES` (the K/V size from which the
+each call costs a synchronisation; `mlx_mqa.cpu.attention.KERNEL_KV_BYTES` (the K/V size from which the
 library's default step is the eager one with the kernel) comes from this table. t5-base shape with random
 weights and random cross K/V (speed does not depend on their values), float32, greedy steps with the
 self-attention cache filling up; for each setting the three steps run in turn, twice, and the faster median of
@@ -42,20 +42,20 @@ def model_of(shape: str, kv_heads: int):
 
 def step_ms(model, cross, mask, steps: int, path: str) -> float:
     """Median ms of `steps` greedy steps after the first two: 'compiled', 'eager' or 'kernel' (eager + C kernel)."""
-    from mlx_mqa.decoding.state import compiled_decode_step
-    from mlx_mqa.models import attention
+    from mlx_mqa.cpu import attention
+    from mlx_mqa.decoding.compiled import compiled_decode_step
     from mlx_mqa.models.cache import StaticKVCache
 
     B = mask.shape[0]
     y = mx.zeros((B, 1), dtype=mx.int32)
-    keep = attention.STREAM_KV_BYTES
-    attention.STREAM_KV_BYTES = 0 if path == "kernel" else 2**62
+    keep = attention.KERNEL_KV_BYTES
+    attention.KERNEL_KV_BYTES = 0 if path == "kernel" else 2**62
     try:
         times = []
         if path == "compiled":
             G, D = model.args.num_key_value_heads, model.args.d_kv
             cache = [StaticKVCache.empty(B, G, steps, D, mx.float32) for _ in model.layers]
-            step = compiled_decode_step(model)
+            step = compiled_decode_step(model, (B, steps, *cross[0].keys.shape))
             for _ in range(steps):
                 t = time.perf_counter()
                 out = step(y, cache[0].offset, [c.keys for c in cache], [c.values for c in cache],
@@ -71,12 +71,12 @@ def step_ms(model, cross, mask, steps: int, path: str) -> float:
                 mx.eval(model.decode(y, cross, mask, cache))
                 times.append(time.perf_counter() - t)
     finally:
-        attention.STREAM_KV_BYTES = keep
+        attention.KERNEL_KV_BYTES = keep
     return 1e3 * statistics.median(times[2:])
 
 
 def time_setting(model, batch: int, length: int, steps: int) -> dict:
-    from mlx_mqa.decoding.state import default_compiled
+    from mlx_mqa.engine import current
     from mlx_mqa.models.cache import CrossKV
 
     G, D = model.args.num_key_value_heads, model.args.d_kv
@@ -91,7 +91,7 @@ def time_setting(model, batch: int, length: int, steps: int) -> dict:
         "batch": batch,
         "length": length,
         "kv_mib_per_layer": (cross[0].keys.nbytes + cross[0].values.nbytes) / 2**20,
-        "default": "compiled" if default_compiled(cross) else "kernel",
+        "default": "kernel" if current().eager_decode_step(cross[0].keys, cross[0].values) else "compiled",
         "ms": ms,
         "kernel_vs_compiled": ms["kernel"] / ms["compiled"],
     }
@@ -106,7 +106,7 @@ def main() -> None:
     a = p.parse_args()
     from mlx_mqa.bench.results import environment
     from mlx_mqa.checkpoint.files import atomic_write_json
-    from mlx_mqa.models.attention import STREAM_KV_BYTES
+    from mlx_mqa.cpu.attention import KERNEL_KV_BYTES
 
     rows = []
     for G in (int(x) for x in a.kv_heads.split(",")):
@@ -118,7 +118,7 @@ def main() -> None:
     result = {
         "environment": environment("float32", "cpu"),
         "settings": vars(a),
-        "stream_kv_bytes": STREAM_KV_BYTES,
+        "stream_kv_bytes": KERNEL_KV_BYTES,
         "rows": rows,
     }
     atomic_write_json(HERE / "decode_step.json", result)

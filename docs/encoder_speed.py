@@ -81,7 +81,7 @@ def time_pair(mlx_model, torch_model, batch: int, length: int, repeats: int) -> 
 
 def profile(mlx_model, length: int, repeats: int) -> dict:
     """Median ms of the parts of one encoder layer (block 1) at batch 1, each evaluated alone."""
-    from mlx_mqa.models.attention import attention
+    from mlx_mqa.models.base import scaled_dot_product_attention as attention
 
     args, block = mlx_model.args, mlx_model.encoder.block[1]
     att, ff = block.layer[0].SelfAttention, block.layer[1]

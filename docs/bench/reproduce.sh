@@ -22,7 +22,7 @@ $PY bench.py --model random:t5-base --kv-heads 12,4,1 --batch-sizes 1,8,16 --len
 # Batch 16, MHA vs PyTorch, 3 rounds: the closest of the sweep's MLX-vs-PyTorch comparisons.
 $PY bench.py --model random:t5-base --kv-heads 12 --batch-sizes 16 --lengths 2048x64 --warmup 0 --repeats 3 \
   --no-quality --no-progress --out results/sweep-t5-base-2048-b16
-# Decode step: compiled vs eager vs eager with the C kernel, by cross K/V size (sets STREAM_KV_BYTES).
+# Decode step: compiled vs eager vs eager with the C kernel, by cross K/V size (sets KERNEL_KV_BYTES).
 $PY docs/decode_step.py
 
 # Long inputs (issue 11). Encoder time vs transformers (t5-small/base, 512/2048 tokens, batch 1/8), peak memory

@@ -136,3 +136,37 @@ def test_encoder_workspace_does_not_grow_with_the_batch(model_path, monkeypatch)
     workspace = one - kept_one
     assert workspace > kept_one  # the encoder's workspace is what a part costs
     assert eight <= kept_eight + 1.5 * workspace
+
+
+def test_the_model_holds_no_generation_state(model_path, tokenizer):
+    """Locks and compiled steps live in decoding, not on the model, and go when the model does."""
+    import gc
+    import weakref
+
+    from mlx_mqa.decoding import compiled
+
+    model = load_model(model_path)
+    before = set(vars(model)) | set(model.keys())
+    generate(model, tokenizer, PROMPTS, max_new_tokens=3, compiled=True)
+    assert set(vars(model)) | set(model.keys()) == before
+    assert compiled.compiled_step_count(model) == 1
+    ref, key = weakref.ref(model), id(model)
+    del model
+    gc.collect()
+    assert ref() is None and key not in compiled._STEPS and key not in compiled._LOCKS
+
+
+def test_compiled_steps_are_bounded_per_model(model_path, tokenizer, monkeypatch):
+    """Each new prompt length is a new shape; the oldest shapes' compiled steps are dropped past the bound, and a
+    dropped shape traces again with the same tokens."""
+    from mlx_mqa.decoding import compiled
+
+    monkeypatch.setattr(compiled, "MAX_COMPILED_STEPS", 3)
+    model = load_model(model_path)
+    words = "the cat sat on the mat and watched the dog".split()
+    prompts = ["summarize: " + " ".join(words[:n]) for n in range(1, 9)]
+    first = generate(model, tokenizer, prompts[0], max_new_tokens=3, compiled=True)
+    for p in prompts[1:]:
+        generate(model, tokenizer, p, max_new_tokens=3, compiled=True)
+        assert compiled.compiled_step_count(model) <= 3
+    assert generate(model, tokenizer, prompts[0], max_new_tokens=3, compiled=True) == first
