@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 from ..paths import cache_dir, private_dir
+from . import rebind
 
 CANDIDATES = (  # system OpenBLAS builds, after the scipy-openblas32 wheel
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -269,6 +270,16 @@ def _load_global(path: str) -> bool:
 
 
 GENERAL_FIX = "pip install scipy-openblas32, or install a C compiler (cc)"
+LATE = (
+    "mlx.core was imported before mlx_mqa and its BLAS calls could not be redirected",
+    "put `import mlx_mqa` before `import mlx.core` (and before anything that imports it, such as mlx_lm)",
+)
+
+
+def _rebind_mlx(shim) -> bool:
+    """Point the already loaded libmlx's cblas_sgemm at the shim's."""
+    path = rebind.loaded_path("libmlx")
+    return path is not None and rebind.rebind(path, "cblas_sgemm", ctypes.cast(shim.cblas_sgemm, ctypes.c_void_p).value)
 
 
 def _load_blas() -> tuple[str, str] | None:
@@ -277,12 +288,10 @@ def _load_blas() -> tuple[str, str] | None:
     choice = os.environ.get("MLX_MQA_BLAS", "1")
     if platform.system() != "Linux" or choice == "0":
         return None
-    if "mlx.core" in sys.modules:
-        # Too late for symbol interposition; only an LD_PRELOAD would help now.
-        if "openblas" in os.environ.get("LD_PRELOAD", ""):
-            loaded_blas, blas_scope = "LD_PRELOAD", "global"
-            return None
-        return "mlx.core was imported before mlx_mqa", "import mlx_mqa before anything imports mlx.core"
+    late = "mlx.core" in sys.modules  # its BLAS calls are bound already: only rebinding them helps
+    if late and "openblas" in os.environ.get("LD_PRELOAD", ""):
+        loaded_blas, blas_scope = "LD_PRELOAD", "global"
+        return None
     explicit = choice not in ("1", "")
     if explicit:
         fix = "point MLX_MQA_BLAS at an OpenBLAS library, or unset it"
@@ -304,6 +313,8 @@ def _load_blas() -> tuple[str, str] | None:
             if _with_openblas_env(path, lambda p=path: shim.mlx_mqa_gemv_shim_init(p.encode(), int(route_gemv)) == 0):
                 # Promote the shim to global so that mlx.core's cblas_sgemm resolves to it.
                 ctypes.CDLL(shim.path, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+                if late and not _rebind_mlx(shim):
+                    return LATE
                 loaded_blas, blas_scope = path, "private"
                 gemv_shim = shim.path if route_gemv else None
                 blas_config = shim.mlx_mqa_blas_info().decode() or None
@@ -311,6 +322,8 @@ def _load_blas() -> tuple[str, str] | None:
                 return None
             errors.append(shim.mlx_mqa_gemv_shim_error().decode())
         return f"no usable BLAS ({'; '.join(errors)})", fix
+    if late:
+        return LATE
     for path in paths:
         if _with_openblas_env(path, lambda p=path: _load_global(p)):
             loaded_blas, blas_scope = path, "global"

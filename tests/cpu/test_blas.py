@@ -91,6 +91,10 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     if "--mlx-first" in sys.argv:
         import mlx.core
+    if "--no-rebind" in sys.argv:  # as where libmlx's jump slots cannot be rewritten
+        import types
+        stub = sys.modules["mlx_mqa.cpu.rebind"] = types.ModuleType("mlx_mqa.cpu.rebind")
+        stub.loaded_path, stub.rebind = (lambda name: None), (lambda *a: False)
     if "--hide-blas" in sys.argv:  # as on a machine without any OpenBLAS
         import importlib.util, os.path
         find_spec, exists = importlib.util.find_spec, os.path.exists
@@ -104,7 +108,26 @@ a, b = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal((40,
 ok = all(np.allclose(np.array(mx.array(x) @ mx.array(b)), x @ b, atol=1e-4) for x in (a, a[:1]))
 exported = [n for n in ("openblas_get_config", "scipy_openblas_get_config", "sgemm_", "scipy_sgemm_")
             if hasattr(ctypes.CDLL(None), n)]
+
+
+class DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                ("saddr", ctypes.c_void_p)]
+
+
+def mlx_sgemm():  # the library libmlx's cblas_sgemm calls go to (its jump slot's target)
+    import importlib
+    sys.modules.pop("mlx_mqa.cpu.rebind", None)  # the real module, not a stub
+    rebind = importlib.import_module("mlx_mqa.cpu.rebind")
+    path = rebind.loaded_path("libmlx")
+    data = open(path, "rb").read()
+    target = ctypes.c_void_p.from_address(rebind._base(path, data) + rebind._slots(data, "cblas_sgemm")[0]).value
+    info = DlInfo()
+    return ctypes.CDLL(None).dladdr(ctypes.c_void_p(target), ctypes.byref(info)) and info.fname.decode()
+
+
 print(json.dumps(dict(loaded=backend.loaded_blas, scope=backend.blas_scope, shim=backend.gemv_shim,
+                      mlx_sgemm=mlx_sgemm(),
                       config=backend.blas_config, coretype=backend.coretype_override, ok=bool(ok), exported=exported,
                       warnings=[str(w.message) for w in caught if issubclass(w.category, backend.SlowBlasWarning)])))
 """
@@ -176,10 +199,22 @@ def test_no_blas_at_all_warns_once_with_the_fix(tmp_path):
 
 
 @linux_only
-def test_importing_mlx_first_warns():
-    out = probe("--mlx-first")
-    assert out["loaded"] is None and out["ok"]
-    assert len(out["warnings"]) == 1 and "before mlx_mqa" in out["warnings"][0]
+def test_importing_mlx_first_still_gets_the_fast_blas():
+    """Python binds libmlx's cblas_sgemm when mlx.core is imported; the shim then rewrites that one jump slot, so
+    the import order does not matter. Either way MLX's sgemm calls land in the shim."""
+    first, usual = probe("--mlx-first"), probe()
+    assert usual["mlx_sgemm"] == usual["shim"] and usual["warnings"] == []
+    assert first["loaded"] == usual["loaded"] is not None and first["scope"] == "private" and first["ok"]
+    assert first["mlx_sgemm"] == first["shim"] and first["warnings"] == []
+
+
+@linux_only
+def test_importing_mlx_first_where_it_cannot_be_rebound_warns_with_the_fix():
+    out = probe("--mlx-first", "--no-rebind")
+    assert out["loaded"] is None and out["ok"] and "libblas" in out["mlx_sgemm"]
+    assert len(out["warnings"]) == 1, out["warnings"]
+    message = out["warnings"][0]
+    assert "before mlx_mqa" in message and "put `import mlx_mqa` before `import mlx.core`" in message
 
 
 @linux_only
