@@ -18,10 +18,13 @@ from .. import engine
 from ..errors import InputError
 from ..models.cache import StaticKVCache
 from .compiled import compiled_decode_step, discard_compiled_steps, model_lock
+from .device import on_generation_stream
 
 # Tokens encoded at once when decoding: a bigger batch is encoded a few inputs at a time, so the encoder's
 # workspace (activations, attention scores, the position bias) does not grow with the batch.
 ENCODE_TOKENS = 4096
+# From this many tokens on, the encoder runs one evaluated layer at a time (see `encode_bounded`).
+LAYERWISE_TOKENS = 1024
 
 
 def machine_memory() -> Optional[int]:
@@ -70,26 +73,36 @@ def check_decode_inputs(model, input_ids: mx.array, attention_mask: Optional[mx.
 
 
 def encode_bounded(model, input_ids: mx.array, attention_mask: Optional[mx.array]) -> mx.array:
-    """The encoder output of a batch, at most ENCODE_TOKENS tokens (and at least one input) at a time.
+    """The encoder output of a batch; a long one at most ENCODE_TOKENS tokens (and at least one input) at a time,
+    each part one layer at a time.
 
-    Each part is evaluated before the next is built, so peak memory is the weights, the output and one
-    part's workspace. Inference only: a batch that fits in one part is returned unevaluated, as before.
-    On CPU the attention kernel evaluates each layer's inputs while the graph is built, so there a part is
-    computed under the lock; it uses every core anyway.
+    A short batch is returned unevaluated (it is computed with the first decode step). A long part's layers are
+    built under the model's lock and evaluated outside it: other threads on the model wait at most one layer
+    (on the CPU engine, whose kernel evaluates while the graph is built, the lock covers that layer's attention),
+    Ctrl-C lands between layers, and peak memory is the weights, the output and one layer's workspace.
     """
     B, L = input_ids.shape
-    rows = max(1, ENCODE_TOKENS // L)
-    if B <= rows:
+    if B * L < LAYERWISE_TOKENS:
         with model_lock(model):
             return model.encode(input_ids, attention_mask)
+    rows = max(1, ENCODE_TOKENS // L)
     parts = []
     for i in range(0, B, rows):
         mask = None if attention_mask is None else attention_mask[i : i + rows]
+        parts.append(_encode_by_layer(model, input_ids[i : i + rows], mask))
+    return mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def _encode_by_layer(model, input_ids: mx.array, attention_mask: Optional[mx.array]) -> mx.array:
+    layers = model.encode_layers(input_ids, attention_mask)
+    out = None
+    while True:
         with model_lock(model):
-            part = model.encode(input_ids[i : i + rows], mask)
-        mx.eval(part)  # outside the lock: other threads may build their graphs meanwhile
-        parts.append(part)
-    return mx.concatenate(parts, axis=0)
+            x = next(layers, None)
+        if x is None:
+            return out
+        mx.eval(x)  # outside the lock: other threads may build their graphs meanwhile
+        out = x
 
 
 class DecodeState:
@@ -143,7 +156,7 @@ class DecodeState:
         if self.steps >= self.max_steps:
             raise InputError(f"the decode state holds {self.max_steps} steps (max_new_tokens) and all are used")
         self.steps += 1
-        with model_lock(self.model):
+        with model_lock(self.model), on_generation_stream():
             if not self.compiled:
                 return self.model.decode(y[:, None], self.cross, self.attention_mask, self.cache)[:, -1, :]
             return self._compiled_logits(y)

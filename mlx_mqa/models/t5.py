@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -268,14 +268,22 @@ class Model(nn.Module):
         return self.shared.weight.dtype if hasattr(self.shared, "weight") else mx.float32
 
     def encode(self, input_ids: mx.array, attention_mask: Optional[mx.array] = None) -> mx.array:
+        for x in self.encode_layers(input_ids, attention_mask):
+            pass
+        return x
+
+    def encode_layers(self, input_ids: mx.array, attention_mask: Optional[mx.array] = None) -> Iterator[mx.array]:
+        """The encoder's hidden states after each block, the last one normed (the encoder output): for callers
+        that evaluate a long input one layer at a time."""
         x = self.shared(input_ids)
         L = input_ids.shape[1]
         bias = self.encoder.bias_owner.position_bias(L, L, dtype=x.dtype)
         pad = padding_mask(attention_mask, x.dtype)
-        mask = bias if pad is None else (bias, pad)  # never summed into one [B, H, L, L] mask
-        for block in self.encoder.block:
+        mask = bias if pad is None else (bias, pad)  # kept apart: the engine decides whether to sum them
+        for block in self.encoder.block[:-1]:
             x = block(x, mask)
-        return self.encoder.final_layer_norm(x)
+            yield x
+        yield self.encoder.final_layer_norm(self.encoder.block[-1](x, mask))
 
     def cross_kv(self, encoder_out: mx.array) -> List[CrossKV]:
         """Cross-attention K/V of every decoder layer, computed once per input."""

@@ -107,6 +107,7 @@ def test_a_big_batch_is_encoded_in_parts_with_the_same_result(model_path, tokeni
     whole = np.array(model.encode(ids, mask))
     tokens = generate_tokens(model, ids, mask, 5)
     monkeypatch.setattr(state, "ENCODE_TOKENS", ids.shape[1])  # one input per part
+    monkeypatch.setattr(state, "LAYERWISE_TOKENS", 1)
     np.testing.assert_allclose(np.array(state.encode_bounded(model, ids, mask)), whole, rtol=0, atol=1e-5)
     assert generate_tokens(model, ids, mask, 5) == tokens
 
@@ -119,6 +120,7 @@ def test_encoder_workspace_does_not_grow_with_the_batch(model_path, monkeypatch)
     model = load_model(model_path)
     L = 256
     monkeypatch.setattr(state, "ENCODE_TOKENS", L)
+    monkeypatch.setattr(state, "LAYERWISE_TOKENS", L)
 
     def peak(rows: int) -> tuple:
         ids = mx.array(np.full((rows, L), 5, np.int32))
@@ -170,3 +172,33 @@ def test_compiled_steps_are_bounded_per_model(model_path, tokenizer, monkeypatch
         generate(model, tokenizer, p, max_new_tokens=3, compiled=True)
         assert compiled.compiled_step_count(model) <= 3
     assert generate(model, tokenizer, prompts[0], max_new_tokens=3, compiled=True) == first
+
+
+def test_a_long_input_lets_other_threads_use_the_model_between_layers(hf_checkpoint, monkeypatch):
+    """A long input is encoded one layer at a time, each evaluated outside the model's lock: another thread can
+    take the lock while any layer runs, and the output is the one-graph encoder's."""
+    import mlx_mqa.decoding.state as state
+    from mlx_mqa.decoding.compiled import model_lock
+
+    model = load_model(hf_checkpoint("t5-small", shared_std=0.05, num_layers=3, num_decoder_layers=1))
+    ids = mx.array(np.arange(3, 3 + 2 * 40, dtype=np.int32).reshape(2, 40))
+    whole = np.array(model.encode(ids))
+    lock, free = model_lock(model), []
+
+    class Probe:  # mlx.core as the decode state sees it: at each eval, can another thread take the lock?
+        def __getattr__(self, name):
+            return getattr(mx, name)
+
+        def eval(self, *arrays):
+            got = []
+            t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=5) and (lock.release() or True)))
+            t.start()
+            t.join()
+            free.append(got == [True])
+            return mx.eval(*arrays)
+
+    monkeypatch.setattr(state, "LAYERWISE_TOKENS", 64)
+    monkeypatch.setattr(state, "mx", Probe())
+    out = np.array(state.encode_bounded(model, ids, None))
+    assert free == [True] * 3
+    np.testing.assert_allclose(out, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
