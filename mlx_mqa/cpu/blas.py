@@ -218,9 +218,8 @@ def _coretype(path: str) -> str | None:
 
 
 # OpenBLAS's idle threads spin for 2**n cycles before sleeping (default n = 28, ~0.1 s). After a threaded
-# matmul, a spinning thread takes the core that CPU attention's second stream needs (measured: attention
-# right after the projections took 2x as long). 2**22 cycles (~2 ms) still spans the gaps between a
-# decode step's calls: encoder and decode step were both faster than with the default in the same session.
+# matmul, a spinning thread takes the core that CPU attention's second stream needs; 2**22 cycles (~2 ms)
+# still span the gaps between a decode step's calls (docs/linux_cpu_engine.md).
 THREAD_TIMEOUT = "22"
 
 
