@@ -25,6 +25,8 @@ from .device import on_generation_stream
 ENCODE_TOKENS = 4096
 # From this many tokens on, the encoder runs one evaluated layer at a time (see `encode_bounded`).
 LAYERWISE_TOKENS = 1024
+# The share of the machine's memory one decode may plan to use.
+FIT_FRACTION = 0.8
 
 
 def machine_memory() -> Optional[int]:
@@ -35,16 +37,19 @@ def machine_memory() -> Optional[int]:
         return None
 
 
-def check_cache_fits(model, rows: int, max_steps: int, itemsize: int) -> None:
-    """The self-attention caches of `rows` decoder rows and `max_steps` steps fit in this machine's memory:
-    checked before anything is allocated."""
+def check_decode_fits(model, rows: int, max_steps: int, itemsize: int) -> None:
+    """A decode of `rows` decoder rows (batch x beams) and `max_steps` steps fits in this machine's memory:
+    checked before anything is allocated. Counts the self-attention caches and a step's [rows, vocab] logits
+    (a few float32 copies: log-probabilities, processors, the sampler)."""
     a = model.args
-    need = 2 * len(model.layers) * rows * a.num_key_value_heads * max_steps * a.d_kv * itemsize
+    cache = 2 * len(model.layers) * rows * a.num_key_value_heads * max_steps * a.d_kv * itemsize
+    logits = 4 * rows * a.vocab_size * 4
     total = machine_memory()
-    if total is not None and need > total // 2:
+    if total is not None and cache + logits > FIT_FRACTION * total:
         raise InputError(
-            f"{rows} decoder rows x max_new_tokens {max_steps} need {need / 2**30:.1f} GiB of self-attention "
-            f"cache; this machine has {total / 2**30:.1f} GiB: lower max_new_tokens, num_beams or the batch"
+            f"{rows} decoder rows (batch x num_beams) x max_new_tokens {max_steps} need "
+            f"{(cache + logits) / 2**30:.1f} GiB ({cache / 2**30:.1f} GiB of self-attention cache); this machine "
+            f"has {total / 2**30:.1f} GiB: lower max_new_tokens, num_beams or the batch"
         )
 
 
@@ -125,7 +130,7 @@ class DecodeState:
     ):
         check_decode_inputs(model, input_ids, attention_mask, max_steps)
         rows = input_ids.shape[0] * beams
-        check_cache_fits(model, rows, max_steps, model.dtype.size)
+        check_decode_fits(model, rows, max_steps, model.dtype.size)
         self.model = model
         self.max_steps = max_steps
         self.steps = 0

@@ -202,3 +202,14 @@ def test_a_long_input_lets_other_threads_use_the_model_between_layers(hf_checkpo
     out = np.array(state.encode_bounded(model, ids, None))
     assert free == [True] * 3
     np.testing.assert_allclose(out, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=10**7), dict(max_new_tokens=64, num_beams=10**4)], ids=str)
+def test_decodes_larger_than_the_machine_are_refused_before_allocating(kw, model_path, tokenizer):
+    """A cache of 10**7 steps or 10**4 beams is refused with the size it would need, before anything is built."""
+    model = load_model(model_path)
+    before = mx.get_peak_memory()
+    with pytest.raises(InputError, match=r"GiB .* this machine has .* GiB: lower max_new_tokens"):
+        generate(model, tokenizer, PROMPTS, **kw)
+    assert mx.get_peak_memory() - before < 2**30
+    assert generate(model, tokenizer, PROMPTS, max_new_tokens=3)
