@@ -16,14 +16,15 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .._version import __version__
-from ..checkpoint.files import atomic_directory, atomic_write_json, save_mlx_weights
-from ..checkpoint.hf import weight_files
+from ..checkpoint.files import atomic_directory, atomic_write_json, remove_stale, save_mlx_weights
+from ..checkpoint.hf import model_file, weight_files
+from ..checkpoint.tensors import read_safetensors_header
 from ..errors import CheckpointError
 from ..models.config import ModelArgs
 from ..models.t5 import Model
@@ -50,9 +51,7 @@ def list_checkpoints(run_dir: Path) -> List[Path]:
 
 def remove_partial(run_dir: Path) -> None:
     """Temporary directories left by a kill during a save are never complete: remove them."""
-    if Path(run_dir).exists():
-        for stale in Path(run_dir).glob(".ckpt-*.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(run_dir, r"ckpt-\d+")
 
 
 def prune(run_dir: Path, keep: int) -> None:
@@ -111,7 +110,7 @@ def save_checkpoint(
 
 
 def read_state(path: Path) -> dict:
-    state_file = Path(path) / STATE_FILE
+    state_file = model_file(Path(path), STATE_FILE)
     if not state_file.exists():
         raise CheckpointError(f"{path} is not a complete training checkpoint (no {STATE_FILE}); delete it")
     try:
@@ -138,7 +137,7 @@ def read_weights(path: Path, expected: Dict[str, mx.array]) -> Dict[str, mx.arra
 
 def read_optimizer_state(path: Path, expected: Dict[str, mx.array], optimizer: str) -> Dict[str, mx.array]:
     """The checkpoint's flattened optimizer state, checked against `expected` (a fresh optimizer's)."""
-    file = Path(path) / OPT_DIR / OPT_FILE
+    file = model_file(Path(path), f"{OPT_DIR}/{OPT_FILE}")
     opt = _read_safetensors(file)
     if set(opt) != set(expected) or any(tuple(opt[k].shape) != tuple(expected[k].shape) for k in opt):
         raise CheckpointError(f"{file} does not match this optimizer ({optimizer}); was the run made with another one?")
@@ -148,6 +147,7 @@ def read_optimizer_state(path: Path, expected: Dict[str, mx.array], optimizer: s
 def _read_safetensors(file: Path) -> Dict[str, mx.array]:
     if not file.exists():
         raise CheckpointError(f"{file} is missing; the checkpoint is incomplete, delete it")
+    read_safetensors_header(file)
     try:
         arrays = mx.load(str(file))
         mx.eval(arrays)
@@ -174,13 +174,14 @@ def truncate_log(log: Path, step: int) -> None:
     log.write_text("".join(line + "\n" for line in keep))
 
 
-def export_model(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
+def export_model(ckpt: Path, out: Path, overwrite: bool = False, protect: Sequence[Path] = ()) -> Path:
     """Checkpoint `ckpt` as a plain model directory `out` (weights, config.json, tokenizer; no optimizer
-    or trainer state), written atomically: what `mlx_mqa.load` and `convert` read."""
+    or trainer state), written atomically: what `mlx_mqa.load` and `convert` read. `out` never replaces
+    `ckpt` or a `protect`ed path (see `check_output`)."""
     ckpt, out = Path(ckpt), Path(out)
     read_state(ckpt)  # only complete checkpoints
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, protect=[ckpt, *protect], option="--output") as tmp:
         for f in ckpt.iterdir():
             if f.is_file() and f.name != STATE_FILE:
-                shutil.copy2(f, tmp / f.name)
+                shutil.copyfile(model_file(ckpt, f.name), tmp / f.name)
     return out
