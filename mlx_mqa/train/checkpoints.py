@@ -16,7 +16,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -114,9 +114,39 @@ def read_state(path: Path) -> dict:
     if not state_file.exists():
         raise CheckpointError(f"{path} is not a complete training checkpoint (no {STATE_FILE}); delete it")
     try:
-        return json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{state_file} is corrupt ({e}); delete {path} to resume from an older one") from None
+    problem = state_problem(state, Path(path).name)
+    if problem:
+        raise CheckpointError(
+            f"{state_file} is not a valid trainer state: {problem}; delete {path} to resume from an older one"
+        )
+    return state
+
+
+def state_problem(state, name: str) -> Optional[str]:
+    """What is wrong with a trainer state as read (a tampered or hand-edited file), or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        return f"step {step!r} is not a count of updates"
+    m = CKPT_RE.match(name)
+    if m and int(m.group(1)) != step:
+        return f"step {step} in the checkpoint of step {int(m.group(1))}"
+    for key, kind in (("losses", list), ("evals", list), ("data_state", dict), ("settings", dict)):
+        if not isinstance(state.get(key), kind):
+            return f"{key} is not a JSON {'array' if kind is list else 'object'}"
+    losses = state["losses"]
+    if len(losses) != step or not all(type(x) in (int, float) for x in losses):
+        return f"losses must hold one number per step ({step}), not {len(losses)} values"
+    if not all(isinstance(e, dict) for e in state["evals"]):
+        return "evals must hold objects"
+    for key in ("tokens_seen", "train_seconds"):
+        if type(state.get(key, 0)) not in (int, float) or state.get(key, 0) < 0:
+            return f"{key} {state.get(key)!r} is not a non-negative number"
+    return None
 
 
 def read_weights(path: Path, expected: Dict[str, mx.array]) -> Dict[str, mx.array]:
