@@ -325,3 +325,30 @@ def test_cli_checkpoints_and_output_follow_the_umask(converted, corpus, tmp_path
     for d in (list_checkpoints(tmp_path / "run")[-1], tmp_path / "out"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o755
         assert {stat.S_IMODE(p.stat().st_mode) for p in d.iterdir() if p.is_file()} == {0o644}
+
+
+def test_cli_resumes_after_a_sigkill(converted, corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = span_args(converted, run, corpus, "--steps", 100000, "--save-every", 1, "--keep", 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_mqa.uptrain", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list_checkpoints(run)) < 1:
+        time.sleep(0.1)
+    time.sleep(0.3)  # likely inside a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    step = int(list_checkpoints(run)[-1].name.split("-")[1])
+    r = CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", step + 2, "--save-every", 1, "--resume"))
+    assert r.exit_code == 0 and f"step {step}" in r.output, r.output
+    assert list_checkpoints(run)[-1].name == f"ckpt-{step + 2:07d}"
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # the killed save's partial dir is gone
