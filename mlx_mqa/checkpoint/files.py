@@ -64,7 +64,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 
@@ -131,16 +131,16 @@ def atomic_directory(
 
 def _claim(tmp: Path, target: Path, option: str) -> None:
     """Rename `tmp` to `target` unless another process wrote `target` meanwhile: the first writer wins."""
+    taken = CheckpointError(
+        f"{target} was written by another process meanwhile; it is kept as that one wrote it (choose another {option})"
+    )
+    if target.exists():
+        raise taken
     try:
-        if target.exists():
-            raise FileExistsError
         os.replace(tmp, target)  # fails on a non-empty directory made since the check
-    except (FileExistsError, OSError) as e:
-        if isinstance(e, FileExistsError) or e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise CheckpointError(
-                f"{target} was written by another process meanwhile; it is kept as that one wrote it "
-                f"(choose another {option})"
-            ) from None
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise taken from None
         raise
 
 
