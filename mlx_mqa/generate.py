@@ -11,7 +11,7 @@ import click
 
 from .cli import CONTEXT, fail
 from .decoding.generate import generate, generate_step, stream_generate
-from .errors import InputError, MlxMqaError
+from .errors import ConfigError, InputError, MlxMqaError
 
 __all__ = ["generate", "generate_step", "main", "stream_generate"]
 
@@ -20,7 +20,11 @@ def _prompts(prompt, file):
     if prompt and file:
         raise InputError("give --prompt or --file, not both")
     if file:
-        text = sys.stdin.read() if file == "-" else open(file, encoding="utf-8").read()
+        try:
+            raw = sys.stdin.buffer.read() if file == "-" else open(file, "rb").read()
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"--file {file} is not UTF-8 text; give a text file with one prompt per line") from None
         prompts = [line for line in text.splitlines() if line.strip()]
         if not prompts:
             raise InputError(f"{file} holds no prompt (one per line)")
@@ -28,6 +32,35 @@ def _prompts(prompt, file):
     if not prompt:
         raise InputError("give a --prompt (or --file with one prompt per line)")
     return list(prompt)
+
+
+SAMPLING = ("temp", "top_p", "min_p", "top_k")
+
+
+def check_options(o: dict) -> None:
+    """Every option's range, and which go together, before the model is loaded."""
+    for name, low in (("max_new_tokens", 1), ("num_beams", 1), ("top_k", 0), ("no_repeat_ngram_size", 0)):
+        if o[name] < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, not {o[name]}")
+    if not 0 <= o["temp"] < float("inf"):
+        raise ConfigError(f"--temp must be >= 0 (0: greedy), not {o['temp']}")
+    for name in ("top_p", "min_p"):
+        if not 0 <= o[name] <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1] (0: off), not {o[name]}")
+    if o["repetition_penalty"] is not None and not 0 < o["repetition_penalty"] < float("inf"):
+        raise ConfigError(f"--repetition-penalty must be > 0 (1: none), not {o['repetition_penalty']}")
+    if not abs(o["length_penalty"]) < float("inf"):
+        raise ConfigError(f"--length-penalty must be a finite number, not {o['length_penalty']}")
+    if o["max_input_tokens"] is not None and o["max_input_tokens"] < 1:
+        raise ConfigError(f"--max-input-tokens must be at least 1, not {o['max_input_tokens']}")
+    if o["truncate"] and o["max_input_tokens"] is None:
+        raise ConfigError("--truncate needs --max-input-tokens N (the length to cut prompts at)")
+    if o["num_beams"] > 1:
+        given = [f"--{k.replace('_', '-')}" for k in SAMPLING if o[k]]
+        if given:
+            raise ConfigError(f"beam search (--num-beams {o['num_beams']}) samples nothing: drop {', '.join(given)}")
+    elif o["length_penalty"] != 1.0 or o["early_stopping"] != "false":
+        raise ConfigError("--length-penalty and --early-stopping apply to beam search; add --num-beams N (N > 1)")
 
 
 def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
@@ -55,9 +88,26 @@ def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
     default=None,
     help="Text file with one prompt per line ('-' reads stdin); generated as one padded batch.",
 )
-@click.option("--max-tokens", "-m", type=int, default=128, show_default=True, help="Most tokens to generate.")
+@click.option(
+    "--max-new-tokens",
+    "--max-tokens",
+    "-m",
+    "max_new_tokens",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Most tokens to generate (--max-tokens: the same).",
+)
 @click.option("--num-beams", type=int, default=1, show_default=True, help="Beam search width (1: greedy/sampling).")
 @click.option("--length-penalty", type=float, default=1.0, show_default=True, help="Beam search length penalty.")
+@click.option(
+    "--early-stopping",
+    type=click.Choice(["true", "false", "never"]),
+    default="false",
+    show_default=True,
+    help="Beam search: stop when num_beams hypotheses are done (true), by transformers' heuristic (false), "
+    "or only when no beam can improve (never).",
+)
 @click.option("--no-repeat-ngram-size", type=int, default=0, show_default=True, help="Ban repeated n-grams.")
 @click.option("--temp", type=float, default=0.0, show_default=True, help="Sampling temperature (0: greedy).")
 @click.option("--top-p", type=float, default=0.0, show_default=True, help="Nucleus sampling (0: off).")
@@ -73,58 +123,30 @@ def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
     default=None,
     help="Cast the weights (default: as stored).",
 )
-def main(
-    model,
-    prompt,
-    file,
-    max_tokens,
-    num_beams,
-    length_penalty,
-    no_repeat_ngram_size,
-    temp,
-    top_p,
-    min_p,
-    top_k,
-    repetition_penalty,
-    seed,
-    max_input_tokens,
-    truncate,
-    dtype,
-):
+def main(model, prompt, file, seed, dtype, **o):
     """Generate with a T5 (MHA, GQA or MQA). One prompt streams its text as it is generated;
     several prompts (or beam search) print one line each when the batch is done.
 
     \b
     Examples:
       python -m mlx_mqa.generate --model t5-gqa2 --prompt "summarize: The tower is 324 metres tall ..."
-      python -m mlx_mqa.generate --model t5-gqa2 --file articles.txt --num-beams 4 --max-tokens 64
+      python -m mlx_mqa.generate --model t5-gqa2 --file articles.txt --num-beams 4 --max-new-tokens 64
     """
     try:
         import mlx.core as mx
 
         from .checkpoint.load import load
-        from .decoding.sample_utils import make_logits_processors, make_sampler, no_repeat_ngram_processor
 
+        check_options(o)
         prompts = _prompts(prompt, file)
-        if max_tokens < 1 or num_beams < 1:
-            raise InputError("--max-tokens and --num-beams must be at least 1")
         if seed is not None:
             mx.random.seed(seed)
         m, tokenizer = load(model, dtype)
-        options = dict(max_input_tokens=max_input_tokens, truncate=truncate)
-        if num_beams > 1:
-            options.update(
-                num_beams=num_beams, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size
-            )
-        else:
-            procs = make_logits_processors(None, repetition_penalty)
-            if no_repeat_ngram_size:
-                procs.append(no_repeat_ngram_processor(no_repeat_ngram_size))
-            options.update(sampler=make_sampler(temp, top_p, min_p, 1, top_k), logits_processors=procs or None)
-        if len(prompts) == 1 and num_beams == 1:
-            _stream(m, tokenizer, prompts[0], max_tokens, options)
+        options = dict(max_input_tokens=o["max_input_tokens"], truncate=o["truncate"], **decoding_options(o))
+        if len(prompts) == 1 and o["num_beams"] == 1:
+            _stream(m, tokenizer, prompts[0], o["max_new_tokens"], options)
             return
-        for text in generate(m, tokenizer, prompts, max_new_tokens=max_tokens, **options):
+        for text in generate(m, tokenizer, prompts, max_new_tokens=o["max_new_tokens"], **options):
             click.echo(text)
     except MlxMqaError as e:
         fail(e)
@@ -133,6 +155,26 @@ def main(
     except KeyboardInterrupt:
         click.echo("", err=True)
         raise SystemExit(130)
+
+
+def decoding_options(o: dict) -> dict:
+    """The keyword arguments of `generate` for the CLI's options (checked by `check_options`)."""
+    from .decoding.sample_utils import make_logits_processors, make_sampler, no_repeat_ngram_processor
+
+    procs = make_logits_processors(None, o["repetition_penalty"])
+    if o["num_beams"] > 1:
+        early = {"true": True, "false": False}.get(o["early_stopping"], "never")
+        return dict(
+            num_beams=o["num_beams"],
+            length_penalty=o["length_penalty"],
+            early_stopping=early,
+            no_repeat_ngram_size=o["no_repeat_ngram_size"],
+            logits_processors=procs or None,
+        )
+    if o["no_repeat_ngram_size"]:
+        procs.append(no_repeat_ngram_processor(o["no_repeat_ngram_size"]))
+    sampler = make_sampler(o["temp"], o["top_p"], o["min_p"], 1, o["top_k"])
+    return dict(sampler=sampler, logits_processors=procs or None)
 
 
 if __name__ == "__main__":

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import struct
-import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from .hf import model_file
 from .tensors import SAFETENSORS_NAME
 
 TOKENIZER_FILES = (
@@ -26,31 +28,123 @@ TOKENIZER_FILES = (
     "spiece.model",
     "added_tokens.json",
 )
+# The files that hold a vocabulary: a tokenizer directory without either is unusable.
+VOCAB_FILES = ("tokenizer.json", "spiece.model")
+
+
+def check_output(target: Path, overwrite: bool, protect: Sequence[Path] = (), option: str = "--mlx-path") -> None:
+    """The one rule for every output: an existing `target` is replaced only with `overwrite`, never when it is
+    (or contains) a protected path such as the source model or the run directory, and only in a place this
+    process can write. Checked before any work starts."""
+    where = Path(target).resolve()
+    for p in protect:
+        p = Path(p).resolve()
+        if where == p or where in p.parents:
+            raise ConfigError(f"{option} {target} would replace {p}, which this run reads; choose another {option}")
+    if where.exists() and not overwrite:
+        raise CheckpointError(f"{target} already exists; choose another {option} or pass --overwrite")
+    check_writable(target, option)
+
+
+def check_writable(target: Path, option: str) -> None:
+    """`target` (a directory) can be created or written by this process: its nearest existing ancestor is a
+    writable directory."""
+    where = Path(target).resolve()
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"cannot write {option} {target}: {where} is a file; choose another {option}")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {option} {target}: {where} is not writable; choose another {option}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def remove_stale(parent: Path, name: str) -> None:
+    """Remove the temporary directories `.NAME.partial-PID-*` / `.NAME.old-PID-*` in `parent` (`name`: a regex
+    of NAME) whose writing process is dead: a killed writer's leftovers. A live writer's are kept."""
+    pattern = re.compile(rf"^\.(?:{name})\.(?:partial|old)-(\d+)-[0-9a-f]+$")
+    if not Path(parent).is_dir():
+        return
+    for stale in Path(parent).iterdir():
+        m = pattern.match(stale.name)
+        if m and stale.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _temp_name(target: Path, kind: str) -> Path:
+    # The pid tells a rerun whether the writer is still alive (remove_stale).
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush `path`'s files and directories to disk, so a crash after the rename cannot leave them empty."""
+    for root, _, names in os.walk(path):
+        for name in names:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
+def atomic_directory(
+    target: Path, overwrite: bool = False, protect: Sequence[Path] = (), option: str = "--mlx-path"
+) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `target` only if the block succeeds (see
+    `check_output`). Its mode follows the umask; a killed writer's leftovers are removed on the next write."""
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{target} already exists; choose another path or pass --overwrite")
+    check_output(target, overwrite, protect, option)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    remove_stale(target.parent, re.escape(target.name))
+    tmp = _temp_name(target, "partial")
+    tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        fsync_tree(tmp)
+        if target.exists() and overwrite:
+            trash = _temp_name(target, "old")
             os.replace(target, trash)
             os.replace(tmp, target)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            _claim(tmp, target, option)
+        _fsync(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def check_disk_space(target: Path, nbytes: int) -> None:
+def _claim(tmp: Path, target: Path, option: str) -> None:
+    """Rename `tmp` to `target` unless another process wrote `target` meanwhile: the first writer wins."""
+    taken = CheckpointError(
+        f"{target} was written by another process meanwhile; it is kept as that one wrote it (choose another {option})"
+    )
+    if target.exists():
+        raise taken
+    try:
+        os.replace(tmp, target)  # fails on a non-empty directory made since the check
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise taken from None
+        raise
+
+
+def check_disk_space(target: Path, nbytes: int, option: str = "--mlx-path") -> None:
     """Refuse, before writing anything, a model that the disk under `target` cannot hold."""
     parent = Path(target).resolve().parent
     while not parent.exists():
@@ -59,14 +153,24 @@ def check_disk_space(target: Path, nbytes: int) -> None:
     if free < nbytes + (64 << 20):
         raise CheckpointError(
             f"not enough disk space at {parent}: the model needs {nbytes / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB is free; free some or choose another --mlx-path"
+            f"{free / 2**30:.2f} GiB is free; free some or choose another {option}"
         )
 
 
 def atomic_write_json(path: Path, data) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """`path` holds the old JSON or the new one, never a part (flushed to disk before and after the rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
 
 
 # mlx-lm's shard size and file names (its `make_shards` counts whole GB; bytes here, so tests can shard small).
@@ -154,13 +258,12 @@ def save_mlx_weights(directory: Path, weights: Dict[str, mx.array], max_bytes: O
 
 
 def copy_tokenizer(source: Path, dest: Path) -> bool:
-    """Copy tokenizer files; True if at least one was found."""
-    found = False
+    """Copy the tokenizer files of `source` (each inside it); True if they hold a vocabulary."""
     for name in TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copy2(source / name, dest / name)
-            found = True
-    return found
+        file = model_file(source, name)
+        if file.exists():
+            shutil.copyfile(file, dest / name)
+    return any((dest / name).exists() for name in VOCAB_FILES)
 
 
 def save_model(out: Path, model, tokenizer=None, overwrite: bool = False) -> Path:

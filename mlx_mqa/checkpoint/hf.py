@@ -44,28 +44,49 @@ def resolve(path_or_repo: str, allow_patterns=None) -> Path:
         ) from None
 
 
+def model_file(directory: Path, name: str) -> Path:
+    """`directory / name`, the one way files of a model directory are read or copied: refused unless it
+    resolves inside the directory, so that a shard index, a link or a name cannot make loading read (or
+    copy into an output) a file from elsewhere. A hub snapshot's files are links into its repository's
+    blobs/, which count as inside."""
+    root = Path(directory).resolve()
+    if root.parent.name == "snapshots":  # huggingface_hub cache: REPO/snapshots/REV/NAME -> REPO/blobs/HASH
+        root = root.parent.parent
+    path = Path(directory) / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+        raise CheckpointError(f"{name!r} in {directory} resolves outside the model directory; refusing to read it")
+    return path
+
+
 def read_config(path: Path) -> dict:
-    cfg = path / "config.json"
+    cfg = model_file(path, "config.json")
     if not cfg.exists():
         raise CheckpointError(f"{path} has no config.json; is it a Hugging Face or converted checkpoint?")
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{cfg} must hold a JSON object of settings, not a {type(config).__name__}")
+    return config
 
 
 def weight_files(path: Path) -> list:
     for index_name in WEIGHT_INDEX_NAMES:
-        index = path / index_name
+        index = model_file(path, index_name)
         if index.exists():
             try:
-                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index} is not a valid shard index: {e}") from None
-            missing = [n for n in names if not (path / n).exists()]
+                weight_map = json.loads(index.read_text())["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index} is not a valid shard index: {type(e).__name__} {e}") from None
+            if not all(isinstance(n, str) for n in names):
+                raise CheckpointError(f"{index} is not a valid shard index: its weight_map values must be file names")
+            files = [model_file(path, n) for n in names]
+            missing = [n for n, f in zip(names, files) if not f.is_file()]
             if missing:
                 raise CheckpointError(f"{index} lists shards that are missing: {missing}")
-            return [path / n for n in names]
+            return files
     # Only model weights: other safetensors files (optimizer state, adapters) may sit beside them.
     for pattern in (
         "model.safetensors",
@@ -76,7 +97,7 @@ def weight_files(path: Path) -> list:
     ):
         files = sorted(path.glob(pattern))
         if files:
-            return files
+            return [model_file(path, f.name) for f in files]
     raise CheckpointError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
 
 
@@ -137,6 +158,7 @@ def _count_blocks(weights, stack: str) -> int:
 def check_t5_config(config: dict) -> None:
     if config.get("model_type", "t5") not in ("t5", "mt5") or "d_model" not in config or "num_heads" not in config:
         raise ConfigError(f"config.json is not a T5 config (model_type={config.get('model_type')!r})")
+    ModelArgs.from_dict(config)  # every setting's type and range, before a weight is read
 
 
 def hf_model_args(config: dict, weights: Mapping[str, object]) -> Tuple[dict, ModelArgs]:

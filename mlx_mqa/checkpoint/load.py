@@ -12,10 +12,25 @@ from ..errors import CheckpointError
 from ..models.config import ModelArgs
 from ..models.dtypes import check_dtype, default_dtype, weight_dtype
 from ..models.t5 import Model
-from .hf import hf_model_args, open_checkpoint, read_config, resolve, weight_files
+from .files import TOKENIZER_FILES, VOCAB_FILES
+from .hf import hf_model_args, model_file, open_checkpoint, read_config, resolve, weight_files
+from .tensors import read_safetensors_header
+
+
+def has_tokenizer(path: Path) -> bool:
+    """Whether `path` holds a vocabulary (without one transformers makes a placeholder that encodes garbage)."""
+    return any(model_file(path, name).exists() for name in VOCAB_FILES)
 
 
 def load_tokenizer(path):
+    path = Path(path)
+    if not has_tokenizer(path):
+        raise CheckpointError(
+            f"{path} has no tokenizer ({' or '.join(VOCAB_FILES)}); copy the tokenizer files of the source "
+            f"checkpoint into it"
+        )
+    for name in TOKENIZER_FILES:  # what transformers will read: only files inside the directory
+        model_file(path, name)
     try:
         from transformers import AutoTokenizer
 
@@ -56,6 +71,8 @@ def load_model(path, dtype: Optional[str] = None, strict: bool = True) -> Model:
     model = Model(ModelArgs.from_dict(config))
     weights = {}
     for file in weight_files(path):
+        if file.suffix == ".safetensors":  # offsets, shapes and dtypes agree before MLX reads the data
+            read_safetensors_header(file)
         try:
             weights.update(mx.load(str(file)))
         except Exception as e:
@@ -109,6 +126,7 @@ def _local(path) -> Path:
 def load(path, dtype: Optional[str] = None) -> Tuple[Model, object]:
     """(model, tokenizer) from a converted directory, a Hugging Face checkpoint directory or a hub id."""
     local = _local(path)
-    model, tokenizer = load_model(local, dtype), load_tokenizer(local)
+    tokenizer = load_tokenizer(local)  # first: a directory without one fails before the weights are read
+    model = load_model(local, dtype)
     check_tokenizer(tokenizer, model.args, f"the tokenizer in {local}")
     return model, tokenizer

@@ -28,7 +28,9 @@ DTYPES = {
     "I16": (np.int16, mx.int16),
     "I8": (np.int8, mx.int8),
     "U8": (np.uint8, mx.uint8),
+    "U16": (np.uint16, mx.uint16),
     "U32": (np.uint32, mx.uint32),
+    "U64": (np.uint64, mx.uint64),
     "BOOL": (np.bool_, mx.bool_),
 }
 _NUMPY = {name: np_type for name, (np_type, _) in DTYPES.items()}
@@ -48,24 +50,49 @@ def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 
 def read_safetensors_header(file: Path) -> Tuple[int, dict]:
-    """(offset of the data, {name: {dtype, shape, data_offsets}}) of a safetensors file, checked against its size."""
+    """(offset of the data, {name: {dtype, shape, data_offsets}}) of a safetensors file, every entry checked
+    against its shape, its dtype and the file's size before anything is read. The messages never quote the
+    file's bytes (it may be any file)."""
     try:
         size = file.stat().st_size
         with open(file, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > size - 8:
-                raise ValueError(f"header of {n} bytes in a file of {size}")
-            header = json.loads(f.read(n))
+                raise ValueError(f"its header length exceeds the file's {size} bytes")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                raise ValueError("its header is not JSON") from None
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
         header.pop("__metadata__", None)
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
-        if 8 + n + end > size:
-            raise ValueError(f"{8 + n + end} bytes of tensors announced, {size} on disk")
-        unknown = {t["dtype"] for t in header.values()} - set(_NUMPY)
-        if unknown:
-            raise ValueError(f"unsupported dtype(s) {sorted(unknown)}")
+        for name, t in header.items():
+            _check_entry(name, t, size - 8 - n)
         return 8 + n, header
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+    except (OSError, ValueError, struct.error) as e:
         raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({e})") from None
+
+
+def _check_entry(name: str, t, data_bytes: int) -> None:
+    """One header entry: a known dtype, a shape of sizes, and offsets inside the data spanning exactly
+    shape x dtype bytes."""
+
+    def ints(x, n=None):
+        return isinstance(x, list) and (n is None or len(x) == n) and all(type(i) is int and i >= 0 for i in x)
+
+    if not isinstance(t, dict) or t.get("dtype") not in _NUMPY:
+        raise ValueError(f"{name}: unsupported dtype {t.get('dtype') if isinstance(t, dict) else None!r}")
+    shape, offsets = t.get("shape"), t.get("data_offsets")
+    if not ints(shape) or not ints(offsets, 2) or offsets[0] > offsets[1]:
+        raise ValueError(f"{name}: malformed shape {shape!r} or data_offsets {offsets!r}")
+    if offsets[1] > data_bytes:
+        raise ValueError(f"{name}: data up to byte {offsets[1]} announced, the file holds {data_bytes}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_NUMPY[t["dtype"]]).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise ValueError(
+            f"{name}: {offsets[1] - offsets[0]} bytes stored for a {t['dtype']} tensor of shape {tuple(shape)} "
+            f"({nbytes} bytes)"
+        )
 
 
 class CheckpointTensors(Mapping):
@@ -102,7 +129,8 @@ class CheckpointTensors(Mapping):
             except RuntimeError:
                 state = torch.load(str(file), map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({type(e).__name__}: {e})") from None
+            # The message of a failed unpickling quotes the file's bytes: only its kind is told.
+            raise CheckpointError(f"cannot read {file}: it is truncated or corrupt ({type(e).__name__})") from None
         for name, t in state.items():
             self._where[name] = (file, t)
             self._specs[name] = Spec(tuple(t.shape), str(t.dtype).replace("torch.", ""))

@@ -16,17 +16,17 @@ from mlx.utils import tree_flatten
 from .._version import __version__
 from ..checkpoint.card import create_model_card
 from ..checkpoint.files import (
-    TOKENIZER_FILES,
     TensorPlan,
     atomic_directory,
     atomic_write_json,
     check_disk_space,
+    check_output,
     copy_tokenizer,
     save_mlx_weights,
     save_streamed,
 )
 from ..checkpoint.hf import check_t5_config, hf_model_args, open_checkpoint, read_config, resolve
-from ..checkpoint.load import check_tokenizer, load_tokenizer
+from ..checkpoint.load import check_tokenizer, has_tokenizer, load_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..models.config import ModelArgs, check_kv_heads
 from ..models.dtypes import check_dtype, default_dtype, weight_dtype
@@ -189,11 +189,16 @@ def _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, c
         raise ConfigError("the source is already grouped-query; convert from the multi-head checkpoint")
     kv_heads = H if kv_heads is None else int(kv_heads)
     check_options(kv_heads, H, pool, groups_in, grouping)
-    tok_src = resolve(tokenizer_path) if tokenizer_path else src
-    if not any((tok_src / name).exists() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"no tokenizer files in {tok_src}; pass --tokenizer with a directory that has them")
-    check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
+    # The weights convert without a tokenizer (the output then has none); an asked-for one must be usable.
+    tok_src = resolve(tokenizer_path) if tokenizer_path else src if has_tokenizer(src) else None
+    if tok_src is not None:
+        check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
     if needs_calibration(pool, grouping):
+        if tok_src is None:
+            raise CheckpointError(
+                f"{src} has no tokenizer and --pool {pool} / --grouping {grouping} calibrate; "
+                "pass --tokenizer with the source's tokenizer"
+            )
         check_source(calibration.source)
     return src, tok_src, config, kv_heads
 
@@ -226,12 +231,17 @@ def _plan(config: dict, tensors, dtype: str) -> Dict[str, TensorPlan]:
     return {k: TensorPlan(shapes[k], weight_dtype(k, dtype)) for k in sorted(model.sanitize(tensors.specs()))}
 
 
-def _write(mlx_path: Path, overwrite: bool, config: dict, plan, produce, tok_src: Path, say) -> None:
+def _local_sources(*paths) -> list:
+    """The local directories among the sources: an output never replaces them."""
+    return [Path(p).expanduser() for p in paths if p is not None and Path(p).expanduser().exists()]
+
+
+def _write(mlx_path: Path, overwrite: bool, protect, config: dict, plan, produce, tok_src, say) -> None:
     """The model directory, atomically: weights streamed tensor by tensor (quantized ones in memory)."""
     q = config.get("quantization")
     check_disk_space(mlx_path, sum(t.nbytes for t in plan.values()))
     try:
-        with atomic_directory(mlx_path, overwrite=overwrite) as tmp:
+        with atomic_directory(mlx_path, overwrite=overwrite, protect=protect) as tmp:
             say(f"writing {mlx_path}")
             if q:  # quantization needs the model's modules: it runs in memory
                 from ..models.quantize import quantize_weights
@@ -243,7 +253,8 @@ def _write(mlx_path: Path, overwrite: bool, config: dict, plan, produce, tok_src
                 )
             else:
                 save_streamed(tmp, plan, produce)
-            copy_tokenizer(tok_src, tmp)
+            if tok_src is not None:
+                copy_tokenizer(tok_src, tmp)
             atomic_write_json(tmp / "config.json", config)
             create_model_card(tmp, config)
     except OSError as e:  # the partial directory is gone already (atomic_directory)
@@ -279,8 +290,7 @@ def convert(
     dtype = dtype or default_dtype()
     check_dtype(dtype)
     mlx_path = Path(mlx_path)
-    if mlx_path.exists() and not overwrite:
-        raise CheckpointError(f"{mlx_path} already exists; choose another path or pass --overwrite")
+    check_output(mlx_path, overwrite, _local_sources(hf_path, tokenizer_path))
     say(f"reading {hf_path}")
     cal = calibration or Calibration()
     src, tok_src, config, kv_heads = _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, cal)
@@ -295,6 +305,9 @@ def convert(
         say(f"singular system regularised (relative ridge): {note}")
     info = calibration_record(stats, cal.source, cal.samples, cal.max_input, cal.max_target) if stats else None
     config = grouped_config(config, kv_heads, pool, groups_in, grouping, dtype, seed, hf_path, record, info)
+    config["conversion"]["tokenizer"] = None if tok_src is None else str(tok_src)
+    if tok_src is None:
+        say(f"{src} has no tokenizer: the output will have none (copy one in, or convert with --tokenizer)")
     plan = _plan(config, tensors, dtype)
     rng = np.random.default_rng(seed)
 
@@ -306,7 +319,7 @@ def convert(
 
     if quantize:
         config["quantization"] = {"bits": q_bits, "group_size": q_group_size}
-    _write(mlx_path, overwrite, config, plan, produce, tok_src, say)
+    _write(mlx_path, overwrite, _local_sources(src, tok_src), config, plan, produce, tok_src, say)
     if upload_repo:
         from ..checkpoint.card import upload_to_hub
 

@@ -8,14 +8,14 @@ by all beams (folded into the query axis, never copied).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
 
 from ..errors import InputError
 from .inputs import cut_after_eos
-from .sample_utils import no_repeat_ngram_processor
+from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
 from .state import DecodeState
 
 NEG = -1.0e9
@@ -24,6 +24,16 @@ NEG = -1.0e9
 def check_num_beams(num_beams) -> None:
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise InputError(f"num_beams must be a positive integer, got {num_beams!r}")
+
+
+def check_beam_options(early_stopping, sampler, options: dict) -> None:
+    """Beam search keeps the most likely beams: it samples nothing, and other options would be ignored."""
+    if early_stopping not in (True, False, "never"):
+        raise InputError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if sampler is not None and sampler is not greedy:
+        raise InputError("beam search keeps the most likely beams and takes no sampler; sample with num_beams=1")
+    if options:
+        raise InputError(f"beam search takes no {', '.join(sorted(options))}")
 
 
 def beam_search(
@@ -36,14 +46,22 @@ def beam_search(
     length_penalty: float = 1.0,
     early_stopping: Union[bool, str] = False,
     no_repeat_ngram_size: int = 0,
+    logits_processors: Optional[Sequence[LogitsProcessor]] = None,
+    sampler: Optional[Sampler] = None,
     eos_token_id: Optional[int] = None,
     pad_token_id: Optional[int] = None,
     compiled: Optional[bool] = None,
     return_scores: bool = False,
-    **unused,
+    **options,
 ):
-    """Best beam per input: list of token lists (EOS included when emitted)."""
+    """Best beam per input: list of token lists (EOS included when emitted). `logits_processors` act on
+    each beam's log-probabilities (history: the decoder start token and the beam's tokens) before the
+    candidates are ranked, as transformers applies them; a sampler is refused."""
     check_num_beams(num_beams)
+    check_beam_options(early_stopping, sampler, options)
+    processors = list(logits_processors or [])
+    if no_repeat_ngram_size:
+        processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
     args = model.args
     eos = args.eos_token_id if eos_token_id is None else eos_token_id
     pad = args.pad_token_id if pad_token_id is None else pad_token_id
@@ -63,7 +81,7 @@ def beam_search(
     cur_len = 1
 
     while True:
-        topk_idx, topk_lp, V = _candidates(state, running, running_scores, cur_len, K, no_repeat_ngram_size)
+        topk_idx, topk_lp, V = _candidates(state, running, running_scores, cur_len, K, processors)
         src_beam, tok = topk_idx // V, topk_idx % V
         topk_seqs = np.take_along_axis(running, src_beam[:, :, None], axis=1)
         topk_seqs[:, :, cur_len] = tok
@@ -103,15 +121,16 @@ def beam_search(
     return out
 
 
-def _candidates(state, running, running_scores, cur_len: int, K: int, no_repeat_ngram_size: int):
+def _candidates(state, running, running_scores, cur_len: int, K: int, processors):
     """The K best (beam, token) continuations over all beams of each input: flat indices, scores, vocab size."""
     B, nb, _ = running.shape
     y = mx.array(running[:, :, cur_len - 1].reshape(-1).astype(np.int32))
     logprobs = state.logits(y).astype(mx.float32)
     logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-    if no_repeat_ngram_size:
-        history = mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len))
-        logprobs = no_repeat_ngram_processor(no_repeat_ngram_size)(history, logprobs)
+    if processors:
+        history = mx.array(running[:, :, :cur_len].reshape(B * nb, cur_len).astype(np.int32))
+        for proc in processors:
+            logprobs = proc(history, logprobs)
     V = logprobs.shape[-1]
     acc = (logprobs.reshape(B, nb, V) + mx.array(running_scores)[:, :, None]).reshape(B, nb * V)
     part = mx.argpartition(-acc, K - 1, axis=-1)[:, :K]

@@ -7,6 +7,7 @@ from typing import Generator, List, Optional, Sequence, Union
 
 import mlx.core as mx
 
+from ..errors import InputError
 from .beam import beam_search, check_num_beams
 from .inputs import cut_after_eos, encode_prompts
 from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
@@ -40,6 +41,7 @@ def generate_step(
     read back, so the host sync overlaps device work.
     """
     args = model.args
+    check_callables(sampler, logits_processors)
     sampler = sampler or greedy
     eos = args.eos_token_id if eos_token_id is None else eos_token_id
     pad = args.pad_token_id if pad_token_id is None else pad_token_id
@@ -55,7 +57,10 @@ def generate_step(
         if logits_processors:
             for proc in logits_processors:
                 logprobs = proc(history[:, : n + 1], logprobs)
-        tok = sampler(logprobs).astype(mx.int32)
+        tok = sampler(logprobs)
+        if tok.shape != (B,):
+            raise InputError(f"the sampler returned shape {tuple(tok.shape)}; it must return one token per row ({B},)")
+        tok = tok.astype(mx.int32)
         if not ignore_eos:
             tok = mx.where(finished, pad, tok)
             finished = finished | (tok == eos)
@@ -72,11 +77,23 @@ def generate_step(
             next_y, next_finished = step(y, finished, n + 1)
             mx.async_eval(next_y, next_finished)
         tokens, done = y.tolist(), finished.tolist()
+        bad = [t for t in tokens if not 0 <= t < args.vocab_size]
+        if bad:  # before a later step embeds it
+            raise InputError(f"the sampler returned token id {bad[0]}, outside the vocabulary [0, {args.vocab_size})")
         yield StepOutput(tokens, done, n)
         if all(done) and not ignore_eos:
             break
         if n + 1 < max_new_tokens:
             y, finished = next_y, next_finished
+
+
+def check_callables(sampler, logits_processors) -> None:
+    if sampler is not None and not callable(sampler):
+        raise InputError(f"sampler must be a function of the logprobs, not {type(sampler).__name__}")
+    if logits_processors is not None and (
+        isinstance(logits_processors, str) or not all(callable(p) for p in logits_processors)
+    ):
+        raise InputError("logits_processors must be a list of functions (history, logprobs) -> logprobs")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 import mlx.core as mx
 import numpy as np
@@ -23,14 +23,11 @@ class Encoded:
 def encode_prompts(
     tokenizer, prompts: Union[str, Sequence[str]], max_input_tokens: Optional[int] = None, truncate: bool = False
 ) -> Encoded:
-    """Tokenize (right padding). Empty prompts and over-long ones (unless `truncate`) are errors."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if len(prompts) == 0:
-        raise InputError("no prompts given")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise InputError(f"prompt {i} is empty; T5 needs at least one input token")
+    """Tokenize (right padding). A string or an iterable of strings; empty prompts and over-long ones
+    (unless `truncate`) are errors."""
+    prompts = check_prompts(prompts)
+    if max_input_tokens is not None and (type(max_input_tokens) is not int or max_input_tokens < 1):
+        raise InputError(f"max_input_tokens must be a positive integer, got {max_input_tokens!r}")
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     if max_input_tokens is not None:
         too_long = [(i, len(t)) for i, t in enumerate(ids) if len(t) > max_input_tokens]
@@ -43,6 +40,23 @@ def encode_prompts(
         eos = tokenizer.eos_token_id
         ids = [t if len(t) <= max_input_tokens else t[: max_input_tokens - 1] + [eos] for t in ids]
     return pad_batch(ids, tokenizer.pad_token_id or 0)
+
+
+def check_prompts(prompts) -> List[str]:
+    """A prompt or an iterable of prompts (a list, a generator...) as a list of non-empty strings."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif isinstance(prompts, (bytes, dict)) or not isinstance(prompts, Iterable):
+        raise InputError(f"prompts must be a string or a list of strings, not {type(prompts).__name__}")
+    prompts = list(prompts)
+    if len(prompts) == 0:
+        raise InputError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} is a {type(p).__name__}, not a string")
+        if not p.strip():
+            raise InputError(f"prompt {i} is empty; T5 needs at least one input token")
+    return prompts
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int = 0) -> Encoded:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -40,6 +41,7 @@ class ModelArgs:
     conversion: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        check_types(self)
         if self.model_type not in ("t5", "mt5", "mlx_mqa_t5"):
             raise ConfigError(f"config.json has model_type={self.model_type!r}; only T5 checkpoints are supported")
         if self.num_decoder_layers is None:
@@ -48,6 +50,7 @@ class ModelArgs:
             self.num_key_value_heads = self.num_heads
         if self.encoder_num_key_value_heads is None:
             self.encoder_num_key_value_heads = self.num_heads
+        check_sizes(self)
         for name in ("num_key_value_heads", "encoder_num_key_value_heads"):
             check_kv_heads(getattr(self, name), self.num_heads, name)
         if self.decoder_head_order is not None:
@@ -63,11 +66,17 @@ class ModelArgs:
         return self.feed_forward_proj.startswith("gated-")
 
     @property
+    def num_parameters(self) -> int:
+        """Weights of the model these settings build (attention, FFN, embeddings; norms and biases aside)."""
+        d, kv = self.d_model, self.d_kv
+        ffn = d * self.d_ff * (3 if self.is_gated else 2)
+        enc_attn = d * kv * (2 * self.num_heads + 2 * self.encoder_num_key_value_heads)
+        dec_attn = d * kv * (2 * self.num_heads + 2 * self.num_key_value_heads)
+        blocks = self.num_layers * (enc_attn + ffn) + self.num_decoder_layers * (2 * dec_attn + ffn)
+        return blocks + self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+
+    @property
     def activation(self) -> str:
-        if self.decoder_head_order is not None:
-            orders = self.decoder_head_order
-            if len(orders) != self.num_decoder_layers or any(sorted(o) != list(range(self.num_heads)) for o in orders):
-                raise ConfigError("decoder_head_order must hold one permutation of the heads per decoder layer")
         act = self.feed_forward_proj.split("-")[-1]
         # transformers maps "gated-gelu" to the tanh approximation (gelu_new).
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
@@ -78,15 +87,92 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, params: Dict[str, Any]) -> "ModelArgs":
+        if not isinstance(params, dict):
+            raise ConfigError(f"config.json must hold a JSON object of settings, not a {type(params).__name__}")
+        known = inspect.signature(cls).parameters
         if "d_model" not in params or "num_heads" not in params:
             raise ConfigError("config.json is not a T5 config (no d_model / num_heads)")
-        known = inspect.signature(cls).parameters
         args = {k: v for k, v in params.items() if k in known}
         args["tie_word_embeddings"] = tied_word_embeddings(params)
         return cls(**args)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Bounds on the sizes that allocate, far above any T5 (24 layers, 250k tokens, width 4096, 128 heads),
+# so that a hostile or mistyped config.json is refused before anything is built.
+MAX_LAYERS = 1024
+MAX_VOCAB = 1 << 22
+MAX_WIDTH = 1 << 17
+SIZE_FIELDS = {  # field: upper bound
+    "vocab_size": MAX_VOCAB,
+    "d_model": MAX_WIDTH,
+    "d_kv": MAX_WIDTH,
+    "d_ff": MAX_WIDTH,
+    "num_heads": MAX_WIDTH,
+    "num_layers": MAX_LAYERS,
+    "num_decoder_layers": MAX_LAYERS,
+    "num_key_value_heads": MAX_WIDTH,
+    "encoder_num_key_value_heads": MAX_WIDTH,
+    "relative_attention_num_buckets": MAX_WIDTH,
+    "relative_attention_max_distance": 1 << 30,
+}
+TOKEN_FIELDS = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
+
+
+def check_types(args: "ModelArgs") -> None:
+    """Every setting of config.json has the type its field says (a null, list or string where a number
+    belongs is refused here, with the setting's name, not deep inside the model)."""
+    for f in dataclasses.fields(args):
+        value, kind = getattr(args, f.name), str(f.type)
+        if value is None and kind.startswith("Optional"):
+            continue
+        if "int" in kind and "List" not in kind:
+            ok, what = type(value) is int, "an integer"
+        elif kind == "float":
+            ok, what = type(value) in (int, float) and value == value, "a number"
+        elif kind == "bool":
+            ok, what = type(value) is bool, "true or false"
+        elif kind == "str":
+            ok, what = isinstance(value, str), "a string"
+        elif kind.startswith("Dict"):
+            ok, what = isinstance(value, dict), "an object"
+        else:  # decoder_head_order
+            ok = isinstance(value, list) and all(isinstance(o, list) and all(type(i) is int for i in o) for o in value)
+            what = "a list of lists of integers"
+        if not ok:
+            raise ConfigError(f"config.json: {f.name} must be {what}, not {value!r}")
+
+
+def check_sizes(args: "ModelArgs") -> None:
+    """Sizes in range before anything allocates: positive, bounded, and a model that fits this machine's
+    memory even at 4 bits per weight (the smallest this package stores)."""
+    for name, high in SIZE_FIELDS.items():
+        value = getattr(args, name)
+        if not 1 <= value <= high:
+            raise ConfigError(f"config.json: {name} must be between 1 and {high}, not {value}")
+    for name in TOKEN_FIELDS:
+        if not 0 <= getattr(args, name) < args.vocab_size:
+            raise ConfigError(
+                f"config.json: {name}={getattr(args, name)} is not a token id of the {args.vocab_size}-token vocabulary"
+            )
+    if not args.layer_norm_epsilon > 0:
+        raise ConfigError(f"config.json: layer_norm_epsilon must be > 0, not {args.layer_norm_epsilon}")
+    need, have = args.num_parameters / 2, machine_memory()
+    if have and need > have:
+        raise ConfigError(
+            f"config.json describes a model of {args.num_parameters:,} weights: at least {need / 2**30:.1f} GiB "
+            f"even at 4 bits per weight, more than this machine's {have / 2**30:.1f} GiB of memory"
+        )
+
+
+def machine_memory() -> Optional[int]:
+    """Physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def valid_kv_heads(num_heads: int) -> List[int]:

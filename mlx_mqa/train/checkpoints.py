@@ -16,14 +16,15 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .._version import __version__
-from ..checkpoint.files import atomic_directory, atomic_write_json, save_mlx_weights
-from ..checkpoint.hf import weight_files
+from ..checkpoint.files import atomic_directory, atomic_write_json, remove_stale, save_mlx_weights
+from ..checkpoint.hf import model_file, weight_files
+from ..checkpoint.tensors import read_safetensors_header
 from ..errors import CheckpointError
 from ..models.config import ModelArgs
 from ..models.t5 import Model
@@ -50,9 +51,7 @@ def list_checkpoints(run_dir: Path) -> List[Path]:
 
 def remove_partial(run_dir: Path) -> None:
     """Temporary directories left by a kill during a save are never complete: remove them."""
-    if Path(run_dir).exists():
-        for stale in Path(run_dir).glob(".ckpt-*.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(run_dir, r"ckpt-\d+")
 
 
 def prune(run_dir: Path, keep: int) -> None:
@@ -111,13 +110,43 @@ def save_checkpoint(
 
 
 def read_state(path: Path) -> dict:
-    state_file = Path(path) / STATE_FILE
+    state_file = model_file(Path(path), STATE_FILE)
     if not state_file.exists():
         raise CheckpointError(f"{path} is not a complete training checkpoint (no {STATE_FILE}); delete it")
     try:
-        return json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{state_file} is corrupt ({e}); delete {path} to resume from an older one") from None
+    problem = state_problem(state, Path(path).name)
+    if problem:
+        raise CheckpointError(
+            f"{state_file} is not a valid trainer state: {problem}; delete {path} to resume from an older one"
+        )
+    return state
+
+
+def state_problem(state, name: str) -> Optional[str]:
+    """What is wrong with a trainer state as read (a tampered or hand-edited file), or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        return f"step {step!r} is not a count of updates"
+    m = CKPT_RE.match(name)
+    if m and int(m.group(1)) != step:
+        return f"step {step} in the checkpoint of step {int(m.group(1))}"
+    for key, kind in (("losses", list), ("evals", list), ("data_state", dict), ("settings", dict)):
+        if not isinstance(state.get(key), kind):
+            return f"{key} is not a JSON {'array' if kind is list else 'object'}"
+    losses = state["losses"]
+    if len(losses) != step or not all(type(x) in (int, float) for x in losses):
+        return f"losses must hold one number per step ({step}), not {len(losses)} values"
+    if not all(isinstance(e, dict) for e in state["evals"]):
+        return "evals must hold objects"
+    for key in ("tokens_seen", "train_seconds"):
+        if type(state.get(key, 0)) not in (int, float) or state.get(key, 0) < 0:
+            return f"{key} {state.get(key)!r} is not a non-negative number"
+    return None
 
 
 def read_weights(path: Path, expected: Dict[str, mx.array]) -> Dict[str, mx.array]:
@@ -138,7 +167,7 @@ def read_weights(path: Path, expected: Dict[str, mx.array]) -> Dict[str, mx.arra
 
 def read_optimizer_state(path: Path, expected: Dict[str, mx.array], optimizer: str) -> Dict[str, mx.array]:
     """The checkpoint's flattened optimizer state, checked against `expected` (a fresh optimizer's)."""
-    file = Path(path) / OPT_DIR / OPT_FILE
+    file = model_file(Path(path), f"{OPT_DIR}/{OPT_FILE}")
     opt = _read_safetensors(file)
     if set(opt) != set(expected) or any(tuple(opt[k].shape) != tuple(expected[k].shape) for k in opt):
         raise CheckpointError(f"{file} does not match this optimizer ({optimizer}); was the run made with another one?")
@@ -148,6 +177,7 @@ def read_optimizer_state(path: Path, expected: Dict[str, mx.array], optimizer: s
 def _read_safetensors(file: Path) -> Dict[str, mx.array]:
     if not file.exists():
         raise CheckpointError(f"{file} is missing; the checkpoint is incomplete, delete it")
+    read_safetensors_header(file)
     try:
         arrays = mx.load(str(file))
         mx.eval(arrays)
@@ -174,13 +204,14 @@ def truncate_log(log: Path, step: int) -> None:
     log.write_text("".join(line + "\n" for line in keep))
 
 
-def export_model(ckpt: Path, out: Path, overwrite: bool = False) -> Path:
+def export_model(ckpt: Path, out: Path, overwrite: bool = False, protect: Sequence[Path] = ()) -> Path:
     """Checkpoint `ckpt` as a plain model directory `out` (weights, config.json, tokenizer; no optimizer
-    or trainer state), written atomically: what `mlx_mqa.load` and `convert` read."""
+    or trainer state), written atomically: what `mlx_mqa.load` and `convert` read. `out` never replaces
+    `ckpt` or a `protect`ed path (see `check_output`)."""
     ckpt, out = Path(ckpt), Path(out)
     read_state(ckpt)  # only complete checkpoints
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, protect=[ckpt, *protect], option="--output") as tmp:
         for f in ckpt.iterdir():
             if f.is_file() and f.name != STATE_FILE:
-                shutil.copy2(f, tmp / f.name)
+                shutil.copyfile(model_file(ckpt, f.name), tmp / f.name)
     return out

@@ -72,6 +72,21 @@ class TrainConfig:
             )
         if self.total_steps_for_schedule is not None and self.total_steps_for_schedule < 1:
             raise ConfigError(f"the schedule's horizon must be >= 1 step, not {self.total_steps_for_schedule}")
+        # (name, value, lowest allowed, whether the lowest is excluded); None: not set
+        ranges = (
+            ("--lr", self.lr, 0, True),
+            ("--warmup", self.warmup_steps, 0, False),
+            ("--weight-decay", self.weight_decay, 0, False),
+            ("--clip-grad-norm", self.clip_grad_norm, 0, True),
+            ("--eval-every", self.eval_every, 0, False),
+            ("--save-every", self.save_every, 0, False),
+            ("--keep", self.keep_checkpoints, 1, False),
+        )
+        for name, value, low, strict in ranges:
+            if value is not None and (value != value or (value <= low if strict else value < low)):  # NaN too
+                raise ConfigError(f"{name} must be {'>' if strict else '>='} {low}, not {value}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], not {self.min_lr_ratio}")
 
 
 def schedule_horizon(train: dict) -> Optional[int]:

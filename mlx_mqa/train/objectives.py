@@ -64,6 +64,10 @@ def random_spans_noise_mask(
     return is_noise[:orig_length]
 
 
+# The shortest input length whose windows hold a noise span and corrupt to exactly that length.
+MIN_INPUT_LENGTH = 10
+
+
 def span_lengths(
     inputs_length: int, noise_density: float = NOISE_DENSITY, mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH
 ) -> Tuple[int, int]:

@@ -26,6 +26,7 @@ from ..models.dtypes import check_dtype
 from ..models.t5 import Model
 from .checkpoints import (
     LOG_FILE,
+    STATE_FILE,
     checkpoint_dir,
     list_checkpoints,
     model_signature,
@@ -284,14 +285,22 @@ class Trainer:
             path = ckpts[-1]
         path = Path(path)
         state = read_state(path)
-        self._check_settings(path, state.get("settings", {}))
+        if state["step"] > self.cfg.steps:
+            raise ConfigError(f"{path} is at step {state['step']}, past --steps {self.cfg.steps}")
+        self._check_settings(path, state["settings"])
         weights = read_weights(path, dict(tree_flatten(self.model.parameters())))
         opt = read_optimizer_state(path, dict(tree_flatten(self.optimizer.state)), self.cfg.optimizer)
         self.model.load_weights(list(weights.items()))
         self.optimizer.state = tree_unflatten(list(opt.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
         data_state = state["data_state"]
-        self.data.set_state(data_state["ranks"][self.rank] if self.rank_sharded else data_state)
+        try:
+            self.data.set_state(data_state["ranks"][self.rank] if self.rank_sharded else data_state)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{path}: the data position in {STATE_FILE} is not this run's ({type(e).__name__}: {e}); "
+                f"delete {path} to resume from an older checkpoint"
+            ) from None
         self.step = int(state["step"])
         self.losses = list(state["losses"])
         self.evals = list(state["evals"])

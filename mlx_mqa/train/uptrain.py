@@ -48,6 +48,42 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def check_places(o: dict, run_dir: Path) -> None:
+    """--run-dir and --output, before anything is read: writable, and never a place this run reads from
+    (the model, the teacher), whatever --overwrite says."""
+    from ..checkpoint.files import check_output, check_writable
+    from .checkpoints import list_checkpoints
+
+    if o["resume"] and o["overwrite"]:
+        raise ConfigError("give --resume (continue the run) or --overwrite (start it over), not both")
+    check_writable(run_dir, "--run-dir")
+    sources = [Path(p).expanduser().resolve() for p in (o["model_path"], o["teacher"]) if p and Path(p).exists()]
+    if o["overwrite"]:
+        for ckpt in map(Path.resolve, list_checkpoints(run_dir)):
+            for src in sources:
+                if src == ckpt or ckpt in src.parents:
+                    raise ConfigError(
+                        f"--overwrite would delete {ckpt}, which this run reads; copy it elsewhere or use "
+                        f"another --run-dir"
+                    )
+    if o["output"]:
+        check_output(Path(o["output"]), o["overwrite"], [*sources, run_dir], option="--output")
+    check_run_dir(run_dir, o["resume"], o["overwrite"])
+
+
+def check_data_options(o: dict) -> None:
+    """The data options' ranges, before the model is loaded."""
+    from .objectives import MIN_INPUT_LENGTH
+
+    if o["input_length"] < MIN_INPUT_LENGTH:
+        raise ConfigError(f"--input-length must be at least {MIN_INPUT_LENGTH}, not {o['input_length']}")
+    if not 0 <= o["eval_fraction"] < 1:
+        raise ConfigError(f"--eval-fraction must be in [0, 1), not {o['eval_fraction']}")
+    for name in ("eval_examples", "max_source_length", "max_target_length"):
+        if o[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {o[name]}")
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """--overwrite: delete the run's checkpoints and log (once everything else has been checked)."""
     from .checkpoints import LOG_FILE, list_checkpoints
@@ -167,7 +203,9 @@ def progress(bar):
 @click.option("--save-every", default=100, show_default=True, help="steps between checkpoints (0: end only)")
 @click.option("--keep", default=2, show_default=True, help="checkpoints kept")
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in --run-dir")
-@click.option("--overwrite", is_flag=True, help="delete --run-dir's checkpoints and start over")
+@click.option(
+    "--overwrite", is_flag=True, help="delete --run-dir's checkpoints and start over; replace an existing --output"
+)
 @click.option(
     "--output",
     type=click.Path(file_okay=False),
@@ -234,8 +272,9 @@ def run(o: dict) -> None:
         kd_temperature=o["kd_temperature"],
     )
     cfg.validate()
+    check_data_options(o)
     run_dir = Path(o["run_dir"])
-    check_run_dir(run_dir, o["resume"], o["overwrite"])
+    check_places(o, run_dir)
 
     say(f"loading {o['model_path']}")
     model, tokenizer = load(o["model_path"], dtype=o["dtype"])
@@ -257,8 +296,6 @@ def run(o: dict) -> None:
     )
     if o["resume"]:
         restored = trainer.resume()
-        if restored and trainer.step > total:
-            raise ConfigError(f"{restored} is at step {trainer.step}, past --steps {total}")
         say(
             f"resumed from {restored} (step {trainer.step})"
             if restored
@@ -268,7 +305,7 @@ def run(o: dict) -> None:
         trainer.callback = progress(bar)
         summary = train_interruptibly(trainer, bar, run_dir)
     if trainer.rank == 0:
-        finish(summary, total, run_dir, o["output"])
+        finish(summary, total, run_dir, o)
 
 
 def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
@@ -296,7 +333,7 @@ def train_interruptibly(trainer, bar, run_dir: Path) -> dict:
         signal.signal(signal.SIGINT, old)
 
 
-def finish(summary: dict, total: int, run_dir: Path, output) -> None:
+def finish(summary: dict, total: int, run_dir: Path, o: dict) -> None:
     from .checkpoints import export_model, list_checkpoints
 
     ev = summary["eval"]
@@ -309,7 +346,8 @@ def finish(summary: dict, total: int, run_dir: Path, output) -> None:
         say(f"stopped early; rerun with --resume to continue from step {summary['step']}")
         sys.exit(130)
     final = list_checkpoints(run_dir)[-1]
-    if output:
-        export_model(final, Path(output), overwrite=True)
-        say(f"model written to {output}")
+    if o["output"]:
+        sources = [Path(p) for p in (o["model_path"], o["teacher"]) if p and Path(p).exists()]
+        export_model(final, Path(o["output"]), overwrite=o["overwrite"], protect=[*sources, run_dir])
+        say(f"model written to {o['output']}")
     say(f"final checkpoint: {final} (loads with mlx_mqa.load)")

@@ -1,7 +1,9 @@
 """Conversion from every checkpoint format, and bad input refused cleanly with nothing left behind."""
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -128,9 +130,6 @@ def test_missing_shard_and_missing_weights(tmp_path, small_cfg, tokenizer):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(small_cfg))
-    with pytest.raises(CheckpointError, match="no tokenizer files"):
-        convert(str(empty), tmp_path / "out")
-    tokenizer.save_pretrained(str(empty))
     with pytest.raises(CheckpointError, match="holds no weights"):
         convert(str(empty), tmp_path / "out")
 
@@ -221,3 +220,56 @@ def test_conversion_holds_about_one_tensor_at_a_time(tmp_path, tokenizer):
     mx.reset_peak_memory()
     convert(str(src), tmp_path / "out", kv_heads=1, dtype="bfloat16")
     assert mx.get_peak_memory() < 3 * max(sizes) < 0.5 * sum(sizes), (mx.get_peak_memory(), max(sizes), sum(sizes))
+
+
+def convert_cli(*args):
+    """The convert CLI in this process (fast): its result."""
+    from click.testing import CliRunner
+
+    from mlx_mqa.convert import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("target", ["src", ".", "src/../src"])  # the source, its parent, another spelling
+def test_overwrite_never_deletes_the_source_or_an_ancestor_of_it(tmp_path, small_cfg, tokenizer, target):
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    before = sorted(p.name for p in src.iterdir())
+    r = convert_cli("--hf-path", src, "--mlx-path", tmp_path / target, "--kv-heads", 2, "--overwrite")
+    assert r.exit_code == 2 and r.output.startswith("error: --mlx-path ") and "which this run reads" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and sorted(p.name for p in src.iterdir()) == before
+    r = convert_cli("--hf-path", src, "--mlx-path", tmp_path / "tok", "--tokenizer", src, "--overwrite")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_stale_partial_output_of_a_killed_convert_is_removed(tmp_path, small_cfg, tokenizer):
+    import subprocess
+
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    stale = tmp_path / f".out.partial-{p.pid}-0badc0de"  # what a SIGKILL'd convert leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    r = convert_cli("--hf-path", src, "--mlx-path", tmp_path / "out", "--kv-heads", 2)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+def test_an_unwritable_output_is_refused_before_reading_and_named(tmp_path, small_cfg, tokenizer):
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    (tmp_path / "file").write_text("x")
+    r = convert_cli("--hf-path", src, "--mlx-path", tmp_path / "file" / "out")
+    assert r.exit_code == 2 and "cannot write --mlx-path" in r.output and "is a file" in r.output
+    assert "disk space" not in r.output and "[convert] reading" not in r.output
+
+
+def test_the_output_follows_the_umask(tmp_path, small_cfg, tokenizer):
+    src = save_random_checkpoint(small_cfg, tmp_path / "src", tokenizer=tokenizer)
+    old = os.umask(0o022)
+    try:
+        out = convert(str(src), tmp_path / "out", kv_heads=2)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}

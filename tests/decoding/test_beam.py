@@ -124,3 +124,41 @@ def test_beam_search_on_a_quantized_gqa_model(eos_checkpoint, tokenizer, tmp_pat
     eager = beam_search(model, ids, mask, num_beams=3, max_new_tokens=12, compiled=False)
     assert compiled == eager and all(0 < len(r) <= 12 for r in compiled)
     assert beam_search(model, ids, mask, num_beams=1, max_new_tokens=12) == generate_tokens(model, ids, mask, 12)
+
+
+def test_logits_processors_act_on_the_beams(eos_checkpoint, tokenizer):
+    model = load_model(eos_checkpoint, dtype="float32")
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+    plain = beam_search(model, ids, mask, num_beams=3, max_new_tokens=8)
+    banned = plain[0][0]
+
+    def ban(history, logprobs):
+        assert history.shape[0] == 3 * 3 and int(history[0, 0]) == model.args.decoder_start_token_id
+        logprobs[:, banned] = -float("inf")
+        return logprobs
+
+    rows = beam_search(model, ids, mask, num_beams=3, max_new_tokens=8, logits_processors=[ban])
+    assert all(banned not in row for row in rows) and rows != plain
+
+
+def test_beam_search_refuses_what_it_would_ignore(eos_checkpoint, tokenizer):
+    from mlx_mqa.decoding.sample_utils import greedy
+    from mlx_mqa.errors import InputError
+
+    model = load_model(eos_checkpoint, dtype="float32")
+    ids, mask = (mx.array(a) for a in batch(tokenizer))
+
+    def sample(logprobs):
+        return mx.random.categorical(logprobs)
+
+    with pytest.raises(InputError, match="takes no sampler; sample with num_beams=1"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=4, sampler=sample)
+    with pytest.raises(InputError, match="takes no sampler"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=4, num_beams=2, sampler=sample)
+    with pytest.raises(InputError, match="beam search takes no ignore_eos, temp"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=4, temp=0.7, ignore_eos=True)
+    with pytest.raises(InputError, match="early_stopping must be True, False or 'never', got 'yes'"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=4, early_stopping="yes")
+    assert beam_search(model, ids, mask, num_beams=2, max_new_tokens=4, sampler=greedy) == beam_search(
+        model, ids, mask, num_beams=2, max_new_tokens=4
+    )

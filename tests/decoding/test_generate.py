@@ -85,3 +85,51 @@ def test_empty_and_overlong_prompts_are_refused(hf_checkpoint, tokenizer):
         generate(model, tokenizer, PROMPTS, max_input_tokens=8)
     out = generate(model, tokenizer, PROMPTS, max_input_tokens=8, truncate=True, max_new_tokens=3, return_result=True)
     assert max(out.prompt_tokens) == 8
+
+
+@pytest.mark.parametrize(
+    "prompts,pattern",
+    [
+        (None, "prompts must be a string or a list of strings, not NoneType"),
+        (5, "not int"),
+        (b"summarize: x", "not bytes"),
+        (["summarize: x", None], "prompt 1 is a NoneType, not a string"),
+        ([3], "prompt 0 is a int, not a string"),
+        ([], "no prompts given"),
+        (["  "], "prompt 0 is empty"),
+    ],
+)
+def test_prompts_that_are_not_strings_are_input_errors(prompts, pattern, hf_checkpoint, tokenizer):
+    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
+    with pytest.raises(InputError, match=pattern):
+        generate(model, tokenizer, prompts, max_new_tokens=2)
+
+
+def test_any_iterable_of_prompts_is_accepted(hf_checkpoint, tokenizer):
+    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
+    listed = generate(model, tokenizer, PROMPTS, max_new_tokens=3)
+    assert generate(model, tokenizer, (p for p in PROMPTS), max_new_tokens=3) == listed
+    assert generate(model, tokenizer, tuple(PROMPTS), max_new_tokens=3, num_beams=2) == generate(
+        model, tokenizer, PROMPTS, max_new_tokens=3, num_beams=2
+    )
+    with pytest.raises(InputError, match="max_input_tokens must be a positive integer, got 0"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, max_input_tokens=0, truncate=True)
+
+
+def test_samplers_are_checked(hf_checkpoint, tokenizer):
+    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
+    V = model.args.vocab_size
+
+    def beyond(logprobs):
+        return mx.full((logprobs.shape[0],), V, mx.int32)
+
+    with pytest.raises(InputError, match=rf"token id {V}, outside the vocabulary \[0, {V}\)"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, sampler=beyond)
+    with pytest.raises(InputError, match=r"token id -1, outside"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, sampler=lambda lp: mx.full((3,), -1, mx.int32))
+    with pytest.raises(InputError, match=r"returned shape \(3, 1\); it must return one token per row \(3,\)"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, sampler=lambda lp: mx.argmax(lp, axis=-1)[:, None])
+    with pytest.raises(InputError, match="sampler must be a function"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, sampler=0.7)
+    with pytest.raises(InputError, match="logits_processors must be a list of functions"):
+        generate(model, tokenizer, PROMPTS, max_new_tokens=3, logits_processors=[1.2])

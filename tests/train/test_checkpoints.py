@@ -71,3 +71,37 @@ def test_export_refuses_an_incomplete_checkpoint(tokenizer, tmp_path):
     with pytest.raises(CheckpointError, match="not a complete training checkpoint"):
         export_model(ckpt, tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda s: [s], "not a JSON object"),
+        (lambda s: {**s, "step": -1}, r"step -1 is not a count of updates"),
+        (lambda s: {**s, "step": "2"}, r"step '2' is not a count of updates"),
+        (lambda s: {**s, "step": 3}, r"step 3 in the checkpoint of step 2"),
+        (lambda s: {**s, "losses": None}, r"losses is not a JSON array"),
+        (lambda s: {**s, "losses": ["a", "b"]}, r"losses must hold one number per step \(2\)"),
+        (lambda s: {**s, "data_state": []}, r"data_state is not a JSON object"),
+        (lambda s: {**s, "settings": "x"}, r"settings is not a JSON object"),
+        (lambda s: {**s, "evals": [1]}, r"evals must hold objects"),
+        (lambda s: {**s, "tokens_seen": -5}, r"tokens_seen -5 is not a non-negative number"),
+        (lambda s: {**s, "data_state": {"sampler": {"epoch": "x"}}}, r"the data position in trainer_state.json"),
+    ],
+)
+def test_a_tampered_trainer_state_is_refused_on_resume(tokenizer, tmp_path, change, pattern):
+    ckpt = _saved(tokenizer, tmp_path / "r")
+    state_file = ckpt / STATE_FILE
+    state_file.write_text(json.dumps(change(json.loads(state_file.read_text()))))
+    with pytest.raises(CheckpointError, match=pattern):
+        span_trainer(tokenizer, tmp_path / "r", steps=4, keep_tokenizer=True).resume()
+
+
+def test_a_checkpoint_past_the_runs_steps_is_refused(tokenizer, tmp_path):
+    from mlx_mqa.errors import ConfigError
+
+    _saved(tokenizer, tmp_path / "r", steps=3)
+    trainer = span_trainer(tokenizer, tmp_path / "r", steps=2, keep_tokenizer=True)
+    with pytest.raises(ConfigError, match=r"ckpt-0000003 is at step 3, past --steps 2"):
+        trainer.resume()
+    assert trainer.step == 0

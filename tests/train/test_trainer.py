@@ -1,6 +1,8 @@
 """The trainer: the loss falls, accumulation is exact, the schedule, exact resume, refusals."""
 
 import json
+import subprocess
+import sys
 
 import mlx.core as mx
 import numpy as np
@@ -116,7 +118,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tokenizer, tmp_path):
     with pytest.raises(Crash):
         _run(tokenizer, tmp_path / "b", crash_at=5)  # checkpoint at 3; steps 4-5 are lost
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["ckpt-0000003"]
-    (tmp_path / "b" / ".ckpt-0000006.partial-x").mkdir()  # as a kill during a save leaves it
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "b" / f".ckpt-0000006.partial-{dead.pid}-0badc0de").mkdir()  # as a kill during a save leaves it
     resumed = _run(tokenizer, tmp_path / "b", resume=True)
     assert resumed.losses == straight.losses
     assert [e["eval_loss"] for e in resumed.evals] == [e["eval_loss"] for e in straight.evals]

@@ -1,6 +1,7 @@
 """The uptrain CLI end to end: span corruption and supervised runs, resume, export, and one-line errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,126 @@ def test_cli_streamed_corpus_trains_and_resumes_exactly(converted, corpus, tmp_p
     one_line_error(r, 2, r"--stream reads span-corruption corpora")
     r = CliRunner().invoke(main, span_args(converted, tmp_path / "t", corpus, "--stream", "--steps", "2"))
     one_line_error(r, 4, r"held-out windows take all 40 documents of the corpus: lower --eval-examples")
+
+
+@pytest.mark.parametrize("which", ["folder", "run-dir", "model", "ancestor"])
+def test_cli_output_never_deletes_what_exists_without_overwrite_nor_a_source(converted, corpus, tmp_path, which):
+    folder, run = tmp_path / "notes", tmp_path / "run"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in converted.iterdir())
+    target = {"folder": folder, "run-dir": run, "model": converted, "ancestor": tmp_path}[which]
+    if which == "run-dir":  # a run with checkpoints, continued with --output pointing at it
+        assert CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", "2")).exit_code == 0
+    extra = ["--resume"] if which == "run-dir" else ["--overwrite"] if which != "folder" else []
+    r = CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", "4", "--output", target, *extra))
+    if which == "folder":
+        one_line_error(r, 3, r"notes already exists; choose another --output or pass --overwrite")
+    else:
+        one_line_error(r, 2, r"^error: --output .* would replace .*, which this run reads; choose another --output")
+    assert "data:" not in r.output  # refused before any work
+    assert (folder / "keep.txt").read_text() == "mine" and sorted(p.name for p in converted.iterdir()) == before
+    assert [p.name for p in list_checkpoints(run)] == (["ckpt-0000002"] if which == "run-dir" else [])
+    if which == "folder":  # --overwrite replaces it with the model
+        args = span_args(converted, run, corpus, "--steps", "2", "--output", folder, "--overwrite")
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and not (folder / "keep.txt").exists() and (folder / "config.json").exists()
+
+
+def test_cli_overwrite_never_deletes_a_checkpoint_the_run_starts_from(converted, corpus, tmp_path):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", "2")).exit_code == 0
+    ckpt = list_checkpoints(run)[-1]
+    r = CliRunner().invoke(main, span_args(ckpt, run, corpus, "--steps", "2", "--overwrite"))
+    one_line_error(r, 2, r"--overwrite would delete .*ckpt-0000002, which this run reads")
+    assert list_checkpoints(run) == [ckpt]
+    r = CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", "4", "--resume", "--overwrite"))
+    one_line_error(r, 2, r"give --resume .* or --overwrite .*, not both")
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--input-length", "-4"], r"--input-length must be at least 10, not -4"),
+        (["--clip-grad-norm", "-1"], r"--clip-grad-norm must be > 0, not -1.0"),
+        (["--lr", "-1"], r"--lr must be > 0, not -1.0"),
+        (["--lr", "nan"], r"--lr must be > 0, not nan"),
+        (["--save-every", "-1"], r"--save-every must be >= 0, not -1"),
+        (["--warmup", "-3"], r"--warmup must be >= 0, not -3"),
+        (["--eval-every", "-2"], r"--eval-every must be >= 0"),
+        (["--keep", "0"], r"--keep must be >= 1, not 0"),
+        (["--weight-decay", "-0.1"], r"--weight-decay must be >= 0"),
+        (["--min-lr-ratio", "2"], r"--min-lr-ratio must be in \[0, 1\], not 2.0"),
+        (["--eval-fraction", "1.5"], r"--eval-fraction must be in \[0, 1\), not 1.5"),
+        (["--eval-examples", "0"], r"--eval-examples must be at least 1"),
+        (["--max-source-length", "0"], r"--max-source-length must be at least 1"),
+    ],
+)
+def test_cli_bad_option_values_are_refused_before_any_work(converted, corpus, tmp_path, args, pattern):
+    r = CliRunner().invoke(main, span_args(converted, tmp_path / "run", corpus, "--steps", "2", *args))
+    one_line_error(r, 2, pattern)
+    assert not (tmp_path / "run").exists() and "loading" not in r.output
+
+
+def test_cli_unwritable_places_are_refused_before_training(converted, corpus, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(main, span_args(converted, tmp_path / "file" / "run", corpus, "--steps", "2"))
+    one_line_error(r, 2, r"cannot write --run-dir .*file/run: .*file is a file; choose another --run-dir")
+    out = tmp_path / "file" / "final"
+    r = CliRunner().invoke(main, span_args(converted, tmp_path / "run", corpus, "--steps", "2", "--output", out))
+    one_line_error(r, 2, r"cannot write --output .*: .*file is a file; choose another --output")
+    assert not (tmp_path / "run").exists() and "disk space" not in r.output
+
+
+def test_cli_refuses_a_model_without_a_tokenizer(converted, corpus, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(converted, bare)
+    for f in bare.glob("*token*"):
+        f.unlink()
+    (bare / "spiece.model").unlink(missing_ok=True)
+    r = CliRunner().invoke(main, span_args(bare, tmp_path / "run", corpus, "--steps", "2"))
+    one_line_error(r, 3, r"bare has no tokenizer \(tokenizer.json or spiece.model\)")
+    assert not list_checkpoints(tmp_path / "run")
+
+
+def test_cli_checkpoints_and_output_follow_the_umask(converted, corpus, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        args = span_args(converted, tmp_path / "run", corpus, "--steps", "1", "--output", tmp_path / "out")
+        r = CliRunner().invoke(main, args)
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    for d in (list_checkpoints(tmp_path / "run")[-1], tmp_path / "out"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in d.iterdir() if p.is_file()} == {0o644}
+
+
+def test_cli_resumes_after_a_sigkill(converted, corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = span_args(converted, run, corpus, "--steps", 100000, "--save-every", 1, "--keep", 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_mqa.uptrain", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list_checkpoints(run)) < 1:
+        time.sleep(0.1)
+    time.sleep(0.3)  # likely inside a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    step = int(list_checkpoints(run)[-1].name.split("-")[1])
+    r = CliRunner().invoke(main, span_args(converted, run, corpus, "--steps", step + 2, "--save-every", 1, "--resume"))
+    assert r.exit_code == 0 and f"step {step}" in r.output, r.output
+    assert list_checkpoints(run)[-1].name == f"ckpt-{step + 2:07d}"
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # the killed save's partial dir is gone
