@@ -9,7 +9,6 @@ evaluates while the graph is built (the Linux CPU engine's attention kernel).
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import mlx.core as mx
@@ -17,6 +16,7 @@ import mlx.core as mx
 from .. import engine
 from ..errors import InputError
 from ..models.cache import StaticKVCache
+from ..models.config import machine_memory
 from .compiled import compiled_decode_step, discard_compiled_steps, model_lock
 from .device import on_generation_stream
 
@@ -27,14 +27,6 @@ ENCODE_TOKENS = 4096
 LAYERWISE_TOKENS = 1024
 # The share of the machine's memory one decode may plan to use.
 FIT_FRACTION = 0.8
-
-
-def machine_memory() -> Optional[int]:
-    """Bytes of memory on this machine (the GPU's share of it is the same memory on Apple silicon)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_decode_fits(model, rows: int, max_steps: int, itemsize: int) -> None:
