@@ -53,8 +53,6 @@ def check_options(o: dict) -> None:
         raise ConfigError(f"--length-penalty must be a finite number, not {o['length_penalty']}")
     if o["max_input_tokens"] is not None and o["max_input_tokens"] < 1:
         raise ConfigError(f"--max-input-tokens must be at least 1, not {o['max_input_tokens']}")
-    if o["truncate"] and o["max_input_tokens"] is None:
-        raise ConfigError("--truncate needs --max-input-tokens N (the length to cut prompts at)")
     if o["num_beams"] > 1:
         given = [f"--{k.replace('_', '-')}" for k in SAMPLING if o[k]]
         if given:
@@ -115,7 +113,12 @@ def _stream(model, tokenizer, prompt, max_tokens, options) -> str:
 @click.option("--top-k", type=int, default=0, show_default=True, help="Top-k sampling (0: off).")
 @click.option("--repetition-penalty", type=float, default=None, help="mlx-lm's repetition penalty (e.g. 1.2).")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
-@click.option("--max-input-tokens", type=int, default=None, help="Longer prompts are an error unless --truncate.")
+@click.option(
+    "--max-input-tokens",
+    type=int,
+    default=None,
+    help="Longer prompts are an error unless --truncate (default: the model's n_positions, else 512).",
+)
 @click.option("--truncate", is_flag=True, help="Cut prompts longer than --max-input-tokens.")
 @click.option(
     "--dtype",

@@ -62,7 +62,6 @@ def test_bad_input_is_one_line_with_its_exit_code(tmp_path):
         (["--num-beams", "0"], r"--num-beams must be at least 1, not 0"),
         (["--no-repeat-ngram-size", "-1"], r"--no-repeat-ngram-size must be at least 0"),
         (["--max-input-tokens", "0", "--truncate"], r"--max-input-tokens must be at least 1, not 0"),
-        (["--truncate"], r"--truncate needs --max-input-tokens N"),
         (["--num-beams", "3", "--temp", "0.7", "--top-k", "5"], r"3\) samples nothing: drop --temp, --top-k$"),
         (["--early-stopping", "true"], r"--length-penalty and --early-stopping apply to beam search; add --num-beams"),
         (["--length-penalty", "2"], r"apply to beam search"),

@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import InputError
+from .device import wired_limit
 from .inputs import cut_after_eos
 from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
 from .state import DecodeState
@@ -36,6 +37,7 @@ def check_beam_options(early_stopping, sampler, options: dict) -> None:
         raise InputError(f"beam search takes no {', '.join(sorted(options))}")
 
 
+@wired_limit()
 def beam_search(
     model,
     input_ids: mx.array,

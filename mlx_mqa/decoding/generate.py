@@ -9,6 +9,7 @@ import mlx.core as mx
 
 from ..errors import InputError
 from .beam import beam_search, check_num_beams
+from .device import wired_limit
 from .inputs import cut_after_eos, encode_prompts
 from .sample_utils import LogitsProcessor, Sampler, greedy, no_repeat_ngram_processor
 from .state import DecodeState
@@ -52,7 +53,9 @@ def generate_step(
     )
 
     def step(y: mx.array, finished: mx.array, n: int):
-        logprobs = state.logits(y).astype(mx.float32)
+        # A sampler's id outside the vocabulary is reported when read; the step queued before that embeds a
+        # clipped one, never an out-of-range index.
+        logprobs = state.logits(mx.clip(y, 0, args.vocab_size - 1)).astype(mx.float32)
         logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
         if logits_processors:
             for proc in logits_processors:
@@ -70,21 +73,23 @@ def generate_step(
 
     y = mx.full((B,), args.decoder_start_token_id, dtype=mx.int32)
     finished = mx.zeros((B,), dtype=mx.bool_)
-    y, finished = step(y, finished, 0)
-    mx.async_eval(y, finished)
-    for n in range(max_new_tokens):
-        if n + 1 < max_new_tokens:
-            next_y, next_finished = step(y, finished, n + 1)
-            mx.async_eval(next_y, next_finished)
-        tokens, done = y.tolist(), finished.tolist()
-        bad = [t for t in tokens if not 0 <= t < args.vocab_size]
-        if bad:  # before a later step embeds it
-            raise InputError(f"the sampler returned token id {bad[0]}, outside the vocabulary [0, {args.vocab_size})")
-        yield StepOutput(tokens, done, n)
-        if all(done) and not ignore_eos:
-            break
-        if n + 1 < max_new_tokens:
-            y, finished = next_y, next_finished
+    with wired_limit():
+        y, finished = step(y, finished, 0)
+        mx.async_eval(y, finished)
+        for n in range(max_new_tokens):
+            if n + 1 < max_new_tokens:
+                next_y, next_finished = step(y, finished, n + 1)
+                mx.async_eval(next_y, next_finished)
+            tokens, done = y.tolist(), finished.tolist()
+            bad = [t for t in tokens if not 0 <= t < args.vocab_size]
+            if bad:
+                V = args.vocab_size
+                raise InputError(f"the sampler returned token id {bad[0]}, outside the vocabulary [0, {V})")
+            yield StepOutput(tokens, done, n)
+            if all(done) and not ignore_eos:
+                break
+            if n + 1 < max_new_tokens:
+                y, finished = next_y, next_finished
 
 
 def check_callables(sampler, logits_processors) -> None:
@@ -94,6 +99,11 @@ def check_callables(sampler, logits_processors) -> None:
         isinstance(logits_processors, str) or not all(callable(p) for p in logits_processors)
     ):
         raise InputError("logits_processors must be a list of functions (history, logprobs) -> logprobs")
+
+
+def _input_limit(model, max_input_tokens: Optional[int]) -> int:
+    """None: the model's default (its config's n_positions, else 512), so a huge prompt cannot hold the model."""
+    return model.args.max_input_tokens if max_input_tokens is None else max_input_tokens
 
 
 @dataclass
@@ -113,7 +123,7 @@ def stream_generate(
     **kwargs,
 ):
     """Yield the StepOutput of every step of a batched generation."""
-    batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
+    batch = encode_prompts(tokenizer, prompts, _input_limit(model, max_input_tokens), truncate)
     yield from generate_step(
         model,
         batch.input_ids,
@@ -147,7 +157,7 @@ def generate(
     """Generate for a prompt or a list of prompts; returns the decoded strings (or a GenerationResult)."""
     single = isinstance(prompts, str)
     check_num_beams(num_beams)
-    batch = encode_prompts(tokenizer, prompts, max_input_tokens, truncate)
+    batch = encode_prompts(tokenizer, prompts, _input_limit(model, max_input_tokens), truncate)
     kw = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kwargs)
     if num_beams > 1:
         tokens = beam_search(

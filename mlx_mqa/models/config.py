@@ -29,6 +29,9 @@ class ModelArgs:
     decoder_start_token_id: int = 0
     pad_token_id: int = 0
     eos_token_id: int = 1
+    # The input length the model was trained for (older configs): prompts longer are refused or truncated by
+    # default (`max_input_tokens`), since the encoder's cost grows with its square.
+    n_positions: Optional[int] = None
     model_type: str = "t5"
     # Key/value heads of the decoder (self- and cross-attention) and of the encoder.
     # None means multi-head (= num_heads).
@@ -82,6 +85,11 @@ class ModelArgs:
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
 
     @property
+    def max_input_tokens(self) -> int:
+        """The default limit on a prompt's tokens (generate's `max_input_tokens`)."""
+        return self.n_positions or DEFAULT_INPUT_TOKENS
+
+    @property
     def inner_dim(self) -> int:
         return self.num_heads * self.d_kv
 
@@ -118,6 +126,8 @@ SIZE_FIELDS = {  # field: upper bound
     "relative_attention_num_buckets": MAX_WIDTH,
     "relative_attention_max_distance": 1 << 30,
 }
+# T5's pretraining input length: the default limit on prompts where config.json has no n_positions.
+DEFAULT_INPUT_TOKENS = 512
 TOKEN_FIELDS = ("decoder_start_token_id", "pad_token_id", "eos_token_id")
 
 
@@ -152,6 +162,8 @@ def check_sizes(args: "ModelArgs") -> None:
         value = getattr(args, name)
         if not 1 <= value <= high:
             raise ConfigError(f"config.json: {name} must be between 1 and {high}, not {value}")
+    if args.n_positions is not None and not 1 <= args.n_positions <= 1 << 30:
+        raise ConfigError(f"config.json: n_positions must be between 1 and {1 << 30}, not {args.n_positions}")
     for name in TOKEN_FIELDS:
         if not 0 <= getattr(args, name) < args.vocab_size:
             raise ConfigError(
