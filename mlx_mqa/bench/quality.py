@@ -15,8 +15,10 @@ import numpy as np
 
 from ..decoding.generate import generate
 from ..decoding.inputs import encode_prompts
-from .data import Example
-from .rouge import METRICS, score, sentence_splitter
+from .data import QualityJob, with_prefix
+from .report import progress_bar
+from .rouge import METRICS, mean_rouge, score, sentence_splitter
+from .variants import VariantSpec
 
 
 @dataclass
@@ -163,60 +165,98 @@ class QualityResult:
 
 
 def evaluate(
-    variant: str,
+    spec: VariantSpec,
     backend: str,
-    kv_heads: int,
-    num_heads: int,
-    quantize_bits: Optional[int],
-    dataset: str,
-    examples: Sequence[Example],
+    job: QualityJob,
+    num_beams: int,
     generation: Generation,
     tokenizer,
-    input_len: int,
-    output_len: int,
-    num_beams: int,
     batch_size: int,
     bootstrap: int = 1000,
     seed: int = 0,
     rouge_meaningful: bool = True,
-    pool: str = "mean",
-    grouping: str = "contiguous",
 ) -> QualityResult:
     """Decode, score and package one variant's generations (`rouge_meaningful=False` for random weights)."""
-    texts = tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)
-    texts = [t.strip() for t in texts]
-    refs = [e.summary for e in examples]
-    summary, per = score(texts, refs, use_stemmer=True, n_resamples=bootstrap, seed=seed)
+    texts = [t.strip() for t in tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)]
+    summary, per = score(texts, [e.summary for e in job.examples], n_resamples=bootstrap, seed=seed)
     preds = [
-        {
-            "id": e.id,
-            "prediction": t,
-            "reference": e.summary,
-            "tokens": tok,
-            **{m: float(per[m][i]) for m in METRICS},
-            **({} if rouge_meaningful else {"rouge_meaningful": False}),
-        }
-        for i, (e, t, tok) in enumerate(zip(examples, texts, generation.tokens))
+        {"id": e.id, "prediction": t, "reference": e.summary, "tokens": tok, **{m: float(per[m][i]) for m in METRICS}}
+        | ({} if rouge_meaningful else {"rouge_meaningful": False})
+        for i, (e, t, tok) in enumerate(zip(job.examples, texts, generation.tokens))
     ]
+    n = len(job.examples)
     return QualityResult(
-        variant=variant,
+        variant=spec.name,
         backend=backend,
-        kv_heads=kv_heads,
-        num_heads=num_heads,
-        quantize_bits=quantize_bits,
-        dataset=dataset,
-        n=len(examples),
-        input_len=input_len,
-        output_len=output_len,
+        kv_heads=spec.kv_heads,
+        num_heads=spec.num_heads,
+        quantize_bits=spec.quantize_bits,
+        dataset=job.label,
+        n=n,
+        input_len=job.input_len,
+        output_len=job.output_len,
         num_beams=num_beams,
         batch_size=batch_size,
         rouge={m: s.to_dict() for m, s in summary.items()},
-        mean_rouge=float(np.mean([summary[m].mean for m in ("rouge1", "rouge2", "rougeL")])),
-        time_per_sample_s=generation.seconds / max(len(examples), 1),
+        mean_rouge=mean_rouge(summary),
+        time_per_sample_s=generation.seconds / max(n, 1),
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
         sentence_splitter=sentence_splitter(),
         rouge_meaningful=rouge_meaningful,
-        pool=pool,
-        grouping=grouping,
+        pool=spec.pool,
+        grouping=spec.grouping,
         predictions=preds,
     )
+
+
+# ----------------------------------------------------------------------------------------------- the run's step
+
+
+def torch_quality_heads(cfg, kv_heads: Sequence[int], num_heads: int) -> List[int]:
+    """K/V head counts that get a PyTorch quality reference (--torch-quality). A GQA/MQA reference is the
+    group-mean model, so it runs only when some variant is mean-pooled in contiguous groups."""
+    if not cfg.torch or cfg.torch_quality == "none":
+        return []
+    heads = list(kv_heads) if cfg.torch_quality == "all" else [num_heads]
+    mean = "mean" in cfg.pool and cfg.grouping == "contiguous"
+    return [g for g in heads if g == num_heads or mean]
+
+
+def run_quality(cfg, jobs: Sequence[QualityJob], variants, refs, tokenizer, random_weights: bool, say):
+    """Generation + ROUGE of every MLX variant (`run.MlxVariant`) and PyTorch reference (`torch_reference.
+    References`) on every dataset, per beam width; the MLX tokens compared with the reference made the same way."""
+    out: List[QualityResult] = []
+    H = variants[0].spec.num_heads if variants else 0
+    kv = list(dict.fromkeys(v.spec.kv_heads for v in variants))
+    heads = torch_quality_heads(cfg, kv, H) if refs is not None else []
+    for job, nb in [(j, b) for j in jobs for b in cfg.num_beams]:
+        prompts = with_prefix(job.examples, cfg.prefix)
+        say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, {nb} beam(s)")
+        gen_args = (tokenizer, prompts, job.input_len, job.output_len, cfg.quality_batch_size, nb)
+        eval_kw = dict(tokenizer=tokenizer, batch_size=cfg.quality_batch_size, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        eval_kw["rouge_meaningful"] = not random_weights
+        with progress_bar((len(variants) + len(heads)) * len(prompts), f"quality {job.label}", cfg.progress) as bar:
+            tokens = {}
+            for v in variants:
+                bar.set_postfix_str(v.spec.name, refresh=False)
+                gen = generate_mlx(v.model, *gen_args, progress=bar.update)
+                tokens[v.spec.name] = gen.tokens
+                out.append(evaluate(v.spec, "mlx", job, nb, gen, **eval_kw))
+            for g in heads:
+                spec = VariantSpec(g, H)
+                bar.set_postfix_str("torch " + spec.name, refresh=False)
+                gen = generate_torch(refs.get(g), *gen_args, refs.device, progress=bar.update)
+                out.append(evaluate(spec, "torch", job, nb, gen, **eval_kw))
+                match_reference(out, spec, job.label, nb, tokens, gen.tokens)
+                if g != H:  # keep only the multi-head reference in memory
+                    refs.drop(g)
+    return out
+
+
+def match_reference(out: List[QualityResult], spec: VariantSpec, dataset: str, nb: int, tokens, ref_tokens) -> None:
+    """Compare the tokens of every MLX result made as the reference `spec` is (same G, mean, contiguous)."""
+    for q in out:
+        same = (q.backend, q.dataset, q.kv_heads, q.num_beams, q.pool, q.grouping)
+        if same == ("mlx", dataset, spec.kv_heads, nb, spec.pool, spec.grouping):
+            q.reference_variant = "torch " + spec.name
+            q.tokens_match_reference = compare_tokens(tokens[q.variant], ref_tokens)

@@ -1,10 +1,10 @@
-"""Plain-text tables of a results dict, for the terminal (the CLI prints them)."""
+"""What a user sees: plain-text tables of a results dict (the CLI prints them) and progress bars on stderr."""
 
 from __future__ import annotations
 
+import sys
 from typing import List, Optional, Sequence
 
-from .budget import budget_summary
 from .rouge import METRICS
 
 RANDOM_ROUGE_WARNING = (
@@ -17,6 +17,13 @@ To benchmark a real checkpoint (needs the model hub, or a local copy of the chec
   python bench.py --model google/t5-large-lm-adapt --preset paper --limit 500
   python bench.py --model ./my-t5-dir --data my_articles.jsonl      # offline: JSONL with id, document, summary
 Note: GQA/MQA made by mean pooling need uptraining (Ainslie et al. 2023) before their ROUGE approaches MHA's."""
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A step's tqdm bar on stderr (off when `enabled` is False), cleared when it closes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def _table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[str] = None) -> str:
@@ -42,19 +49,8 @@ def _x(v) -> str:
 
 
 def speed_table(speed: Sequence[dict]) -> str:
-    headers = [
-        "variant",
-        "B",
-        "in->out",
-        "encoder ms",
-        "decode ms/step [min-max]",
-        "ms/sample",
-        "gen tok/s",
-        "peak MiB",
-        "KV MiB",
-        "decode speedup",
-        "predicted",
-    ]
+    headers = "variant|B|in->out|encoder ms|decode ms/step [min-max]|ms/sample|gen tok/s|peak MiB|KV MiB"
+    headers = [*headers.split("|"), "decode speedup", "predicted"]
     rows = []
     for r in speed:
         d = r["decode_step_s"]
@@ -79,16 +75,8 @@ def speed_table(speed: Sequence[dict]) -> str:
 
 def traffic_table(speed: Sequence[dict]) -> str:
     """The memory-traffic model next to the measurement, MLX variants only."""
-    headers = [
-        "variant",
-        "B",
-        "in->out",
-        "weights MiB/step",
-        "KV MiB/step",
-        "total MiB/step",
-        "predicted speedup",
-        "measured speedup",
-    ]
+    headers = "variant|B|in->out|weights MiB/step|KV MiB/step|total MiB/step|predicted speedup|measured speedup"
+    headers = headers.split("|")
     rows = []
     for r in speed:
         if r["backend"] != "mlx":
@@ -249,6 +237,8 @@ def summary(res: dict) -> str:
         if res["mlx_vs_torch"]:
             out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
     if res.get("budget"):
+        from .research.budget import budget_summary
+
         b = res["budget"]
         out += ["", f"Largest batch within the memory budget ({b['input_len']} -> {b['output_len']} tokens):"]
         out += budget_summary(b["rows"])

@@ -277,6 +277,11 @@ def timed_pool(pools: Sequence[str]) -> str:
     return DEFAULT_POOL if DEFAULT_POOL in pools else pools[0]
 
 
+def represents_speed(spec: VariantSpec, pools: Sequence[str]) -> bool:
+    """Whether `spec` is timed for its shape: MHA and the variants of the timed pool (`timed_pool`)."""
+    return spec.kv_heads == spec.num_heads or spec.pool == timed_pool(pools)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "model"
 

@@ -14,6 +14,29 @@ from typing import Optional, Sequence
 RANDOM_NOTE = "random weights: ROUGE is meaningless (speed is not)"
 
 
+def write_figures(results: dict, out: Path, title: str, random_weights: bool) -> dict:
+    """Every figure the results allow, into `out`; their file names by results["files"] key."""
+    figures = [
+        (
+            "plot_time_vs_groups",
+            plot_time_vs_groups,
+            results["speed"],
+            "time_vs_groups.png",
+            "Time per sample vs K/V groups",
+        ),
+        ("plot_budget", plot_budget, results.get("budget"), "budget.png", "Largest batch within the budget"),
+    ]
+    files = {}
+    for key, plot, data, name, caption in figures:
+        p = plot(data, out / name, title=f"{caption}\n{title}") if data else None
+        if p:
+            files[key] = p.name
+    p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=random_weights)
+    if p:
+        files["plot_rouge_vs_time"] = p.name
+    return files
+
+
 def _plt():
     import matplotlib
 
