@@ -283,43 +283,25 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         raise click.BadParameter(
             f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}", param_hint="--quantize"
         )
+    same = """model seed kv_heads grouping calibration calibration_samples dtype torch_device torch_quality warmup
+    repeats speed quality split prefix quality_batch_size bootstrap decode_path cache_dir plots progress""".split()
     return BenchConfig(
-        model=o["model"],
+        **{k: o[k] for k in same},
         layers=layers,
-        seed=o["seed"],
-        kv_heads=o["kv_heads"],
         quantize=quantize,
         q_group_size=int(o["q_group_size"]),
         pool=pools,
-        grouping=o["grouping"],
-        calibration=o["calibration"],
-        calibration_samples=o["calibration_samples"],
         calibration_lengths=lengths_pair(o["calibration_lengths"]),
-        dtype=o["dtype"],
         torch=o["use_torch"],
-        torch_device=o["torch_device"],
-        torch_quality=o["torch_quality"],
         batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),
         lengths=parse_lengths(o["lengths"] or p["lengths"]),
-        warmup=o["warmup"],
-        repeats=o["repeats"],
-        speed=o["speed"],
         memory_budget=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
-        quality=o["quality"],
         datasets=datasets,
         data_files=list(o["data_files"]),
-        split=o["split"],
         limit=o["limit"] if o["limit"] is not None else p["limit"],
-        prefix=o["prefix"],
         quality_lengths=parse_lengths(ql)[0] if ql else None,
-        quality_batch_size=o["quality_batch_size"],
         num_beams=parse_ints(o["num_beams"], "--num-beams"),
-        bootstrap=o["bootstrap"],
-        decode_path=o["decode_path"],
         out=o["out"] or time.strftime("results/bench-%Y%m%d-%H%M%S"),
-        cache_dir=o["cache_dir"],
-        plots=o["plots"],
-        progress=o["progress"],
         command=command_line(ctx),
     )
 

@@ -101,6 +101,8 @@ def check_config(cfg: BenchConfig) -> None:
     ):
         if value is not None and value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if cfg.layers is not None and not cfg.model.startswith("random:"):
+        raise ConfigError("--layers only applies to random:<name> models")
     for nb in cfg.num_beams:
         check_num_beams(nb)
     from .speed import DECODE_PATHS

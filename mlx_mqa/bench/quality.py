@@ -30,35 +30,23 @@ class Generation:
     batch_seconds: List[float] = field(default_factory=list)
 
 
-def batches(n: int, batch_size: int) -> List[range]:
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def _timed_batches(
-    n: int,
-    batch_size: int,
-    run: Callable[[range], Sequence[Sequence[int]]],
-    progress: Optional[Callable[[int], None]],
-    sync: Callable[[], None] = lambda: None,
-) -> Generation:
-    """`run(rows)` on every batch of the `n` prompts, each timed apart (`sync` waits for the device first and
-    last); the generated ids become plain int lists after the clock stops."""
+def _timed(run, n: int, batch_size: int, max_new_tokens: int, warmup: bool, progress, sync=lambda: None):
+    """`run(rows, max_new_tokens)` on every batch of the `n` prompts (after a short untimed warm-up), each batch
+    timed apart (`sync` waits for the device first and last); ids become plain int lists after the clock stops."""
+    if warmup:
+        run(range(min(batch_size, n)), 2)
     tokens: List[List[int]] = []
     times = []
-    for rows in batches(n, batch_size):
+    for rows in [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]:
         sync()
         t0 = time.perf_counter()
-        out = run(rows)
+        out = run(rows, max_new_tokens)
         sync()
         times.append(time.perf_counter() - t0)
         tokens.extend([list(map(int, t)) for t in out])
         if progress:
             progress(len(rows))
     return Generation(tokens, float(sum(times)), times)
-
-
-def _encode(tokenizer, prompts: Sequence[str], max_input_tokens: int):
-    return encode_prompts(tokenizer, list(prompts), max_input_tokens=max_input_tokens, truncate=True)
 
 
 def generate_mlx(
@@ -72,21 +60,13 @@ def generate_mlx(
     warmup: bool = True,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Generation:
-    kw = {"num_beams": num_beams} if num_beams > 1 else {}
+    kw = dict(max_input_tokens=max_input_tokens, truncate=True, return_result=True)
+    kw.update({"num_beams": num_beams} if num_beams > 1 else {})
 
-    def run(texts, n, **extra):
-        return generate(
-            model, tokenizer, texts, max_new_tokens=n, max_input_tokens=max_input_tokens, truncate=True, **kw, **extra
-        )
+    def run(rows, n):
+        return generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens=n, **kw).tokens
 
-    if warmup:
-        run(list(prompts[:batch_size]), 2)
-    return _timed_batches(
-        len(prompts),
-        batch_size,
-        lambda rows: run([prompts[i] for i in rows], max_new_tokens, return_result=True).tokens,
-        progress,
-    )
+    return _timed(run, len(prompts), batch_size, max_new_tokens, warmup, progress)
 
 
 def generate_torch(
@@ -101,23 +81,17 @@ def generate_torch(
     warmup: bool = True,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Generation:
+    """The same generation through transformers, on the very ids `encode_prompts` gives MLX."""
     from .torch_reference import generate as torch_generate
     from .torch_reference import synchronize
 
-    eos = tokenizer.eos_token_id
-
     def run(rows, n):
-        enc = _encode(tokenizer, [prompts[i] for i in rows], max_input_tokens)
+        enc = encode_prompts(tokenizer, [prompts[i] for i in rows], max_input_tokens=max_input_tokens, truncate=True)
         mask = None if enc.attention_mask is None else np.array(enc.attention_mask)
-        return torch_generate(
-            model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams, eos_token_id=eos
-        )
+        ids = np.array(enc.input_ids)
+        return torch_generate(model, ids, mask, n, device, num_beams=num_beams, eos_token_id=tokenizer.eos_token_id)
 
-    if warmup:
-        run(range(min(batch_size, len(prompts))), 2)
-    return _timed_batches(
-        len(prompts), batch_size, lambda rows: run(rows, max_new_tokens), progress, sync=lambda: synchronize(device)
-    )
+    return _timed(run, len(prompts), batch_size, max_new_tokens, warmup, progress, lambda: synchronize(device))
 
 
 def compare_tokens(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> Dict[str, object]:
@@ -188,9 +162,7 @@ def evaluate(
     return QualityResult(
         variant=spec.name,
         backend=backend,
-        kv_heads=spec.kv_heads,
-        num_heads=spec.num_heads,
-        quantize_bits=spec.quantize_bits,
+        **{k: getattr(spec, k) for k in ("kv_heads", "num_heads", "quantize_bits", "pool", "grouping")},
         dataset=job.label,
         n=n,
         input_len=job.input_len,
@@ -203,8 +175,6 @@ def evaluate(
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
         sentence_splitter=sentence_splitter(),
         rouge_meaningful=rouge_meaningful,
-        pool=spec.pool,
-        grouping=spec.grouping,
         predictions=preds,
     )
 

@@ -3,7 +3,6 @@
 import pytest
 
 from mlx_mqa.bench.config import BenchConfig, check_config
-from mlx_mqa.bench.run import quality_jobs
 from mlx_mqa.errors import ConfigError, InputError
 
 
@@ -20,16 +19,6 @@ def test_settings_checks(tmp_path):
         check_config(BenchConfig(num_beams=(1, 0), out=str(tmp_path)))
     with pytest.raises(ConfigError, match="--repeats must be at least 1, got 0"):
         check_config(BenchConfig(repeats=0, out=str(tmp_path)))
-
-
-def test_quality_jobs_lengths():
-    jobs = quality_jobs(BenchConfig(datasets=("bundled:cnn_dailymail", "bundled:arxiv"), limit=2))
-    assert [(j.label, len(j.examples), j.input_len, j.output_len) for j in jobs] == [
-        ("bundled:cnn_dailymail", 2, 512, 256),
-        ("bundled:arxiv", 2, 2048, 512),
-    ]
-    jobs = quality_jobs(BenchConfig(datasets=("bundled:xsum",), limit=1, quality_lengths=(96, 12)))
-    assert [(j.input_len, j.output_len) for j in jobs] == [(96, 12)]
 
 
 def test_config_to_dict():
