@@ -309,15 +309,8 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
 def interrupted(cfg: Optional[BenchConfig]):
     """Ctrl-C: say where the settings finished so far are (results.json is written after each one)."""
     saved = Path(cfg.out) / "results.json" if cfg is not None else None
-    click.echo(
-        "interrupted"
-        + (
-            f'; the settings finished so far are in {saved} ("complete": false)'
-            if saved is not None and saved.exists()
-            else ""
-        ),
-        err=True,
-    )
+    where = f'; the settings finished so far are in {saved} ("complete": false)' if saved and saved.exists() else ""
+    click.echo("interrupted" + where, err=True)
     raise SystemExit(130)
 
 

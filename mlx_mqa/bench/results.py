@@ -97,11 +97,11 @@ def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
 
 
 def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
+    """Versions, hardware, engine and BLAS (`mlx_mqa.engine.engine_info`), devices, dtype and git commit."""
     import mlx.core as mx
 
     from ..engine import engine_info
 
-    engine = engine_info()
     env = {
         "packages": package_versions(),
         "python": sys.version.split()[0],
@@ -109,10 +109,7 @@ def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
         "machine": platform.machine(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "engine": engine["engine"],
-        "blas": engine["blas"],
-        "blas_scope": engine["blas_scope"],
-        "blas_config": engine["blas_config"],
+        **engine_info(),  # engine, blas, blas_scope, blas_config
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "mlx_device": str(mx.default_device()),
         "mlx_metal": bool(getattr(mx, "metal", None) and mx.metal.is_available()),
