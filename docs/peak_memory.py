@@ -1,6 +1,6 @@
 """Peak memory of a whole decode (encoder, cross K/V, greedy steps): MLX MHA, GQA-4 and MQA beside PyTorch's MHA.
 
-Each (implementation, variant, batch) runs in a fresh process (`mlx_mqa.bench.footprint`, as
+Each (implementation, variant, batch) runs in a fresh process (`mlx_mqa.bench.research.footprint`, as
 `bench.py --memory-budget` measures): the kernel's peak resident set (VmHWM) minus the resident set after
 the imports, so weights, activations, K/V and allocator slack all count, whatever the framework. The
 checkpoints are the bench's own: a random t5-base-shaped model (memory depends on shapes only) and its
@@ -19,7 +19,7 @@ import mlx_mqa  # noqa: F401  (loads its BLAS before anything imports mlx.core)
 import argparse
 from pathlib import Path
 
-from mlx_mqa.bench.footprint import Probe, measure
+from mlx_mqa.bench.research.footprint import Probe, measure
 from mlx_mqa.bench.results import environment
 from mlx_mqa.bench.variants import VariantSpec, ensure_converted, prepare_source
 from mlx_mqa.checkpoint.files import atomic_write_json

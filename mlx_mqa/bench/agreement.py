@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import mlx.core as mx
 import numpy as np
 
 from ..decoding.inputs import pad_batch
+from .data import with_prefix
 
 
 def logits_agreement(
@@ -51,3 +52,20 @@ def logits_agreement(
         "positions": total,
         "examples": len(documents),
     }
+
+
+def quantization_agreement(prefix: str, jobs, variants, tokenizer, say) -> List[dict]:
+    """Every quantized variant (`run.MlxVariant`) vs its float variant, on the first dataset (`data.QualityJob`)."""
+    if not jobs or not any(v.spec.quantize_bits for v in variants):
+        return []
+    job, rows = jobs[0], []
+    method = lambda s: (s.kv_heads, s.pool, s.grouping)  # noqa: E731
+    floats = {method(v.spec): v for v in variants if not v.spec.quantize_bits}
+    for v in variants:
+        ref = floats.get(method(v.spec))
+        if v.spec.quantize_bits and ref is not None:
+            say(f"logits agreement: {v.spec.name} vs {ref.spec.name} on {job.label}")
+            docs, summaries = with_prefix(job.examples, prefix), [e.summary for e in job.examples]
+            a = logits_agreement(v.model, ref.model, tokenizer, docs, summaries, job.input_len, job.output_len)
+            rows.append({"variant": v.spec.name, "reference": ref.spec.name, "dataset": job.label, **a})
+    return rows

@@ -14,31 +14,24 @@ from ..cli import CONTEXT, calibration_options, fail, lengths_pair
 from ..conversion import GROUPINGS
 from ..errors import MlxMqaError
 from . import report
-from .budget import parse_size
-from .config import BenchConfig
-from .runner import run
+from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, QUANTIZE_BITS, BenchConfig
+from .data import HUB_DATASETS
+from .research.budget import parse_size
+from .run import run
 from .speed import parse_ints, parse_lengths
 from .variants import check_methods, parse_pools
 
-PRESETS = {
-    # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
-    "quick": {
-        "batch_sizes": "1,4",
-        "lengths": "256x32",
-        "datasets": "bundled:cnn_dailymail",
-        "limit": 6,
-        "quality_lengths": "512x32",
-    },
-    # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
-    "paper": {
-        "batch_sizes": "1",
-        "lengths": "512x256,2048x512",
-        "datasets": "cnn_dailymail,arxiv,pubmed",
-        "limit": None,
-        "quality_lengths": None,
-    },
-}
-QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
+
+def _pair(lengths) -> str:
+    return "{}x{}".format(*lengths)
+
+
+QUALITY_LENGTHS_HELP = (
+    "INPUTxOUTPUT for generation (input truncated). Default: each dataset's paper setting ("
+    + ", ".join(f"{name} {_pair(d.lengths)}" for name, d in HUB_DATASETS.items())
+    + f"), {_pair(DEFAULT_QUALITY_LENGTHS)} for --data files; the quick preset's bundled demo (neither --dataset "
+    f"nor --data given): {PRESETS['quick']['quality_lengths']}."
+)
 
 
 @click.command(context_settings=CONTEXT)
@@ -160,9 +153,7 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 @click.option(
     "--quality-lengths",
     default=None,
-    help="INPUTxOUTPUT for generation (input truncated). Default: each dataset's paper setting "
-    "(cnn_dailymail 512x256, arxiv/pubmed 2048x512, xsum 512x64), JSONL 512x128; the quick preset's "
-    "bundled demo: 512x32.",
+    help=QUALITY_LENGTHS_HELP,
 )
 @click.option("--quality-batch-size", type=int, default=8, show_default=True)
 @click.option(
@@ -207,7 +198,10 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
 @click.option(
-    "--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/bench-YYYYmmdd-HHMMSS]."
+    "--out",
+    metavar="DIRECTORY",
+    default=None,
+    help="Output directory [results/bench-YYYYmmdd-HHMMSS]; checked before any work.",
 )
 @click.option(
     "--cache-dir",
@@ -278,13 +272,10 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
     model_given = ctx.get_parameter_source("model") == click.core.ParameterSource.COMMANDLINE
     if layers is None and o["preset"] == "quick" and o["model"] == "random:t5-small" and not model_given:
         layers = 2
-    dataset = o["dataset"]
-    if dataset is None:
-        datasets = [] if o["data_files"] else [d for d in (p["datasets"] or "").split(",") if d]
-    else:
-        datasets = [d.strip() for d in dataset.split(",") if d.strip()]
-    # The quick preset's short generation is for its bundled demo; named datasets get their own lengths.
-    ql = o["quality_lengths"] if o["quality_lengths"] is not None else p["quality_lengths"] if dataset is None else None
+    # The preset's data (and its generation lengths) unless --dataset or --data names other data.
+    preset_data = o["dataset"] is None and not o["data_files"]
+    datasets = [d.strip() for d in (p["datasets"] if preset_data else o["dataset"] or "").split(",") if d.strip()]
+    ql = o["quality_lengths"] or (p["quality_lengths"] if preset_data else None)
     pools = parse_pools(o["pool"])
     check_methods(pools, o["grouping"])
     quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
@@ -292,43 +283,25 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
         raise click.BadParameter(
             f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}", param_hint="--quantize"
         )
+    same = """model seed kv_heads grouping calibration calibration_samples dtype torch_device torch_quality warmup
+    repeats speed quality split prefix quality_batch_size bootstrap decode_path cache_dir plots progress""".split()
     return BenchConfig(
-        model=o["model"],
+        **{k: o[k] for k in same},
         layers=layers,
-        seed=o["seed"],
-        kv_heads=o["kv_heads"],
         quantize=quantize,
         q_group_size=int(o["q_group_size"]),
         pool=pools,
-        grouping=o["grouping"],
-        calibration=o["calibration"],
-        calibration_samples=o["calibration_samples"],
         calibration_lengths=lengths_pair(o["calibration_lengths"]),
-        dtype=o["dtype"],
         torch=o["use_torch"],
-        torch_device=o["torch_device"],
-        torch_quality=o["torch_quality"],
         batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),
         lengths=parse_lengths(o["lengths"] or p["lengths"]),
-        warmup=o["warmup"],
-        repeats=o["repeats"],
-        speed=o["speed"],
         memory_budget=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
-        quality=o["quality"],
         datasets=datasets,
         data_files=list(o["data_files"]),
-        split=o["split"],
         limit=o["limit"] if o["limit"] is not None else p["limit"],
-        prefix=o["prefix"],
         quality_lengths=parse_lengths(ql)[0] if ql else None,
-        quality_batch_size=o["quality_batch_size"],
         num_beams=parse_ints(o["num_beams"], "--num-beams"),
-        bootstrap=o["bootstrap"],
-        decode_path=o["decode_path"],
         out=o["out"] or time.strftime("results/bench-%Y%m%d-%H%M%S"),
-        cache_dir=o["cache_dir"],
-        plots=o["plots"],
-        progress=o["progress"],
         command=command_line(ctx),
     )
 
@@ -336,15 +309,8 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
 def interrupted(cfg: Optional[BenchConfig]):
     """Ctrl-C: say where the settings finished so far are (results.json is written after each one)."""
     saved = Path(cfg.out) / "results.json" if cfg is not None else None
-    click.echo(
-        "interrupted"
-        + (
-            f'; the settings finished so far are in {saved} ("complete": false)'
-            if saved is not None and saved.exists()
-            else ""
-        ),
-        err=True,
-    )
+    where = f'; the settings finished so far are in {saved} ("complete": false)' if saved and saved.exists() else ""
+    click.echo("interrupted" + where, err=True)
     raise SystemExit(130)
 
 

@@ -1,9 +1,42 @@
-"""What one benchmark run does: every setting of `python -m mlx_mqa.bench`, as the CLI resolved it."""
+"""What one benchmark run does: every setting of `python -m mlx_mqa.bench`, its presets and defaults, and the
+checks every setting passes before any work starts (`check_config`)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
+
+from ..conversion.calibration import check_source
+from ..conversion.converter import needs_calibration
+from ..decoding.beam import check_num_beams
+from ..errors import ConfigError
+from .variants import check_methods
+
+# Generation lengths of a --data file, and of a hub dataset without a paper setting (`data.HUB_DATASETS`).
+DEFAULT_QUALITY_LENGTHS = (512, 128)
+QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
+PRESETS = {
+    # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
+    # Its quality lengths are for its bundled demo only: --dataset or --data gets each source's own.
+    "quick": {
+        "batch_sizes": "1,4",
+        "lengths": "256x32",
+        "datasets": "bundled:cnn_dailymail",
+        "limit": 6,
+        "quality_lengths": "512x32",
+    },
+    # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
+    "paper": {
+        "batch_sizes": "1",
+        "lengths": "512x256,2048x512",
+        "datasets": "cnn_dailymail,arxiv,pubmed",
+        "limit": None,
+        "quality_lengths": None,
+    },
+}
 
 
 @dataclass
@@ -34,12 +67,12 @@ class BenchConfig:
     split: str = "test"
     limit: Optional[int] = 6
     prefix: str = "summarize: "
-    quality_lengths: Optional[Tuple[int, int]] = None  # None: each dataset's paper setting
+    quality_lengths: Optional[Tuple[int, int]] = None  # None: each source's own (see `quality_lengths_of`)
     quality_batch_size: int = 8
     num_beams: Sequence[int] = (1,)  # quality runs once per beam width (1 = greedy)
     bootstrap: int = 1000
-    memory_budget: Optional[int] = None  # bytes: find each variant's largest batch that fits (bench.budget)
-    decode_path: str = "auto"  # auto: the library's default step (bench.speed.DECODE_PATHS), or compiled / eager
+    memory_budget: Optional[int] = None  # bytes: find each variant's largest batch that fits (research.budget)
+    decode_path: str = "auto"  # auto: the library's default step, or compiled / eager
     out: str = "results/bench"
     cache_dir: Optional[str] = None
     plots: bool = True
@@ -48,13 +81,66 @@ class BenchConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for k in ("batch_sizes", "quantize", "pool", "num_beams", "datasets", "data_files"):
+            d[k] = list(d[k])
         d["lengths"] = [f"{i}x{o}" for i, o in self.lengths]
-        d["quality_lengths"] = f"{self.quality_lengths[0]}x{self.quality_lengths[1]}" if self.quality_lengths else None
-        d["batch_sizes"] = list(self.batch_sizes)
-        d["quantize"] = list(self.quantize)
-        d["pool"] = list(self.pool)
+        d["quality_lengths"] = "{}x{}".format(*self.quality_lengths) if self.quality_lengths else None
         d["calibration_lengths"] = "{}x{}".format(*self.calibration_lengths)
-        d["num_beams"] = list(self.num_beams)
-        d["datasets"] = list(self.datasets)
-        d["data_files"] = list(self.data_files)
         return d
+
+
+def check_config(cfg: BenchConfig) -> None:
+    """Every setting a user can get wrong, before any work (a ConfigError naming the option)."""
+    for name, value, least in (
+        ("--layers", cfg.layers, 1),
+        ("--repeats", cfg.repeats, 1),
+        ("--warmup", cfg.warmup, 0),
+        ("--limit", cfg.limit, 1),
+        ("--quality-batch-size", cfg.quality_batch_size, 1),
+        ("--bootstrap", cfg.bootstrap, 1),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if cfg.layers is not None and not cfg.model.startswith("random:"):
+        raise ConfigError("--layers only applies to random:<name> models")
+    for nb in cfg.num_beams:
+        check_num_beams(nb)
+    from .speed import DECODE_PATHS
+
+    if cfg.decode_path not in DECODE_PATHS:
+        raise ConfigError(f"unknown --decode {cfg.decode_path!r}; choose from {list(DECODE_PATHS)}")
+    check_methods(cfg.pool, cfg.grouping)
+    if any(needs_calibration(p, cfg.grouping) for p in cfg.pool):
+        if cfg.calibration_samples < 1:
+            raise ConfigError(f"--calibration-samples must be at least 1, got {cfg.calibration_samples}")
+        check_source(cfg.calibration)
+    check_writable(cfg.out)
+
+
+def check_writable(out: str) -> None:
+    """`--out` is (or can be made) a directory this process can write in; nothing is created here."""
+    path = Path(out).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        why = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK) or (existing == path and not _can_write_in(path)):
+        why = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+    else:
+        return
+    raise ConfigError(f"--out {out} {why}; pass a directory you can write to")
+
+
+def _can_write_in(path: Path) -> bool:
+    try:
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def quality_lengths_of(cfg: BenchConfig, dataset: Optional[str]) -> Tuple[int, int]:
+    """Generation lengths for one source: --quality-lengths, else the dataset's paper setting, else the default
+    (`DEFAULT_QUALITY_LENGTHS`: every --data file)."""
+    from .data import dataset_lengths
+
+    return cfg.quality_lengths or (dataset_lengths(dataset) if dataset else None) or DEFAULT_QUALITY_LENGTHS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import urlparse
@@ -32,8 +32,15 @@ class Example:
     document: str
     summary: str
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+@dataclass
+class QualityJob:
+    """One source's examples and the lengths they are generated at."""
+
+    label: str
+    examples: List[Example]
+    input_len: int
+    output_len: int
 
 
 @dataclass(frozen=True)

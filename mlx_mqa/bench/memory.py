@@ -80,9 +80,8 @@ def traffic_per_step(
     self_kv='mean': the self cache is read up to the current position (mean (output_len+1)/2 tokens);
     'full': a fixed-capacity cache is read whole every step.
     """
-    per_token = 2 * num_layers * batch_size * kv_heads * d_kv * itemsize
-    self_len = (output_len + 1) / 2.0 if self_kv == "mean" else float(output_len)
-    kv_self = per_token * self_len
+    per_token = kv_cache_bytes(num_layers, kv_heads, d_kv, batch_size, 1, 0, itemsize)["cross"]
+    kv_self = per_token * ((output_len + 1) / 2.0 if self_kv == "mean" else float(output_len))
     kv_cross = per_token * input_len
     return {
         "weights": float(decoder_weight_bytes),

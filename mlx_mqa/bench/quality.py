@@ -15,8 +15,10 @@ import numpy as np
 
 from ..decoding.generate import generate
 from ..decoding.inputs import encode_prompts
-from .data import Example
-from .rouge import METRICS, score, sentence_splitter
+from .data import QualityJob, with_prefix
+from .report import progress_bar
+from .rouge import METRICS, mean_rouge, score, sentence_splitter
+from .variants import VariantSpec
 
 
 @dataclass
@@ -28,35 +30,23 @@ class Generation:
     batch_seconds: List[float] = field(default_factory=list)
 
 
-def batches(n: int, batch_size: int) -> List[range]:
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def _timed_batches(
-    n: int,
-    batch_size: int,
-    run: Callable[[range], Sequence[Sequence[int]]],
-    progress: Optional[Callable[[int], None]],
-    sync: Callable[[], None] = lambda: None,
-) -> Generation:
-    """`run(rows)` on every batch of the `n` prompts, each timed apart (`sync` waits for the device first and
-    last); the generated ids become plain int lists after the clock stops."""
+def _timed(run, n: int, batch_size: int, max_new_tokens: int, warmup: bool, progress, sync=lambda: None):
+    """`run(rows, max_new_tokens)` on every batch of the `n` prompts (after a short untimed warm-up), each batch
+    timed apart (`sync` waits for the device first and last); ids become plain int lists after the clock stops."""
+    if warmup:
+        run(range(min(batch_size, n)), 2)
     tokens: List[List[int]] = []
     times = []
-    for rows in batches(n, batch_size):
+    for rows in [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]:
         sync()
         t0 = time.perf_counter()
-        out = run(rows)
+        out = run(rows, max_new_tokens)
         sync()
         times.append(time.perf_counter() - t0)
         tokens.extend([list(map(int, t)) for t in out])
         if progress:
             progress(len(rows))
     return Generation(tokens, float(sum(times)), times)
-
-
-def _encode(tokenizer, prompts: Sequence[str], max_input_tokens: int):
-    return encode_prompts(tokenizer, list(prompts), max_input_tokens=max_input_tokens, truncate=True)
 
 
 def generate_mlx(
@@ -70,21 +60,13 @@ def generate_mlx(
     warmup: bool = True,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Generation:
-    kw = {"num_beams": num_beams} if num_beams > 1 else {}
+    kw = dict(max_input_tokens=max_input_tokens, truncate=True, return_result=True)
+    kw.update({"num_beams": num_beams} if num_beams > 1 else {})
 
-    def run(texts, n, **extra):
-        return generate(
-            model, tokenizer, texts, max_new_tokens=n, max_input_tokens=max_input_tokens, truncate=True, **kw, **extra
-        )
+    def run(rows, n):
+        return generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens=n, **kw).tokens
 
-    if warmup:
-        run(list(prompts[:batch_size]), 2)
-    return _timed_batches(
-        len(prompts),
-        batch_size,
-        lambda rows: run([prompts[i] for i in rows], max_new_tokens, return_result=True).tokens,
-        progress,
-    )
+    return _timed(run, len(prompts), batch_size, max_new_tokens, warmup, progress)
 
 
 def generate_torch(
@@ -99,23 +81,17 @@ def generate_torch(
     warmup: bool = True,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Generation:
+    """The same generation through transformers, on the very ids `encode_prompts` gives MLX."""
     from .torch_reference import generate as torch_generate
     from .torch_reference import synchronize
 
-    eos = tokenizer.eos_token_id
-
     def run(rows, n):
-        enc = _encode(tokenizer, [prompts[i] for i in rows], max_input_tokens)
+        enc = encode_prompts(tokenizer, [prompts[i] for i in rows], max_input_tokens=max_input_tokens, truncate=True)
         mask = None if enc.attention_mask is None else np.array(enc.attention_mask)
-        return torch_generate(
-            model, np.array(enc.input_ids), mask, n, device=device, num_beams=num_beams, eos_token_id=eos
-        )
+        ids = np.array(enc.input_ids)
+        return torch_generate(model, ids, mask, n, device, num_beams=num_beams, eos_token_id=tokenizer.eos_token_id)
 
-    if warmup:
-        run(range(min(batch_size, len(prompts))), 2)
-    return _timed_batches(
-        len(prompts), batch_size, lambda rows: run(rows, max_new_tokens), progress, sync=lambda: synchronize(device)
-    )
+    return _timed(run, len(prompts), batch_size, max_new_tokens, warmup, progress, lambda: synchronize(device))
 
 
 def compare_tokens(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> Dict[str, object]:
@@ -163,60 +139,94 @@ class QualityResult:
 
 
 def evaluate(
-    variant: str,
+    spec: VariantSpec,
     backend: str,
-    kv_heads: int,
-    num_heads: int,
-    quantize_bits: Optional[int],
-    dataset: str,
-    examples: Sequence[Example],
+    job: QualityJob,
+    num_beams: int,
     generation: Generation,
     tokenizer,
-    input_len: int,
-    output_len: int,
-    num_beams: int,
     batch_size: int,
     bootstrap: int = 1000,
     seed: int = 0,
     rouge_meaningful: bool = True,
-    pool: str = "mean",
-    grouping: str = "contiguous",
 ) -> QualityResult:
     """Decode, score and package one variant's generations (`rouge_meaningful=False` for random weights)."""
-    texts = tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)
-    texts = [t.strip() for t in texts]
-    refs = [e.summary for e in examples]
-    summary, per = score(texts, refs, use_stemmer=True, n_resamples=bootstrap, seed=seed)
+    texts = [t.strip() for t in tokenizer.batch_decode(generation.tokens, skip_special_tokens=True)]
+    summary, per = score(texts, [e.summary for e in job.examples], n_resamples=bootstrap, seed=seed)
     preds = [
-        {
-            "id": e.id,
-            "prediction": t,
-            "reference": e.summary,
-            "tokens": tok,
-            **{m: float(per[m][i]) for m in METRICS},
-            **({} if rouge_meaningful else {"rouge_meaningful": False}),
-        }
-        for i, (e, t, tok) in enumerate(zip(examples, texts, generation.tokens))
+        {"id": e.id, "prediction": t, "reference": e.summary, "tokens": tok, **{m: float(per[m][i]) for m in METRICS}}
+        | ({} if rouge_meaningful else {"rouge_meaningful": False})
+        for i, (e, t, tok) in enumerate(zip(job.examples, texts, generation.tokens))
     ]
+    n = len(job.examples)
     return QualityResult(
-        variant=variant,
+        variant=spec.name,
         backend=backend,
-        kv_heads=kv_heads,
-        num_heads=num_heads,
-        quantize_bits=quantize_bits,
-        dataset=dataset,
-        n=len(examples),
-        input_len=input_len,
-        output_len=output_len,
+        **{k: getattr(spec, k) for k in ("kv_heads", "num_heads", "quantize_bits", "pool", "grouping")},
+        dataset=job.label,
+        n=n,
+        input_len=job.input_len,
+        output_len=job.output_len,
         num_beams=num_beams,
         batch_size=batch_size,
         rouge={m: s.to_dict() for m, s in summary.items()},
-        mean_rouge=float(np.mean([summary[m].mean for m in ("rouge1", "rouge2", "rougeL")])),
-        time_per_sample_s=generation.seconds / max(len(examples), 1),
+        mean_rouge=mean_rouge(summary),
+        time_per_sample_s=generation.seconds / max(n, 1),
         generated_tokens_mean=float(np.mean([len(t) for t in generation.tokens])) if generation.tokens else 0.0,
         sentence_splitter=sentence_splitter(),
         rouge_meaningful=rouge_meaningful,
-        pool=pool,
-        grouping=grouping,
         predictions=preds,
     )
+
+
+# ----------------------------------------------------------------------------------------------- the run's step
+
+
+def torch_quality_heads(cfg, kv_heads: Sequence[int], num_heads: int) -> List[int]:
+    """K/V head counts that get a PyTorch quality reference (--torch-quality). A GQA/MQA reference is the
+    group-mean model, so it runs only when some variant is mean-pooled in contiguous groups."""
+    if not cfg.torch or cfg.torch_quality == "none":
+        return []
+    heads = list(kv_heads) if cfg.torch_quality == "all" else [num_heads]
+    mean = "mean" in cfg.pool and cfg.grouping == "contiguous"
+    return [g for g in heads if g == num_heads or mean]
+
+
+def run_quality(cfg, jobs: Sequence[QualityJob], variants, refs, tokenizer, random_weights: bool, say):
+    """Generation + ROUGE of every MLX variant (`run.MlxVariant`) and PyTorch reference (`torch_reference.
+    References`) on every dataset, per beam width; the MLX tokens compared with the reference made the same way."""
+    out: List[QualityResult] = []
+    H = variants[0].spec.num_heads if variants else 0
+    kv = list(dict.fromkeys(v.spec.kv_heads for v in variants))
+    heads = torch_quality_heads(cfg, kv, H) if refs is not None else []
+    for job, nb in [(j, b) for j in jobs for b in cfg.num_beams]:
+        prompts = with_prefix(job.examples, cfg.prefix)
+        say(f"quality: {job.label}, {len(prompts)} examples, {job.input_len} -> {job.output_len} tokens, {nb} beam(s)")
+        gen_args = (tokenizer, prompts, job.input_len, job.output_len, cfg.quality_batch_size, nb)
+        eval_kw = dict(tokenizer=tokenizer, batch_size=cfg.quality_batch_size, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        eval_kw["rouge_meaningful"] = not random_weights
+        with progress_bar((len(variants) + len(heads)) * len(prompts), f"quality {job.label}", cfg.progress) as bar:
+            tokens = {}
+            for v in variants:
+                bar.set_postfix_str(v.spec.name, refresh=False)
+                gen = generate_mlx(v.model, *gen_args, progress=bar.update)
+                tokens[v.spec.name] = gen.tokens
+                out.append(evaluate(v.spec, "mlx", job, nb, gen, **eval_kw))
+            for g in heads:
+                spec = VariantSpec(g, H)
+                bar.set_postfix_str("torch " + spec.name, refresh=False)
+                gen = generate_torch(refs.get(g), *gen_args, refs.device, progress=bar.update)
+                out.append(evaluate(spec, "torch", job, nb, gen, **eval_kw))
+                match_reference(out, spec, job.label, nb, tokens, gen.tokens)
+                if g != H:  # keep only the multi-head reference in memory
+                    refs.drop(g)
+    return out
+
+
+def match_reference(out: List[QualityResult], spec: VariantSpec, dataset: str, nb: int, tokens, ref_tokens) -> None:
+    """Compare the tokens of every MLX result made as the reference `spec` is (same G, mean, contiguous)."""
+    for q in out:
+        same = (q.backend, q.dataset, q.kv_heads, q.num_beams, q.pool, q.grouping)
+        if same == ("mlx", dataset, spec.kv_heads, nb, spec.pool, spec.grouping):
+            q.reference_variant = "torch " + spec.name
+            q.tokens_match_reference = compare_tokens(tokens[q.variant], ref_tokens)

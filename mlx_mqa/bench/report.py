@@ -1,10 +1,10 @@
-"""Plain-text tables of a results dict, for the terminal (the CLI prints them)."""
+"""What a user sees: plain-text tables of a results dict (the CLI prints them) and progress bars on stderr."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import sys
+from typing import List, Sequence
 
-from .budget import budget_summary
 from .rouge import METRICS
 
 RANDOM_ROUGE_WARNING = (
@@ -19,14 +19,22 @@ To benchmark a real checkpoint (needs the model hub, or a local copy of the chec
 Note: GQA/MQA made by mean pooling need uptraining (Ainslie et al. 2023) before their ROUGE approaches MHA's."""
 
 
-def _table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[str] = None) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    align = align or "l" + "r" * (len(headers) - 1)
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A step's tqdm bar on stderr (off when `enabled` is False), cleared when it closes."""
+    from tqdm.auto import tqdm
 
-    def fmt(cells):
-        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align))
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
-    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+def _table(columns, rows: Sequence[dict], left: int = 1) -> str:
+    """`columns`: (header, cell of a row) pairs; the first `left` columns left-aligned, the others right."""
+    cells = [[str(h) for h, _ in columns]] + [[str(cell(r)) for _, cell in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+
+    def fmt(line):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells[1:]])
 
 
 def _ms(x: float) -> str:
@@ -41,72 +49,89 @@ def _x(v) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _lengths(r: dict) -> str:
+    return f"{r['input_len']}->{r['output_len']}"
+
+
+def _range(d: dict) -> str:
+    return f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]"
+
+
+def _torch_name(r: dict) -> str:
+    return ("torch " if r["backend"] == "torch" and not r["variant"].startswith("torch") else "") + r["variant"]
+
+
+def _mlx_only(key: str):
+    return lambda r: _x(r.get(key)) if r["backend"] == "mlx" else "-"
+
+
+SPEED = [
+    ("variant", _torch_name),
+    ("B", lambda r: r["batch_size"]),
+    ("in->out", _lengths),
+    ("encoder ms", lambda r: _ms(r["encoder_s"]["median"])),
+    ("decode ms/step [min-max]", lambda r: _range(r["decode_step_s"])),
+    ("ms/sample", lambda r: _ms(r["time_per_sample_s"]["median"])),
+    ("gen tok/s", lambda r: f"{r['tokens_per_s']['median']:.0f}"),
+    ("peak MiB", lambda r: _mb(r["peak_memory_bytes"])),
+    ("KV MiB", lambda r: _mb(r["kv_cache_bytes"])),
+    ("decode speedup", _mlx_only("measured_decode_speedup")),
+    ("predicted", _mlx_only("predicted_decode_speedup")),
+]
+TRAFFIC = [  # the memory-traffic model next to the measurement, MLX variants only
+    ("variant", lambda r: r["variant"]),
+    ("B", lambda r: r["batch_size"]),
+    ("in->out", _lengths),
+    ("weights MiB/step", lambda r: _mb(r["traffic_bytes_per_step"]["weights"])),
+    ("KV MiB/step", lambda r: _mb(r["traffic_bytes_per_step"]["kv_self"] + r["traffic_bytes_per_step"]["kv_cross"])),
+    ("total MiB/step", lambda r: _mb(r["traffic_bytes_per_step"]["total"])),
+    ("predicted speedup", lambda r: _x(r.get("predicted_decode_speedup"))),
+    ("measured speedup", lambda r: _x(r.get("measured_decode_speedup"))),
+]
+SHORT = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
+QUALITY = [
+    ("dataset", lambda q: q["dataset"]),
+    ("variant", lambda q: ("torch " if q["backend"] == "torch" else "") + q["variant"]),
+    ("beams", lambda q: q["num_beams"]),
+    ("n", lambda q: q["n"]),
+    ("in->out", _lengths),
+    *[
+        (SHORT[m] + " [95% CI]", lambda q, m=m: "{mean:.1f} [{low:.1f},{high:.1f}]".format(**q["rouge"][m]))
+        for m in METRICS
+    ],
+    ("s/sample", lambda q: f"{q['time_per_sample_s']:.3f}"),
+    (
+        "tokens = torch",
+        lambda q: (
+            "{identical}/{total}".format(**q["tokens_match_reference"]) if q.get("tokens_match_reference") else "-"
+        ),
+    ),
+]
+AGREEMENT = [
+    ("variant", lambda r: r["variant"]),
+    ("vs", lambda r: r["reference"]),
+    ("dataset", lambda r: r["dataset"]),
+    ("positions", lambda r: r["positions"]),
+    ("top-1 agreement", lambda r: f"{100 * r['top1_agreement']:.1f}%"),
+    ("max |diff|", lambda r: f"{r['max_abs_diff']:.3g}"),
+    ("logit scale", lambda r: f"{r['reference_logit_scale']:.3g}"),
+]
+
+
 def speed_table(speed: Sequence[dict]) -> str:
-    headers = [
-        "variant",
-        "B",
-        "in->out",
-        "encoder ms",
-        "decode ms/step [min-max]",
-        "ms/sample",
-        "gen tok/s",
-        "peak MiB",
-        "KV MiB",
-        "decode speedup",
-        "predicted",
-    ]
-    rows = []
-    for r in speed:
-        d = r["decode_step_s"]
-        torch_prefix = r["backend"] == "torch" and not r["variant"].startswith("torch")
-        rows.append(
-            [
-                ("torch " if torch_prefix else "") + r["variant"],
-                r["batch_size"],
-                f"{r['input_len']}->{r['output_len']}",
-                _ms(r["encoder_s"]["median"]),
-                f"{_ms(d['median'])} [{_ms(d['min'])}-{_ms(d['max'])}]",
-                _ms(r["time_per_sample_s"]["median"]),
-                f"{r['tokens_per_s']['median']:.0f}",
-                _mb(r["peak_memory_bytes"]),
-                _mb(r["kv_cache_bytes"]),
-                _x(r.get("measured_decode_speedup")) if r["backend"] == "mlx" else "-",
-                _x(r.get("predicted_decode_speedup")) if r["backend"] == "mlx" else "-",
-            ]
-        )
-    return _table(headers, rows)
+    return _table(SPEED, speed)
 
 
 def traffic_table(speed: Sequence[dict]) -> str:
-    """The memory-traffic model next to the measurement, MLX variants only."""
-    headers = [
-        "variant",
-        "B",
-        "in->out",
-        "weights MiB/step",
-        "KV MiB/step",
-        "total MiB/step",
-        "predicted speedup",
-        "measured speedup",
-    ]
-    rows = []
-    for r in speed:
-        if r["backend"] != "mlx":
-            continue
-        t = r["traffic_bytes_per_step"]
-        rows.append(
-            [
-                r["variant"],
-                r["batch_size"],
-                f"{r['input_len']}->{r['output_len']}",
-                _mb(t["weights"]),
-                _mb(t["kv_self"] + t["kv_cross"]),
-                _mb(t["total"]),
-                _x(r.get("predicted_decode_speedup")),
-                _x(r.get("measured_decode_speedup")),
-            ]
-        )
-    return _table(headers, rows)
+    return _table(TRAFFIC, [r for r in speed if r["backend"] == "mlx"])
+
+
+def quality_table(quality: Sequence[dict]) -> str:
+    return _table(QUALITY, quality, left=2)
+
+
+def agreement_table(rows: Sequence[dict]) -> str:
+    return _table(AGREEMENT, rows, left=3)
 
 
 def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
@@ -124,53 +149,14 @@ def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def quality_table(quality: Sequence[dict]) -> str:
-    short = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
-    headers = (
-        ["dataset", "variant", "beams", "n", "in->out"]
-        + [short[m] + " [95% CI]" for m in METRICS]
-        + ["s/sample", "tokens = torch"]
-    )
-    rows = []
-    for q in quality:
-        name = ("torch " if q["backend"] == "torch" else "") + q["variant"]
-        match = q.get("tokens_match_reference")
-        m = "-" if not match else f"{match['identical']}/{match['total']}"
-        rouge = [
-            f"{q['rouge'][k]['mean']:.1f} [{q['rouge'][k]['low']:.1f},{q['rouge'][k]['high']:.1f}]" for k in METRICS
-        ]
-        rows.append(
-            [
-                q["dataset"],
-                name,
-                q["num_beams"],
-                q["n"],
-                f"{q['input_len']}->{q['output_len']}",
-                *rouge,
-                f"{q['time_per_sample_s']:.3f}",
-                m,
-            ]
-        )
-    return _table(headers, rows, "ll" + "r" * (len(headers) - 2))
-
-
 def mha_parity_lines(quality: Sequence[dict]) -> str:
     """Whether the MLX multi-head ROUGE equals PyTorch's on the same examples (same tokens)."""
     out = []
     for q in quality:
         if q["backend"] != "mlx" or q["kv_heads"] != q["num_heads"] or q.get("quantize_bits"):
             continue
-        ref = next(
-            (
-                t
-                for t in quality
-                if t["backend"] == "torch"
-                and t["dataset"] == q["dataset"]
-                and t["kv_heads"] == q["kv_heads"]
-                and t["num_beams"] == q["num_beams"]
-            ),
-            None,
-        )
+        key = ("torch", q["dataset"], q["kv_heads"], q["num_beams"])
+        ref = next((t for t in quality if (t["backend"], t["dataset"], t["kv_heads"], t["num_beams"]) == key), None)
         if ref is None:
             continue
         match = q.get("tokens_match_reference") or {}
@@ -197,26 +183,6 @@ def reference_lines(quality: Sequence[dict]) -> List[str]:
         "tokens = torch: the PyTorch reference of a GQA/MQA variant is MHA with each group's mean K/V head "
         f"repeated, so only mean variants in contiguous groups are compared with it; not {names}."
     ]
-
-
-def agreement_table(rows: Sequence[dict]) -> str:
-    headers = ["variant", "vs", "dataset", "positions", "top-1 agreement", "max |diff|", "logit scale"]
-    return _table(
-        headers,
-        [
-            [
-                r["variant"],
-                r["reference"],
-                r["dataset"],
-                r["positions"],
-                f"{100 * r['top1_agreement']:.1f}%",
-                f"{r['max_abs_diff']:.3g}",
-                f"{r['reference_logit_scale']:.3g}",
-            ]
-            for r in rows
-        ],
-        "lll" + "r" * 4,
-    )
 
 
 def environment_line(res: dict) -> str:
@@ -249,6 +215,8 @@ def summary(res: dict) -> str:
         if res["mlx_vs_torch"]:
             out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
     if res.get("budget"):
+        from .research.budget import budget_summary
+
         b = res["budget"]
         out += ["", f"Largest batch within the memory budget ({b['input_len']} -> {b['output_len']} tokens):"]
         out += budget_summary(b["rows"])

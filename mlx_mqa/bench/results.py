@@ -17,109 +17,36 @@ from .rouge import METRICS
 
 SCHEMA = "mlx_mqa.bench/1"
 PACKAGES = ("mlx", "mlx-mqa", "torch", "transformers", "numpy", "tokenizers", "datasets", "rouge-score", "nltk")
-ENV_COLUMNS = [
-    "weights",
-    "dtype",
-    "git_commit",
-    "mlx_version",
-    "torch_version",
-    "transformers_version",
-    "mlx_device",
-    "torch_device",
-    "cpu",
-    "blas",
-]
+ENV_COLUMNS = "weights dtype git_commit mlx_version torch_version transformers_version mlx_device torch_device cpu blas"
+ENV_COLUMNS = ENV_COLUMNS.split()
 # How a variant's K/V heads were made (--pool, --grouping); after the older columns, which keep their order.
 METHOD_COLUMNS = ["pool", "grouping"]
 # The MLX decode step that ran (--decode auto picks it per run); after the method columns.
 STEP_COLUMNS = ["decode_step"]
+STATS = ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s")  # median, min, max of each
 SPEED_COLUMNS = (
-    [
-        "variant",
-        "backend",
-        "kv_heads",
-        "num_heads",
-        "quantize_bits",
-        "decode_path",
-        "device",
-        "batch_size",
-        "input_len",
-        "output_len",
-        "repeats",
-        "encoder_s",
-        "encoder_s_min",
-        "encoder_s_max",
-        "decode_step_s",
-        "decode_step_s_min",
-        "decode_step_s_max",
-        "time_per_sample_s",
-        "time_per_sample_s_min",
-        "time_per_sample_s_max",
-        "tokens_per_s",
-        "tokens_per_s_min",
-        "tokens_per_s_max",
-        "peak_memory_bytes",
-        "peak_memory_process_bytes",
-        "memory_method",
-        "kv_cache_bytes",
-        "kv_self_bytes",
-        "kv_cross_bytes",
-        "kv_cache_bytes_formula",
-        "weight_bytes",
-        "traffic_weights_bytes",
-        "traffic_kv_bytes",
-        "traffic_bytes_per_step",
-        "predicted_decode_speedup",
-        "measured_decode_speedup",
-        "measured_sample_speedup",
-        "baseline",
-    ]
+    "variant backend kv_heads num_heads quantize_bits decode_path device batch_size input_len output_len".split()
+    + ["repeats"]
+    + [f"{k}{s}" for k in STATS for s in ("", "_min", "_max")]
+    + """peak_memory_bytes peak_memory_process_bytes memory_method kv_cache_bytes kv_self_bytes kv_cross_bytes
+    kv_cache_bytes_formula weight_bytes traffic_weights_bytes traffic_kv_bytes traffic_bytes_per_step
+    predicted_decode_speedup measured_decode_speedup measured_sample_speedup baseline""".split()
     + ENV_COLUMNS
     + METHOD_COLUMNS
     + STEP_COLUMNS
 )
 QUALITY_COLUMNS = (
-    [
-        "variant",
-        "backend",
-        "kv_heads",
-        "num_heads",
-        "quantize_bits",
-        "dataset",
-        "n",
-        "input_len",
-        "output_len",
-        "num_beams",
-        "batch_size",
-    ]
+    "variant backend kv_heads num_heads quantize_bits dataset n input_len output_len num_beams batch_size".split()
     + [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")]
-    + [
-        "mean_rouge",
-        "time_per_sample_s",
-        "generated_tokens_mean",
-        "reference_variant",
-        "tokens_identical",
-        "tokens_total",
-        "rouge_meaningful",
-        "sentence_splitter",
-    ]
+    + """mean_rouge time_per_sample_s generated_tokens_mean reference_variant tokens_identical tokens_total
+    rouge_meaningful sentence_splitter""".split()
     + ENV_COLUMNS
     + METHOD_COLUMNS
 )
-TOP_LEVEL = (
-    "schema",
-    "created",
-    "command",
-    "environment",
-    "model",
-    "settings",
-    "variants",
-    "speed",
-    "mlx_vs_torch",
-    "quality",
-    "files",
-    "notes",
-)
+TOP_LEVEL = "schema created command environment model settings variants speed mlx_vs_torch quality files notes"
+TOP_LEVEL = tuple(TOP_LEVEL.split())
+SPEED_KEYS = """variant backend kv_heads batch_size input_len output_len encoder_s decode_step_s time_per_sample_s
+tokens_per_s peak_memory_bytes kv_cache_bytes traffic_bytes_per_step""".split()
 
 
 # ----------------------------------------------------------------------------------------------- environment
@@ -153,13 +80,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
     """Commit of the code that ran, and whether the work tree had uncommitted changes."""
-    repo = Path(repo) if repo else project_root()
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
 
     def git(*args) -> Optional[str]:
         try:
@@ -174,9 +97,10 @@ def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
 
 
 def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
+    """Versions, hardware, engine and BLAS (`mlx_mqa.engine.engine_info`), devices, dtype and git commit."""
     import mlx.core as mx
 
-    from .. import backend
+    from ..engine import engine_info
 
     env = {
         "packages": package_versions(),
@@ -185,8 +109,7 @@ def environment(dtype: str, torch_device: Optional[str] = None) -> dict:
         "machine": platform.machine(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
-        "blas": backend.loaded_blas,
-        "blas_scope": backend.blas_scope,
+        **engine_info(),  # engine, blas, blas_scope, blas_config
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "mlx_device": str(mx.default_device()),
         "mlx_metal": bool(getattr(mx, "metal", None) and mx.metal.is_available()),
@@ -243,7 +166,7 @@ def env_row(results: dict) -> dict:
 
 def speed_row(r: dict, env: dict) -> dict:
     row = {k: r.get(k) for k in SPEED_COLUMNS if k in r and not isinstance(r.get(k), dict)}
-    for k in ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s"):
+    for k in STATS:
         row[k], row[f"{k}_min"], row[f"{k}_max"] = r[k]["median"], r[k]["min"], r[k]["max"]
     t = r["traffic_bytes_per_step"]
     row["traffic_weights_bytes"] = t["weights"]
@@ -309,23 +232,22 @@ def new_results(command: str, environment_: dict, model: dict, settings: dict) -
 
 
 def write_results(results: dict, out_dir) -> Dict[str, str]:
-    """results.json, speed.csv and quality.csv in `out_dir`; returns their paths."""
+    """results.json, speed.csv (when the speed sweep ran) and quality.csv in `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = env_row(results)
     meaningful = results["model"]["provenance"].get("kind") != "random"
-    paths = {
-        "json": str(out_dir / "results.json"),
-        "speed_csv": str(out_dir / "speed.csv"),
-        "quality_csv": str(out_dir / "quality.csv"),
-    }
-    results["files"].update({k: Path(v).name for k, v in paths.items()})
-    write_csv(out_dir / "speed.csv", SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
-    write_csv(out_dir / "quality.csv", QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    speed = results["settings"].get("speed", True)
+    paths = {"json": out_dir / "results.json", **({"speed_csv": out_dir / "speed.csv"} if speed else {})}
+    paths["quality_csv"] = out_dir / "quality.csv"
+    if speed:
+        write_csv(paths["speed_csv"], SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
+    write_csv(paths["quality_csv"], QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    results["files"].update({k: v.name for k, v in paths.items()})
     tmp = out_dir / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     os.replace(tmp, out_dir / "results.json")
-    return paths
+    return {k: str(v) for k, v in paths.items()}
 
 
 # ----------------------------------------------------------------------------------------------- schema check
@@ -353,24 +275,8 @@ def validate_results(d: dict) -> List[str]:
     if prov.get("kind") == "random" and "random_weights_seed" not in prov:
         problems.append("random weights without random_weights_seed")
     for i, r in enumerate(d["speed"]):
-        for k in (
-            "variant",
-            "backend",
-            "kv_heads",
-            "batch_size",
-            "input_len",
-            "output_len",
-            "encoder_s",
-            "decode_step_s",
-            "time_per_sample_s",
-            "tokens_per_s",
-            "peak_memory_bytes",
-            "kv_cache_bytes",
-            "traffic_bytes_per_step",
-        ):
-            if k not in r:
-                problems.append(f"speed[{i}] lacks {k!r}")
-        for k in ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s"):
+        problems += [f"speed[{i}] lacks {k!r}" for k in SPEED_KEYS if k not in r]
+        for k in STATS:
             s = r.get(k)
             if not isinstance(s, dict) or not (0 <= s.get("min", -1) <= s.get("median", -1) <= s.get("max", -1)):
                 problems.append(f"speed[{i}].{k} is not min <= median <= max: {s}")

@@ -19,30 +19,8 @@ METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before whitespace and
 # an upper-case letter, a digit or an opening quote/bracket; not after a common title or a single initial
 # ("Mr. Smith", "J. K. Rowling", "U.S. officials" stay whole).
-_NOT_AFTER = "".join(
-    f"(?<!\\b{a}\\.)"
-    for a in (
-        "Mr",
-        "Mrs",
-        "Ms",
-        "Dr",
-        "St",
-        "Jr",
-        "Sr",
-        "Prof",
-        "Gen",
-        "Rep",
-        "Sen",
-        "Gov",
-        "Lt",
-        "Col",
-        "Sgt",
-        "Capt",
-        "No",
-        "vs",
-        "[A-Z]",
-    )
-)
+_TITLES = "Mr Mrs Ms Dr St Jr Sr Prof Gen Rep Sen Gov Lt Col Sgt Capt No vs [A-Z]".split()
+_NOT_AFTER = "".join(f"(?<!\\b{a}\\.)" for a in _TITLES)
 _SENTENCE_END = re.compile(
     r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))" + _NOT_AFTER + r"\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])"
 )

@@ -200,16 +200,14 @@ def torch_run(
         synchronize(device)
         t2 = time.perf_counter()
     kv_self, kv_cross = cache_nbytes(cache)
-    if device == "cuda":
-        peak_process = int(torch.cuda.max_memory_allocated())
-        peak = peak_process
-    elif device == "mps":
-        peak_process = int(torch.mps.driver_allocated_memory())
-        peak = peak_process
+    if device in ("cuda", "mps"):
+        peak = peak_process = int(
+            torch.cuda.max_memory_allocated() if device == "cuda" else torch.mps.driver_allocated_memory()
+        )
     else:
         peak_process = peak_rss()
         peak = int(weight_bytes + max(peak_process - base_rss, 0))
-    sample = RunSample(
+    return RunSample(
         encoder_s=t1 - t0,
         decode_s=t2 - t1,
         steps=output_len,
@@ -220,7 +218,6 @@ def torch_run(
         kv_cross_bytes=kv_cross,
         tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None,
     )
-    return sample
 
 
 _CACHE_KW: Dict[type, str] = {}

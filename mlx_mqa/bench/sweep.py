@@ -103,17 +103,11 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
     peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
     procs = [r.peak_process_bytes for r in runs if r.peak_process_bytes is not None]
     last = runs[-1]
+    same = "backend kv_heads num_heads quantize_bits decode_path device memory_method weight_bytes pool grouping"
     return SpeedResult(
         variant=v.name,
-        backend=v.backend,
-        kv_heads=v.kv_heads,
-        num_heads=v.num_heads,
-        quantize_bits=v.quantize_bits,
-        decode_path=v.decode_path,
-        device=v.device,
-        batch_size=s.batch_size,
-        input_len=s.input_len,
-        output_len=s.output_len,
+        **{k: getattr(v, k) for k in same.split()},
+        **{k: getattr(s, k) for k in ("batch_size", "input_len", "output_len")},
         repeats=len(runs),
         encoder_s=_stats([r.encoder_s for r in runs]),
         decode_step_s=_stats([r.decode_s / r.steps for r in runs]),
@@ -121,16 +115,12 @@ def summarize_runs(v: SpeedVariant, s: Setting, runs: List[RunSample]) -> SpeedR
         tokens_per_s=_stats([r.batch_size * r.steps / r.decode_s for r in runs]),
         peak_memory_bytes=int(max(peaks)) if peaks else 0,
         peak_memory_process_bytes=int(max(procs)) if procs else None,
-        memory_method=v.memory_method,
         kv_self_bytes=last.kv_self_bytes,
         kv_cross_bytes=last.kv_cross_bytes,
         kv_cache_bytes=last.kv_self_bytes + last.kv_cross_bytes,
         kv_cache_bytes_formula=kv["total"],
-        weight_bytes=v.weight_bytes,
         traffic_bytes_per_step=traffic,
-        pool=v.pool,
-        grouping=v.grouping,
-        decode_step=runs[-1].decode_step,
+        decode_step=last.decode_step,
     )
 
 

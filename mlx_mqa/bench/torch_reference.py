@@ -97,6 +97,24 @@ def load_reference(
     return model.to(device)
 
 
+class References:
+    """The PyTorch references by K/V head count (group-mean K/V), each loaded on first use."""
+
+    def __init__(self, path, dtype: str, device: str):
+        self.path, self.dtype, self.device, self.models = path, dtype, device, {}
+
+    def get(self, kv_heads: int):
+        if kv_heads not in self.models:
+            self.models[kv_heads] = load_reference(self.path, kv_heads, self.dtype, self.device)
+        return self.models[kv_heads]
+
+    def drop(self, kv_heads: int) -> None:
+        import gc
+
+        self.models.pop(kv_heads, None)
+        gc.collect()
+
+
 def weight_bytes(model) -> dict:
     """Bytes of all parameters (shared ones once), and of what one decoder step reads."""
     seen, total = set(), 0

@@ -66,16 +66,13 @@ class ModelSource:
         return {"kind": "checkpoint", "spec": self.spec, "path": str(self.path), "fingerprint": fingerprint(self.path)}
 
 
-def random_config(name: str, layers: Optional[int] = None, decoder_layers: Optional[int] = None) -> dict:
+def random_config(name: str, layers: Optional[int] = None) -> dict:
     file = ASSETS / "t5-configs" / f"{name}.json"
     if not file.exists():
         raise ConfigError(f"unknown random model {name!r}; known shapes: {', '.join(random_model_names())}")
     cfg = json.loads(file.read_text())
     if layers is not None:
-        cfg["num_layers"] = int(layers)
-        cfg["num_decoder_layers"] = int(layers)
-    if decoder_layers is not None:
-        cfg["num_decoder_layers"] = int(decoder_layers)
+        cfg["num_layers"] = cfg["num_decoder_layers"] = int(layers)
     return cfg
 
 
@@ -83,7 +80,6 @@ def prepare_source(
     spec: str,
     cache_dir=None,
     layers: Optional[int] = None,
-    decoder_layers: Optional[int] = None,
     seed: int = 0,
     shared_std: float = 0.05,
 ) -> ModelSource:
@@ -95,10 +91,8 @@ def prepare_source(
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX) :]
-        cfg = random_config(name, layers, decoder_layers)
-        overrides = {
-            k: v for k, v in (("num_layers", layers), ("num_decoder_layers", decoder_layers or layers)) if v is not None
-        }
+        cfg = random_config(name, layers)
+        overrides = {} if layers is None else {"num_layers": layers, "num_decoder_layers": layers}
         tag = f"{name}-L{cfg['num_layers']}x{cfg['num_decoder_layers']}-seed{seed}-std{shared_std:g}"
         out = cache_dir / "random" / tag
         if not (out / "config.json").exists():
@@ -115,7 +109,7 @@ def prepare_source(
                     raise
         extra = dict(overrides, shared_std=shared_std)
         return ModelSource(spec, out, read_config(out), random_seed=seed, overrides=extra)
-    if layers is not None or decoder_layers is not None:
+    if layers is not None:
         raise ConfigError("--layers only applies to random:<name> models")
     path = resolve(spec)
     cfg = read_config(path)
@@ -275,6 +269,11 @@ def timed_pool(pools: Sequence[str]) -> str:
     """The pool whose variants the speed sweep times: mean when listed, else the first one. The other
     methods convert to the shapes of mean pooling, so their speed is that of the timed ones."""
     return DEFAULT_POOL if DEFAULT_POOL in pools else pools[0]
+
+
+def represents_speed(spec: VariantSpec, pools: Sequence[str]) -> bool:
+    """Whether `spec` is timed for its shape: MHA and the variants of the timed pool (`timed_pool`)."""
+    return spec.kv_heads == spec.num_heads or spec.pool == timed_pool(pools)
 
 
 def _slug(text: str) -> str:

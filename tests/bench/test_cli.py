@@ -293,3 +293,56 @@ def test_module_and_script_entry_points():
         r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(usage) and "--kv-heads" in r.stdout and "--no-torch" in r.stdout
+
+
+def test_a_data_file_is_generated_at_the_lengths_help_gives(tmp_path):
+    """--data FILE.jsonl ran at the quick preset's 512x32 while --help said 512x128: both now read one default."""
+    from mlx_mqa.bench.cli import build_config
+    from mlx_mqa.bench.config import DEFAULT_QUALITY_LENGTHS
+    from mlx_mqa.bench.run import quality_jobs
+
+    data = tmp_path / "a.jsonl"
+    data.write_text(json.dumps({"id": "a", "document": "Some text.", "summary": "Text."}) + "\n")
+    ctx = bench_main.make_context("bench.py", ["--data", str(data)])
+    jobs = quality_jobs(build_config(ctx, ctx.params))
+    assert [(j.label, j.input_len, j.output_len) for j in jobs] == [("file:a.jsonl", *DEFAULT_QUALITY_LENGTHS)]
+    text = " ".join(CliRunner().invoke(bench_main, ["--help"]).output.split())
+    assert "{}x{} for --data files".format(*DEFAULT_QUALITY_LENGTHS) in text
+    ctx = bench_main.make_context("bench.py", [])  # the bundled demo keeps its short generation
+    assert build_config(ctx, ctx.params).quality_lengths == (512, 32) and "bundled demo" in text
+
+
+def test_no_speed_writes_no_speed_files(tiny_model, tmp_path):
+    root, model = tiny_model
+    r = run_speed_only(model, tmp_path, root / "cache", "1", "--no-speed")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["speed"] == [] and "speed_csv" not in res["files"] and validate_results(res) == []
+    assert not (tmp_path / "speed.csv").exists() and not (tmp_path / "time_vs_groups.png").exists()
+    assert "speed.csv" not in r.output and "Speed (medians" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layers", "-1"], "error: --layers must be at least 1, got -1"),
+        (["--repeats", "0"], "error: --repeats must be at least 1, got 0"),
+        (["--limit", "0"], "error: --limit must be at least 1, got 0"),
+        (["--out", "{file}/sub"], "error: --out {file}/sub cannot be created: {file} is a file"),
+        (["--out", "{file}"], "error: --out {file} is a file"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path, args, message):
+    """Every option is checked before the model is built: one line naming the option, ConfigError's exit code."""
+    from mlx_mqa.errors import ConfigError
+
+    file = tmp_path / "file.txt"
+    file.write_text("")
+    cache = tmp_path / "cache"
+    args = [a.format(file=file) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(bench_main, [*args, *out, "--cache-dir", str(cache), "--no-progress"])
+    assert r.exit_code == ConfigError.exit_code, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message.format(file=file)), r.output
+    assert not cache.exists() and not (tmp_path / "o").exists()

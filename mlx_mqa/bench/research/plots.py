@@ -14,6 +14,29 @@ from typing import Optional, Sequence
 RANDOM_NOTE = "random weights: ROUGE is meaningless (speed is not)"
 
 
+def write_figures(results: dict, out: Path, title: str, random_weights: bool) -> dict:
+    """Every figure the results allow, into `out`; their file names by results["files"] key."""
+    figures = [
+        (
+            "plot_time_vs_groups",
+            plot_time_vs_groups,
+            results["speed"],
+            "time_vs_groups.png",
+            "Time per sample vs K/V groups",
+        ),
+        ("plot_budget", plot_budget, results.get("budget"), "budget.png", "Largest batch within the budget"),
+    ]
+    files = {}
+    for key, plot, data, name, caption in figures:
+        p = plot(data, out / name, title=f"{caption}\n{title}") if data else None
+        if p:
+            files[key] = p.name
+    p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=random_weights)
+    if p:
+        files["plot_rouge_vs_time"] = p.name
+    return files
+
+
 def _plt():
     import matplotlib
 
@@ -50,28 +73,15 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optiona
         line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
         color = line[0].get_color()
         colors[(B, i_len, o_len)] = color
-        if all(r.get("measured_decode_speedup") for r in rows):
-            ax_speedup.plot(
-                xs, [r["measured_decode_speedup"] for r in rows], marker="o", color=color, label=label + " measured"
-            )
-            ax_speedup.plot(
-                xs,
-                [r["predicted_decode_speedup"] for r in rows],
-                ls=":",
-                marker="x",
-                color=color,
-                label=label + " predicted",
-            )
+        for which, style in (("measured", dict(marker="o")), ("predicted", dict(ls=":", marker="x"))):
+            if all(r.get("measured_decode_speedup") for r in rows):
+                ys = [r[f"{which}_decode_speedup"] for r in rows]
+                ax_speedup.plot(xs, ys, color=color, label=f"{label} {which}", **style)
     for r in speed:
         if r["backend"] == "torch" and r["kv_heads"] == r["num_heads"]:
             c = colors.get((r["batch_size"], r["input_len"], r["output_len"]), "gray")
-            ax.axhline(
-                r["time_per_sample_s"]["median"],
-                ls="--",
-                color=c,
-                lw=1,
-                label=f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}",
-            )
+            label = f"PyTorch MHA B={r['batch_size']} {r['input_len']}->{r['output_len']}"
+            ax.axhline(r["time_per_sample_s"]["median"], ls="--", color=c, lw=1, label=label)
     groups = sorted({r["kv_heads"] for r in mlx_rows})
     for a in (ax, ax_speedup):
         a.set_xscale("log", base=2)

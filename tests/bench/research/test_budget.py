@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from mlx_mqa.bench import budget as bg
-from mlx_mqa.bench.footprint import Footprint, Probe, measure
+from mlx_mqa.bench.research import budget as bg
+from mlx_mqa.bench.research.footprint import Footprint
 from mlx_mqa.errors import ConfigError, MemoryBudgetError
 
-from .tiny import TINY, run_speed_only
+from ..tiny import TINY, run_speed_only
 
 MiB = 2**20
 
@@ -43,7 +43,7 @@ def test_the_largest_batch_that_fits_is_measured():
     r = bg.largest_batch("MQA", 1, "mlx", 250 * MiB, probe)
     assert r.best.batch == 5 and r.best.peak_bytes == 250 * MiB
     assert calls == [1, 2, 5, 6]  # batch 6 measured not to fit
-    assert r.per_input_bytes == 30 * MiB and r.next_peak_predicted == 280 * MiB
+    assert r.per_input_bytes == pytest.approx(30 * MiB) and r.next_peak_predicted == pytest.approx(280 * MiB)
     assert r.to_dict()["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
 
 
@@ -78,27 +78,9 @@ def tiny(hf_checkpoint):
     return hf_checkpoint("t5-small", shared_std=0.05, seed=2, **TINY)
 
 
-def test_measure_runs_in_a_fresh_process(tiny, tmp_path):
-    from mlx_mqa.conversion import convert
-
-    mlx_dir = convert(str(tiny), tmp_path / "mqa", kv_heads=1, dtype="float32")
-    one, four = (measure(Probe(str(mlx_dir), "mlx", b, 64, 4)) for b in (1, 4))
-    weights = (mlx_dir / "model.safetensors").stat().st_size
-    assert one.peak_bytes > weights  # weights and the run, not the libraries
-    # K/V of 2 layers, 1 head of 16, (64 + 4) tokens, float32
-    assert one.kv_bytes == 2 * 2 * 16 * 68 * 4 and four.kv_bytes == 4 * one.kv_bytes
-    assert four.batch == 4 and four.encoder_s > 0 and four.decode_s > 0
-    assert one.decode_step == "compiled"  # a small cross K/V: the library's default step is the compiled one
-
-
-def test_measure_reports_a_failed_child(tmp_path):
-    with pytest.raises(Exception, match="mlx run at batch 1 failed"):
-        measure(Probe(str(tmp_path / "missing"), "mlx", 1, 8, 2))
-
-
 def test_cli_budget_step_writes_rows_csv_and_plot(tiny, tmp_path, monkeypatch):
     """The bench step, with every probe faked linear (2 MiB per K/V head per input): MQA fits more inputs."""
-    import mlx_mqa.bench.footprint as fp
+    import mlx_mqa.bench.research.footprint as fp
 
     def fake_measure(probe, timeout_s=None):
         heads = json.loads((Path(probe.path) / "config.json").read_text())["num_key_value_heads"]
@@ -128,3 +110,39 @@ def test_a_convex_peak_is_not_crept_up_on():
     probe, calls = fake(lambda b: 100 + b + (0 if b <= 40 else 4 * (b - 40) ** 2))
     r = bg.largest_batch("MQA", 1, "mlx", 600 * MiB, probe)
     assert r.best.batch == 50 and calls == [1, 2, 500, 126, 33, 56, 43, 48, 50, 51]
+
+
+def test_the_per_input_slope_is_fitted_over_every_probe_with_its_noise():
+    """Peaks of 100 MiB + 1 MiB per input, +-6 MiB of noise: the slope of the last two fits (reported before) can be
+    anything; the least-squares slope over every probe is near 1 MiB, within its standard error."""
+    probe, calls = fake(lambda b: 100 + b + 6 * (-1) ** b)
+    r = bg.largest_batch("MQA", 1, "mlx", 300 * MiB, probe)
+    assert len(calls) >= 4 and r.best.peak_bytes <= 300 * MiB
+    assert r.per_input_bytes_err is not None and r.per_input_bytes_err > 0
+    assert abs(r.per_input_bytes - MiB) <= 3 * r.per_input_bytes_err and abs(r.per_input_bytes - MiB) < 0.1 * MiB
+    assert r.to_dict()["per_input_bytes_err"] == r.per_input_bytes_err
+
+
+def test_fit_slope_leaves_out_batch_1_and_has_no_error_from_two_points():
+    def f(b, mib):
+        return Footprint(b, int(mib * MiB), b * MiB, 1.0, 1.0, 8)
+
+    # Batch 2 is the first to encode two inputs at once: batch 1 is left out when two others were probed.
+    assert bg.fit_slope([f(1, 100), f(2, 150), f(4, 160)]) == (5 * MiB, None)
+    assert bg.fit_slope([f(1, 100), f(2, 150), f(4, 160), f(6, 170)]) == (5 * MiB, 0.0)
+    assert bg.fit_slope([f(1, 100), f(3, 110)]) == (5 * MiB, None)
+
+
+def budget_row(name, kv_heads, per_input_mib, err_mib):
+    err = None if err_mib is None else err_mib * MiB
+    row = dict(name=name, backend="mlx", kv_heads=kv_heads, budget_bytes=512 * MiB, batch=160, peak_bytes=500 * MiB)
+    return row | dict(per_input_bytes=per_input_mib * MiB, per_input_bytes_err=err, tokens_per_s=100.0)
+
+
+def test_slopes_out_of_kv_order_are_pointed_out():
+    """MQA has half GQA-2's K/V: a larger per-input slope beyond both errors cannot be right, and is said so."""
+    lines = bg.budget_summary([budget_row("GQA-2", 2, 1, 0.5), budget_row("MQA", 1, 13, 2)])
+    assert "+1.00 MiB ± 0.50 MiB per input" in lines[0]
+    assert lines[-1].startswith("Note: per-input slopes out of K/V order (MQA +13.00 MiB ± 2.00 MiB > GQA-2 +1.00")
+    assert len(bg.budget_summary([budget_row("GQA-2", 2, 10, 2), budget_row("MQA", 1, 12, 2)])) == 2  # within noise
+    assert len(bg.budget_summary([budget_row("GQA-2", 2, 10, None), budget_row("MQA", 1, 5, None)])) == 2

@@ -7,7 +7,7 @@ peak from getrusage for both, plus MLX's own peak on a GPU, whose buffers are no
 A fresh process has no allocator holding memory from an earlier run, which an in-process figure cannot
 rule out.
 
-    python -m mlx_mqa.bench.footprint '{"path": ..., "impl": "mlx", "batch": 4, ...}'   # one JSON line out
+    python -m mlx_mqa.bench.research.footprint '{"path": ..., "impl": "mlx", "batch": 4, ...}'   # one JSON line out
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from ..errors import MlxMqaError
+from ...errors import MlxMqaError
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Footprint:
 
 def measure(probe: Probe, timeout_s: Optional[float] = None) -> Footprint:
     """Run `probe` in a fresh Python process; its peak memory and timings."""
-    cmd = [sys.executable, "-m", "mlx_mqa.bench.footprint", json.dumps(asdict(probe))]
+    cmd = [sys.executable, "-m", "mlx_mqa.bench.research.footprint", json.dumps(asdict(probe))]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -66,18 +66,18 @@ def measure(probe: Probe, timeout_s: Optional[float] = None) -> Footprint:
 
 def _child(probe: Probe) -> Footprint:
     # isort: off
-    from .. import backend  # noqa: F401  (its BLAS before mlx.core)
+    import mlx_mqa  # noqa: F401  (loads the fast BLAS before mlx.core)
 
     # isort: on
     import numpy as np
 
-    from . import speed as sp
-    from .memory import current_rss, peak_rss
+    from .. import speed as sp
+    from ..memory import current_rss, peak_rss
 
     if probe.impl == "torch":
         from transformers import T5ForConditionalGeneration  # noqa: F401  (its code is not the run's memory)
 
-        from .torch_reference import load_reference
+        from ..torch_reference import load_reference
 
         base = current_rss()
         model = load_reference(probe.path, dtype=probe.dtype)
@@ -86,7 +86,7 @@ def _child(probe: Probe) -> Footprint:
         def run(ids):
             return sp.torch_run(model, ids, probe.output_len)
     else:
-        from ..checkpoint.load import load_model
+        from ...checkpoint.load import load_model
 
         base = current_rss()
         model = load_model(probe.path)
