@@ -78,6 +78,7 @@ class BatchGenerator:
         self.closing = False
         self.cancelled_total = 0
         self.finished_total = 0
+        self.peak_used = 0
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="mlx_mqa-generation", daemon=True)
         self._thread.start()
@@ -108,6 +109,7 @@ class BatchGenerator:
                 "queue_size": self.queue_size,
                 "finished": self.finished_total,
                 "cancelled": self.cancelled_total,
+                "peak_slots_used": self.peak_used,
             }
 
     def cancel(self, row: Row) -> None:
@@ -176,6 +178,7 @@ class BatchGenerator:
         row.last = self.start_token
         with self.cond:
             self.active.append(row)
+            self.peak_used = max(self.peak_used, len(self.active))
 
     def _step(self) -> None:
         y = mx.array([r.last for r in self.active], dtype=mx.int32)

@@ -73,6 +73,7 @@ class BatchState:
         self.compiled_choice = compiled
         self.n = 0
         self.offset = 0
+        self.compactions = 0
         self.starts: List[int] = []
         self.lengths: List[int] = []
         self.keys: List[mx.array] = []
@@ -138,6 +139,7 @@ class BatchState:
         self.values = [_pad_axis2(v[:, :, drop:], self.capacity) for v in self.values]
         self.starts = [s - drop for s in self.starts]
         self.offset -= drop
+        self.compactions += 1
         self._eval()
 
     def _eval(self) -> None:
