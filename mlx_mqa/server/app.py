@@ -115,11 +115,11 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- routes ---------------------------------------------------------------------------------------
     def do_GET(self):
-        if not self._authorized():
-            return
         path = self.path.split("?")[0].rstrip("/")
-        if path == "/health":
+        if path == "/health":  # open to probes: counts only
             self._send_json(200, self.app.health())
+        elif not self._authorized():
+            return
         elif path == "/v1/models":
             name = self.app.config.model_name
             m = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "mlx_mqa"}
@@ -154,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _completions(self) -> None:
         app = self.app
+        self._checked = time.monotonic()
         req = parse_completion(self._read_body(), app.config.max_tokens_limit)
         ids = app.tokenize(req.prompts)
         params = Params(req.max_tokens, req.temperature, req.top_p)
@@ -172,13 +173,18 @@ class Handler(BaseHTTPRequestHandler):
                 app.generator.cancel(r)  # a no-op for rows that ended; frees the slot of any that did not
 
     def _next_event(self, row: Row, deadline: float) -> Optional[Event]:
-        """The row's next event, or None once the client left or the request timed out."""
+        """The row's next event, or None once the client left or the request timed out (both checked every
+        POLL_S, also while events keep coming)."""
         while True:
+            now = time.monotonic()
+            if now - self._checked >= POLL_S:
+                self._checked = now
+                if self._client_gone() or now > deadline:
+                    return None
             try:
                 return row.events.get(timeout=POLL_S)
             except queue.Empty:
-                if self._client_gone() or time.monotonic() > deadline:
-                    return None
+                pass
 
     def _complete(self, req, rows: List[Row]) -> None:
         deadline = time.monotonic() + self.app.config.request_timeout_s
