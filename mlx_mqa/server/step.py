@@ -55,6 +55,10 @@ def _pad_axis2(a: mx.array, length: int) -> mx.array:
     return mx.concatenate([a, mx.zeros((*a.shape[:2], extra, a.shape[3]), a.dtype)], axis=2)
 
 
+def _shorten(a: mx.array, length: int) -> mx.array:
+    return a if a.shape[2] <= length else mx.contiguous(a[:, :, :length])
+
+
 def _join(batch: mx.array, row: mx.array, length: int) -> mx.array:
     return mx.concatenate([_pad_axis2(batch, length), _pad_axis2(row, length)], axis=0)
 
@@ -67,9 +71,10 @@ class BatchState:
     the columns before the earliest live row's start are dropped (`compact`).
     """
 
-    def __init__(self, model, capacity: int, compiled: Optional[bool] = None):
+    def __init__(self, model, capacity: int, compiled: Optional[bool] = None, cross_bucket: int = CROSS_BUCKET):
         self.model = model
         self.capacity = capacity
+        self.cross_bucket = cross_bucket
         self.compiled_choice = compiled
         self.n = 0
         self.offset = 0
@@ -89,8 +94,7 @@ class BatchState:
             self.offset = 0
         elif self.offset >= self.capacity:
             self.compact()
-        S = max([length, *self.lengths])
-        S = -(-S // CROSS_BUCKET) * CROSS_BUCKET
+        S = self._cross_length([length, *self.lengths])
         G, D = cross[0].keys.shape[1], cross[0].keys.shape[3]
         dtype = cross[0].keys.dtype
         zeros = mx.zeros((1, G, self.capacity, D), dtype)
@@ -123,12 +127,16 @@ class BatchState:
             self.keys, self.values, self.cross_keys, self.cross_values = [], [], [], []
             return
         idx = mx.array(list(rows), dtype=mx.int32)
-        S = -(-max(self.lengths) // CROSS_BUCKET) * CROSS_BUCKET
+        S = self._cross_length(self.lengths)
         self.keys = [k[idx] for k in self.keys]
         self.values = [v[idx] for v in self.values]
-        self.cross_keys = [k[idx][:, :, :S] for k in self.cross_keys]
-        self.cross_values = [v[idx][:, :, :S] for v in self.cross_values]
+        # Copied when shorter, so the longer buffer is freed.
+        self.cross_keys = [_shorten(k[idx], S) for k in self.cross_keys]
+        self.cross_values = [_shorten(v[idx], S) for v in self.cross_values]
         self._eval()
+
+    def _cross_length(self, lengths: Sequence[int]) -> int:
+        return -(-max(lengths) // self.cross_bucket) * self.cross_bucket
 
     def compact(self) -> None:
         """Drop the cache columns before the earliest live row's start (nobody reads them)."""
