@@ -231,17 +231,22 @@ class Handler(BaseHTTPRequestHandler):
                 if ev is None:
                     return
                 if ev.token is not None and not text.stopped:
+                    # One event per token, its text possibly empty (held back, or not yet a whole character).
                     delta = text.add(ev.token)
                     if text.stopped:
                         self.app.generator.cancel(row)
-                    if delta:
-                        send(chunk_body(cid, model, i, delta, None))
+                    send(chunk_body(cid, model, i, delta, None))
                 if ev.finish_reason is not None:
                     reason = "stop" if text.stopped else ev.finish_reason
                     if ev.error:
                         send(error_body(ev.error, "server_error" if reason == "error" else "server_shutdown"))
                     send(chunk_body(cid, model, i, text.flush(), reason))
                     break
+        if req.include_usage:
+            prompt_tokens = sum(len(r.input_ids) for r in rows)
+            completion = sum(r.generated for r in rows)
+            usage = completion_body(cid, model, [], prompt_tokens, completion)["usage"]
+            send({**chunk_body(cid, model, None, "", None), "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import List, Optional
 
-FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "n", "user"}
+FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "stream_options", "n", "user"}
 MAX_PROMPTS = 16
 MAX_STOPS = 4
 DEFAULT_MAX_TOKENS = 64
@@ -37,6 +37,7 @@ class CompletionRequest:
     stop: List[str]
     stream: bool
     model: Optional[str]
+    include_usage: bool = False
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
@@ -85,6 +86,12 @@ def parse_completion(raw: bytes, max_tokens_limit: int) -> CompletionRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(f"'stream' must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError("'stream_options' takes only {'include_usage': true|false}")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise RequestError("'stream_options.include_usage' must be true or false")
     stop = _strings(body, "stop", MAX_STOPS)
     if any(not s for s in stop):
         raise RequestError("'stop' strings must not be empty")
@@ -95,7 +102,7 @@ def parse_completion(raw: bytes, max_tokens_limit: int) -> CompletionRequest:
         raise RequestError("'user' must be a string")
     temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    return CompletionRequest(prompts, max_tokens, temperature, top_p, stop, stream, model)
+    return CompletionRequest(prompts, max_tokens, temperature, top_p, stop, stream, model, include_usage)
 
 
 def new_id() -> str:
@@ -121,13 +128,14 @@ def choice(index: int, text: str, finish_reason: Optional[str]) -> dict:
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
 
 
-def chunk_body(cid: str, model: str, index: int, text: str, finish_reason: Optional[str]) -> dict:
+def chunk_body(cid: str, model: str, index: Optional[int], text: str, finish_reason: Optional[str]) -> dict:
+    """One event of a stream; index None: the usage event (no choices), as OpenAI's `include_usage`."""
     return {
         "id": cid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice(index, text, finish_reason)],
+        "choices": [] if index is None else [choice(index, text, finish_reason)],
     }
 
 

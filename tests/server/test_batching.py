@@ -66,9 +66,12 @@ def test_concurrent_requests_match_generate_alone(variant, request):
 def test_stream_concatenates_to_the_completion(tiny_mha):
     with running_server(tiny_mha, max_slots=2) as (client, _):
         status, body, _ = client.complete(prompt=PROMPTS[0], max_tokens=20)
-        events = client.stream(prompt=PROMPTS[0], max_tokens=20)
+        events = client.stream(prompt=PROMPTS[0], max_tokens=20, stream_options={"include_usage": True})
         assert status == 200 and events[-1] == "[DONE]"
-        chunks = events[:-1]
+        usage = events[-2]
+        assert usage["choices"] == [] and usage["usage"] == body["usage"]
+        chunks = events[:-2]
+        assert len(chunks) == body["usage"]["completion_tokens"] + (body["choices"][0]["finish_reason"] == "length")
         assert all(e["object"] == "text_completion" for e in chunks)
         assert "".join(e["choices"][0]["text"] for e in chunks) == body["choices"][0]["text"]
         assert [e["choices"][0]["finish_reason"] for e in chunks][-1] == body["choices"][0]["finish_reason"]
