@@ -65,8 +65,9 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.quick:
         a.shape, a.layers, a.input_tokens, a.max_tokens = "t5-small", 1, 64, 8
-        a.requests, a.sequential, a.time_limit, a.memory_budget = 6, 2, 120.0, "16MiB"
-        a.clients = "2"
+        # 1 MiB holds 2 MHA slots of this shape and 25 MQA ones: 3 clients make MHA wait for a slot.
+        a.requests, a.sequential, a.time_limit, a.memory_budget = 6, 2, 120.0, "1MiB"
+        a.clients = "3"
     a.client_counts = [int(c) for c in str(a.clients).split(",")]
     return a
 
