@@ -159,6 +159,9 @@ class Handler(BaseHTTPRequestHandler):
         ids = app.tokenize(req.prompts)
         params = Params(req.max_tokens, req.temperature, req.top_p)
         rows = [Row(t, params) for t in ids]
+        gen = app.generator
+        if len(rows) > gen.slots + gen.queue_size:  # would never fit: not worth a retry
+            raise RequestError(f"{len(rows)} prompts; this server takes at most {gen.slots + gen.queue_size} at once")
         try:
             app.generator.submit(rows)
         except Overloaded as e:
@@ -193,8 +196,10 @@ class Handler(BaseHTTPRequestHandler):
             text = TextStream(self.app.tokenizer, req.stop)
             while True:
                 ev = self._next_event(row, deadline)
-                if ev is None:
-                    return  # the client left: `finally` above frees the slots
+                if ev is None:  # the client left (`finally` above frees the slots), or time is up
+                    if self._client_gone():
+                        return
+                    raise RequestError("the request timed out", 504, "timeout_error")
                 if ev.token is not None and not text.stopped:
                     text.add(ev.token)
                     if text.stopped:

@@ -72,6 +72,7 @@ class BatchGenerator:
         self.queue_size = queue_size
         self.batch = BatchState(model, capacity, compiled)
         self.active: List[Row] = []
+        self.joining: List[Row] = []  # taken from the queue, being encoded
         self.waiting: Deque[Row] = collections.deque()
         self.cond = threading.Condition()
         self.stopping = False
@@ -89,7 +90,7 @@ class BatchGenerator:
         with self.cond:
             if self.closing or self.stopping:
                 raise Overloaded("the server is shutting down")
-            if len(self.active) + len(self.waiting) + len(rows) > self.slots + self.queue_size:
+            if self._used() + len(self.waiting) + len(rows) > self.slots + self.queue_size:
                 raise Overloaded(
                     f"all {self.slots} slots are busy and the queue ({self.queue_size}) is full; retry later"
                 )
@@ -104,7 +105,7 @@ class BatchGenerator:
         with self.cond:
             return {
                 "slots": self.slots,
-                "slots_used": len(self.active),
+                "slots_used": self._used(),
                 "queue_depth": len(self.waiting),
                 "queue_size": self.queue_size,
                 "finished": self.finished_total,
@@ -152,9 +153,9 @@ class BatchGenerator:
                 if self.stopping:
                     self._end_all("cancelled")
                     return
-                joining = []
-                while self.waiting and len(self.active) + len(joining) < self.slots:
-                    joining.append(self.waiting.popleft())
+                while self.waiting and self._used() < self.slots:
+                    self.joining.append(self.waiting.popleft())
+                joining = list(self.joining)
             for row in joining:
                 try:
                     self._admit(row)
@@ -166,7 +167,20 @@ class BatchGenerator:
             except Exception as e:  # a fault in the model: end every row with an error, keep serving
                 self._fail_all(f"{type(e).__name__}: {e}")
 
+    def _used(self) -> int:
+        """With self.cond held: slots taken (rows decoding, and rows being admitted)."""
+        return len(self.active) + len(self.joining)
+
     def _admit(self, row: Row) -> None:
+        """Encode a row and add it to the batch (a row in `joining` leaves it, whatever happens)."""
+        try:
+            self._encode_and_join(row)
+        finally:
+            with self.cond:
+                if row in self.joining:
+                    self.joining.remove(row)
+
+    def _encode_and_join(self, row: Row) -> None:
         if row.cancelled:
             self._finish(row, "cancelled")
             return
@@ -177,6 +191,7 @@ class BatchGenerator:
         self.batch.add(cross, len(row.input_ids))
         row.last = self.start_token
         with self.cond:
+            self.joining.remove(row)
             self.active.append(row)
             self.peak_used = max(self.peak_used, len(self.active))
 
@@ -224,7 +239,7 @@ class BatchGenerator:
         for row in list(self.active) + list(self.waiting):
             row.events.put(Event(finish_reason=reason, error=error or "the server is shutting down"))
             self.cancelled_total += 1
-        self.active, self.waiting = [], collections.deque()
+        self.active, self.waiting, self.joining = [], collections.deque(), []
         self.batch.keep([])
 
     def _fail_all(self, message: str) -> None:

@@ -33,7 +33,8 @@ def test_concurrent_requests_match_generate_alone(variant, request):
     expected = reference(path, MIXED, MAX_TOKENS)
     assert len(set(expected)) == len(MIXED) and all(expected)  # texts that tell the rows apart
     results = [None] * len(MIXED)
-    # max_tokens_limit = MAX_TOKENS: a cache of few spare columns, so the rows' columns are compacted on the way.
+    # max_tokens_limit = MAX_TOKENS: a cache of few spare columns, so a busy batch is compacted on the way (whether
+    # it is depends on timing here; tests/server/test_step.py compacts deterministically).
     with running_server(path, max_slots=3, queue_size=8, max_tokens_limit=MAX_TOKENS) as (client, app):
 
         def ask(i):
@@ -48,7 +49,6 @@ def test_concurrent_requests_match_generate_alone(variant, request):
         for t in threads:
             t.join(TIMEOUT_S)
         health = client.health()
-        compactions = app.generator.batch.compactions
     assert status == 200 and [c["text"] for c in body["choices"]] == expected[:2]
     for (status, body, _), text in zip(results, expected):
         assert status == 200
@@ -60,7 +60,6 @@ def test_concurrent_requests_match_generate_alone(variant, request):
         assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] >= 1
     assert health["peak_slots_used"] >= 2  # rows were really decoded together
     assert health["slots_used"] == 0 and health["queue_depth"] == 0
-    assert compactions >= 1
 
 
 def test_stream_concatenates_to_the_completion(tiny_mha):

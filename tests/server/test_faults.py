@@ -75,10 +75,12 @@ def test_overload_answers_503_with_retry_after(tiny_mha):
             status, body, headers = client.complete(prompt=PROMPTS[2], max_tokens=4)
             assert status == 503 and int(headers["Retry-After"]) >= 1
             assert body["error"]["type"] == "overloaded_error" and "slots" in body["error"]["message"]
-        finally:
-            first.close()
-            second.close()
-        wait_for(lambda: client.health()["slots_used"] == 0 and client.health()["queue_depth"] == 0)
+        finally:  # the responses hold the sockets too
+            for conn, resp in ((first, resp1), (second, resp2)):
+                resp.close()
+                conn.close()
+        h = wait_for(lambda: (lambda h: h if h["slots_used"] == h["queue_depth"] == 0 else None)(client.health()))
+        assert h["cancelled"] == 2  # both left with their clients, neither ran to the end
         status, body, _ = client.complete(prompt=PROMPTS[2], max_tokens=4)
         assert status == 200
 
@@ -104,11 +106,13 @@ BAD = [
     ({"prompt": "hi", "stop": ""}, 400),
     ({"prompt": "hi", "n": 2}, 400),
     ({"prompt": "word " * 100}, 400),  # over --max-input-tokens
+    ({"prompt": ["a"] * 16}, 400),  # more rows than slots + queue: never fits
+    ({"prompt": "hi", "stream_options": {"include_usage": 1}}, 400),
 ]
 
 
 def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(tiny_mha, caplog):
-    with running_server(tiny_mha, max_input_tokens=32, max_tokens_limit=64) as (client, _):
+    with running_server(tiny_mha, max_input_tokens=32, max_tokens_limit=64, max_slots=4, queue_size=4) as (client, _):
         for body, code in BAD:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
             status, answer, _ = client.request("POST", "/v1/completions", raw=raw)
