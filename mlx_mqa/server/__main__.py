@@ -1,0 +1,6 @@
+"""`python -m mlx_mqa.server`."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
