@@ -54,3 +54,16 @@ def reference_logits(hf, ids, mask, dec):
             decoder_input_ids=torch.tensor(dec, dtype=torch.long),
             use_cache=False,
         ).logits.numpy()
+
+
+def assert_padded_rows_equal_alone(model, tokenizer):
+    """Each row of a padded batch gets the logits of its input alone, unpadded."""
+    import mlx.core as mx
+
+    ids, mask = batch(tokenizer)
+    dec = mx.array([[0, 5, 6, 7]] * len(PROMPTS))
+    together = np.array(model(mx.array(ids), dec, mx.array(mask)))
+    for i in range(len(PROMPTS)):
+        n = int(mask[i].sum())
+        alone = np.array(model(mx.array(ids[i : i + 1, :n]), dec[i : i + 1]))
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-4 * np.abs(alone).max(), rtol=0)

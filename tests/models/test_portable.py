@@ -15,7 +15,7 @@ from mlx_mqa.decoding.state import DecodeState
 from tests.decoding.test_beam import SETTINGS
 from tests.decoding.test_beam import reference as hf_beams
 from tests.decoding.test_generate import hf_greedy
-from tests.helpers import PROMPTS, VARIANTS, batch, hf_model, reference_logits
+from tests.helpers import PROMPTS, VARIANTS, assert_padded_rows_equal_alone, batch, hf_model, reference_logits
 
 
 @pytest.fixture(autouse=True)
@@ -43,14 +43,7 @@ def test_logits_match_transformers_on_padded_batch(name, hf_checkpoint, tokenize
 
 
 def test_padded_rows_equal_each_input_alone(hf_checkpoint, tokenizer):
-    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
-    ids, mask = batch(tokenizer)
-    dec = mx.array([[0, 5, 6, 7]] * len(PROMPTS))
-    together = np.array(model(mx.array(ids), dec, mx.array(mask)))
-    for i in range(len(PROMPTS)):
-        n = int(mask[i].sum())
-        alone = np.array(model(mx.array(ids[i : i + 1, :n]), dec[i : i + 1]))
-        np.testing.assert_allclose(together[i], alone[0], rtol=0, atol=1e-4 * np.abs(alone).max())
+    assert_padded_rows_equal_alone(load_model(hf_checkpoint("flan-t5-small"), dtype="float32"), tokenizer)
 
 
 @pytest.mark.parametrize("name", ["t5-small", "flan-t5-small"])

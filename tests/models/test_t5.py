@@ -7,7 +7,7 @@ import torch
 
 from mlx_mqa import load_model
 from mlx_mqa.models.t5 import bucket_table
-from tests.helpers import PROMPTS, VARIANTS, batch, hf_model, reference_logits
+from tests.helpers import PROMPTS, VARIANTS, assert_padded_rows_equal_alone, batch, hf_model, reference_logits
 
 
 @pytest.mark.parametrize("cpu_kernel", [False, True], ids=["mlx-attention", "c-kernel"])
@@ -35,14 +35,7 @@ def test_logits_match_transformers_on_padded_batch(name, cpu_kernel, hf_checkpoi
 
 
 def test_padded_rows_equal_each_input_alone(hf_checkpoint, tokenizer):
-    model = load_model(hf_checkpoint("flan-t5-small"), dtype="float32")
-    ids, mask = batch(tokenizer)
-    dec = mx.array([[0, 5, 6, 7]] * len(PROMPTS))
-    together = np.array(model(mx.array(ids), dec, mx.array(mask)))
-    for i in range(len(PROMPTS)):
-        n = int(mask[i].sum())
-        alone = np.array(model(mx.array(ids[i : i + 1, :n]), dec[i : i + 1]))
-        np.testing.assert_allclose(together[i], alone[0], atol=1e-4 * np.abs(alone).max(), rtol=0)
+    assert_padded_rows_equal_alone(load_model(hf_checkpoint("flan-t5-small"), dtype="float32"), tokenizer)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
