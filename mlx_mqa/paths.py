@@ -1,4 +1,4 @@
-"""Where mlx_mqa keeps its per-user cache (the compiled BLAS shim, ...).
+"""Where mlx_mqa keeps its per-user cache (compiled libraries, converted benchmark models).
 
 Standard library only: mlx_mqa.cpu.blas imports this before mlx.core is loaded.
 """

@@ -51,7 +51,7 @@ MLX_MEMORY = "mlx: this variant's weights + (mx.get_peak_memory() - active memor
 TORCH_MEMORY = {"cuda": "torch.cuda.max_memory_allocated()", "mps": "torch.mps.driver_allocated_memory() after the run"}
 TORCH_CPU_MEMORY = "process RSS: torch weights + (peak RSS - RSS before the run)"
 BLAS_WARNING = (
-    "OpenBLAS is loaded globally (no C compiler for the shim, or LD_PRELOAD), so PyTorch's CPU "
+    "OpenBLAS is loaded globally (no C compiler, or LD_PRELOAD), so PyTorch's CPU "
     "matmuls run through it too and its timings are pessimistic; install a C compiler"
 )
 
