@@ -232,17 +232,18 @@ def new_results(command: str, environment_: dict, model: dict, settings: dict) -
 
 
 def write_results(results: dict, out_dir) -> Dict[str, str]:
-    """results.json, speed.csv (when the speed sweep ran) and quality.csv in `out_dir`; returns their paths."""
+    """results.json, speed.csv and quality.csv (each when its step ran) in `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = env_row(results)
     meaningful = results["model"]["provenance"].get("kind") != "random"
-    speed = results["settings"].get("speed", True)
-    paths = {"json": out_dir / "results.json", **({"speed_csv": out_dir / "speed.csv"} if speed else {})}
-    paths["quality_csv"] = out_dir / "quality.csv"
-    if speed:
+    ran = {k: results["settings"].get(k, True) for k in ("speed", "quality")}
+    paths = {"json": out_dir / "results.json"}
+    paths.update({f"{k}_csv": out_dir / f"{k}.csv" for k in ("speed", "quality") if ran[k]})
+    if ran["speed"]:
         write_csv(paths["speed_csv"], SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
-    write_csv(paths["quality_csv"], QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    if ran["quality"]:
+        write_csv(paths["quality_csv"], QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
     results["files"].update({k: v.name for k, v in paths.items()})
     tmp = out_dir / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -262,7 +262,8 @@ def write(cfg: BenchConfig, results: dict, quality: List[ql.QualityResult], rand
     """Predictions, figures (when matplotlib is installed), results.json and the CSVs; the schema checked."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results["files"]["predictions"] = write_predictions(out, quality)
+    if cfg.quality:
+        results["files"]["predictions"] = write_predictions(out, quality)
     if plots_available(cfg):
         from .research.plots import write_figures
 
