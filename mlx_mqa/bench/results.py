@@ -202,15 +202,13 @@ def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
     pred_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for q in quality_results:
-        beams = f"__beams{q.num_beams}" if q.num_beams > 1 else ""
-        variant = q.variant.replace(" ", "_")  # GQA-2 fit -> GQA-2_fit
-        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{variant}{beams}.jsonl"
+        beams = f"__beams{q['num_beams']}" if q["num_beams"] > 1 else ""
+        variant = q["variant"].replace(" ", "_")  # GQA-2 fit -> GQA-2_fit
+        name = f"{q['dataset'].replace(':', '_').replace('/', '_')}__{q['backend']}__{variant}{beams}.jsonl"
         with open(pred_dir / name, "w", encoding="utf-8") as f:
-            for p in q.predictions:
-                f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        files[f"{q.backend}:{q.variant}:{q.dataset}" + (f":beams{q.num_beams}" if beams else "")] = str(
-            Path("predictions") / name
-        )
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in q["predictions"])
+        key = f"{q['backend']}:{q['variant']}:{q['dataset']}" + (f":beams{q['num_beams']}" if beams else "")
+        files[key] = str(Path("predictions") / name)
     return files
 
 

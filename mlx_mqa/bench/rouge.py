@@ -8,9 +8,8 @@ data is installed, else with a regular-expression splitter (no download is attem
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -102,24 +101,14 @@ def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95, seed
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
-@dataclass
-class MetricSummary:
-    mean: float  # percent
-    low: float
-    high: float
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high}
-
-
 def summarize(
     per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> Dict[str, MetricSummary]:
-    """Mean F1 with a bootstrap interval per metric, in percent (the paper's scale)."""
+) -> Dict[str, Dict[str, float]]:
+    """Per metric: mean F1 and its bootstrap interval (mean, low, high), in percent (the paper's scale)."""
     out = {}
     for m, v in per_example.items():
         lo, hi = bootstrap_ci(v, n_resamples, confidence, seed)
-        out[m] = MetricSummary(100.0 * float(np.mean(v)) if len(v) else float("nan"), 100.0 * lo, 100.0 * hi)
+        out[m] = {"mean": 100.0 * float(np.mean(v)) if len(v) else float("nan"), "low": 100.0 * lo, "high": 100.0 * hi}
     return out
 
 
@@ -130,13 +119,12 @@ def score(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> Tuple[Dict[str, MetricSummary], Dict[str, np.ndarray]]:
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, np.ndarray]]:
     """(summary per metric, per-example F1 per metric)."""
     per = rouge_per_example(predictions, references, use_stemmer)
     return summarize(per, n_resamples, confidence, seed), per
 
 
-def mean_rouge(summary: Dict[str, MetricSummary], metrics: Optional[Sequence[str]] = None) -> float:
+def mean_rouge(summary: Dict[str, Dict[str, float]]) -> float:
     """Average of ROUGE-1, -2 and -L (the single 'performance' number plotted against time)."""
-    metrics = metrics or ("rouge1", "rouge2", "rougeL")
-    return float(np.mean([summary[m].mean for m in metrics]))
+    return float(np.mean([summary[m]["mean"] for m in ("rouge1", "rouge2", "rougeL")]))

@@ -31,7 +31,7 @@ from .deps import check_dependencies, plots_available
 from .memory import mlx_weight_bytes
 from .report import progress_bar
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
-from .sweep import SpeedResult, SpeedVariant, mlx_vs_torch, sweep
+from .sweep import SpeedVariant, mlx_vs_torch, sweep
 from .torch_reference import References
 from .variants import (
     ModelSource,
@@ -85,7 +85,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
 
         run_budget(cfg, budget_runs(cfg, source, variants, device), dtype, results, say)
     quality = ql.run_quality(cfg, jobs, variants, refs, tokenizer, source.is_random, say)
-    results["quality"] = [q.to_dict() for q in quality]
+    results["quality"] = [{k: v for k, v in q.items() if k != "predictions"} for q in quality]
     results["quantization_agreement"] = quantization_agreement(cfg.prefix, jobs, variants, tokenizer, say)
     return write(cfg, results, quality, source.is_random)
 
@@ -224,8 +224,8 @@ def run_speed(cfg: BenchConfig, variants, refs, vocab: int, dtype: str, results:
     settings = sp.settings_grid(cfg.batch_sizes, cfg.lengths)
     say(f"speed: {len(timed)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + {cfg.repeats} repeats)")
 
-    def save(done: List[SpeedResult], to_disk: bool = True) -> None:
-        results["speed"] = [r.to_dict() for r in done]
+    def save(done: List[dict], to_disk: bool = True) -> None:
+        results["speed"] = done
         results["mlx_vs_torch"] = mlx_vs_torch(done)
         if to_disk:
             write_results(results, cfg.out)
@@ -258,7 +258,7 @@ def budget_runs(cfg: BenchConfig, source: ModelSource, variants: Sequence[MlxVar
 # ----------------------------------------------------------------------------------------------- files
 
 
-def write(cfg: BenchConfig, results: dict, quality: List[ql.QualityResult], random_weights: bool) -> dict:
+def write(cfg: BenchConfig, results: dict, quality: List[dict], random_weights: bool) -> dict:
     """Predictions, figures (when matplotlib is installed), results.json and the CSVs; the schema checked."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
