@@ -25,10 +25,8 @@ from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
 from . import speed as sp
 from .agreement import quantization_agreement
-from .config import BenchConfig, check_config, quality_lengths_of
+from .config import BenchConfig, check_config, check_dependencies, plots_available, quality_lengths_of
 from .data import QualityJob, load_examples
-from .deps import check_dependencies, plots_available
-from .memory import mlx_weight_bytes
 from .report import progress_bar
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
 from .sweep import SpeedVariant, mlx_vs_torch, sweep
@@ -61,7 +59,7 @@ class MlxVariant:
     spec: VariantSpec
     path: Path
     model: object = None
-    weights: Dict[str, int] = field(default_factory=dict)  # total, decoder_step (`memory.mlx_weight_bytes`)
+    weights: Dict[str, int] = field(default_factory=dict)  # total, decoder_step (`sp.mlx_weight_bytes`)
 
 
 def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
@@ -116,7 +114,7 @@ def prepare_models(cfg: BenchConfig, dtype: str, say) -> Tuple[ModelSource, obje
         path = ensure_converted(source, spec, dtype, cache_dir, cal, say if spec.calibrated else None, bar)
         say(f"{spec.name}: {path}")
         model = load_model(path)
-        variants.append(MlxVariant(spec, path, model, mlx_weight_bytes(model)))
+        variants.append(MlxVariant(spec, path, model, sp.mlx_weight_bytes(model)))
     return source, load_tokenizer(source.path), variants
 
 

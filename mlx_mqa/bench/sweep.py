@@ -10,8 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .memory import kv_cache_bytes, traffic_per_step
-from .speed import RunSample, Setting, random_inputs
+from .speed import RunSample, Setting, kv_cache_bytes, random_inputs, traffic_per_step
 
 
 @dataclass

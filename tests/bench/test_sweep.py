@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlx_mqa.bench import memory, speed
+from mlx_mqa.bench import speed
 from mlx_mqa.bench.sweep import SpeedVariant, sweep
 
 
@@ -54,7 +54,7 @@ def test_sweep_interleaves_and_aggregates():
     assert [x["measured_decode_speedup"] for x in res[:3]] == pytest.approx([1.0, 2.0, 4.0])
     assert res[0]["predicted_decode_speedup"] == 1.0
     assert res[2]["predicted_decode_speedup"] > res[1]["predicted_decode_speedup"] > 1
-    assert res[2]["kv_cache_bytes_formula"] == memory.kv_cache_bytes(2, 1, 8, 1, 16, 4, 4)["total"]
+    assert res[2]["kv_cache_bytes_formula"] == speed.kv_cache_bytes(2, 1, 8, 1, 16, 4, 4)["total"]
 
 
 def test_sweep_reports_each_finished_setting():
@@ -84,6 +84,6 @@ def test_the_step_that_ran_sets_the_traffic_model():
     }
     assert [res[c]["decode_step"] for c in (True, False, None)] == ["compiled", "eager", ""]
     for c, self_kv in [(True, "full"), (False, "mean")]:
-        want = memory.traffic_per_step(1000, 2, 8, 8, 2, 16, 4, 4, self_kv)
+        want = speed.traffic_per_step(1000, 2, 8, 8, 2, 16, 4, 4, self_kv)
         assert res[c]["traffic_bytes_per_step"] == want
     assert res[True]["traffic_bytes_per_step"]["kv_self"] > res[False]["traffic_bytes_per_step"]["kv_self"]

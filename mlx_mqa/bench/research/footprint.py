@@ -72,7 +72,7 @@ def _child(probe: Probe) -> Footprint:
     import numpy as np
 
     from .. import speed as sp
-    from ..memory import current_rss, peak_rss
+    from ..speed import current_rss, peak_rss
 
     if probe.impl == "torch":
         from transformers import T5ForConditionalGeneration  # noqa: F401  (its code is not the run's memory)
