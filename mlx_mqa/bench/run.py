@@ -1,15 +1,7 @@
-"""The default run of `python bench.py`, end to end: `run(BenchConfig)` returns the results dict and writes it.
-
-1. every setting and optional package is checked and the data read, before any slow work;
-2. the model is built or resolved and converted (cached) to every variant (`variants`);
-3. the speed sweep times them beside the PyTorch reference (`speed`, `sweep`); results.json is rewritten after
-   every finished setting, so an interrupted sweep keeps what it has;
-4. with --memory-budget, the largest batch of each variant that fits (`research.budget`);
-5. generation and ROUGE on every dataset (`quality`), quantized vs float logits (`agreement`);
-6. predictions, figures (`research.plots`), results.json and the CSVs (`results`).
-
-Progress goes to tqdm bars on stderr and to the `log` callback; nothing is printed here.
-"""
+"""The default run of `python bench.py`: `run(BenchConfig)` checks every setting, package and dataset before any
+slow work, converts the model to every variant, times them (results.json rewritten after every setting), finds
+the budget's batches (--memory-budget), scores quality and logits agreement, then writes every file. Progress goes
+to tqdm bars on stderr and to the `log` callback; nothing is printed here."""
 
 from __future__ import annotations
 
@@ -178,41 +170,24 @@ def speed_variants(cfg, variants: Sequence[MlxVariant], refs: Optional[Reference
     """What the sweep times (`SpeedVariant`s): every MLX variant of the timed pool, then PyTorch's multi-head."""
     args, H = variants[0].model.args, variants[0].spec.num_heads
     shape = dict(num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv, itemsize=DTYPES[dtype].size)
-    mlx = dict(backend="mlx", decode_path=cfg.decode_path, device=mlx_device, memory_method=MLX_MEMORY, **shape)
-    out = [
-        SpeedVariant(
-            name=v.spec.name,
-            kv_heads=v.spec.kv_heads,
-            weight_bytes=v.weights["total"],
-            decoder_step_bytes=v.weights["decoder_step"],
-            run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, cfg.decode_path)),
-            quantize_bits=v.spec.quantize_bits,
-            pool=v.spec.pool,
-            grouping=v.spec.grouping,
-            **mlx,
-        )
-        for v in variants
-        if represents_speed(v.spec, cfg.pool)
-    ]
+    out = []
+    for v in [v for v in variants if represents_speed(v.spec, cfg.pool)]:
+        s, w = v.spec, v.weights
+        run = lambda ids, n, m=v.model, w=w["total"]: sp.mlx_run(m, ids, n, w, cfg.decode_path)  # noqa: E731
+        method = dict(quantize_bits=s.quantize_bits, pool=s.pool, grouping=s.grouping, decode_path=cfg.decode_path)
+        bytes_ = dict(weight_bytes=w["total"], decoder_step_bytes=w["decoder_step"])
+        mlx = dict(run=run, device=mlx_device, memory_method=MLX_MEMORY, **method, **bytes_, **shape)
+        out.append(SpeedVariant(name=s.name, backend="mlx", kv_heads=s.kv_heads, **mlx))
     if refs is not None:
         from .torch_reference import weight_bytes
 
         tm, device = refs.get(H), refs.device
-        tw = weight_bytes(tm)
-        run = lambda ids, n: sp.torch_run(tm, ids, n, device, tw["total"])  # noqa: E731
+        w = weight_bytes(tm)
+        run = lambda ids, n: sp.torch_run(tm, ids, n, device, w["total"])  # noqa: E731
         memory = TORCH_MEMORY.get(device, TORCH_CPU_MEMORY)
-        torch = dict(backend="torch", decode_path="transformers DynamicCache", device=device, memory_method=memory)
-        out.append(
-            SpeedVariant(
-                "torch MHA",
-                kv_heads=H,
-                weight_bytes=tw["total"],
-                decoder_step_bytes=tw["decoder_step"],
-                run=run,
-                **torch,
-                **shape,
-            )
-        )
+        torch = dict(decode_path="transformers DynamicCache", device=device, memory_method=memory, run=run)
+        bytes_ = dict(weight_bytes=w["total"], decoder_step_bytes=w["decoder_step"])
+        out.append(SpeedVariant(name="torch MHA", backend="torch", kv_heads=H, **torch, **bytes_, **shape))
     return out
 
 

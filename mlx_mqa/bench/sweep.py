@@ -34,10 +34,6 @@ class SpeedVariant:
     pool: str = "mean"  # how the K/V heads were made (the PyTorch reference: group means)
     grouping: str = "contiguous"
 
-    @property
-    def is_mha(self) -> bool:
-        return self.kv_heads == self.num_heads
-
 
 def _stats(values: Sequence[float]) -> Dict[str, float]:
     return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
