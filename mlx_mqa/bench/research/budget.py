@@ -1,14 +1,6 @@
-"""Throughput under a memory budget: per variant, the largest batch whose measured peak fits, and its tokens/s.
-
-Every probe is a whole speed run in a fresh process (`footprint`). From batches 1 and 2 on, the slope of the
-last two fitting batches (at least the K/V of an input) predicts the next batch to run; past the budget, regula
-falsi, stepping at least a quarter of the bracket. The answer is a measured fit whose next batch was measured
-not to fit (the first step's slope overestimates: batch 2 is the first to encode two inputs at once).
-
-The per-input cost reported is not that search slope (two noisy peaks) but a least-squares fit over every
-probed batch, with its standard error from the residuals (`fit_slope`); slopes that contradict the variants'
-K/V sizes beyond that noise are pointed out (`slope_order_note`).
-"""
+"""Throughput under a memory budget (--memory-budget): per variant, the largest batch whose peak, measured by a
+whole speed run in a fresh process (`footprint`), fits; and its tokens/s. The answer is a measured fit whose next
+batch was measured not to fit. The per-input cost reported is a least-squares fit over every probe (`fit_slope`)."""
 
 from __future__ import annotations
 
