@@ -13,12 +13,12 @@ from ..cli import CONTEXT, calibration_options, fail, lengths_pair
 from ..conversion import GROUPINGS
 from ..errors import MlxMqaError
 from . import report
-from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, QUANTIZE_BITS, BenchConfig
+from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, BenchConfig
 from .data import HUB_DATASETS
 from .research.budget import parse_size
 from .run import run
 from .speed import parse_ints, parse_lengths
-from .variants import check_methods, parse_pools
+from .variants import parse_pools
 
 
 def _pair(lengths) -> str:
@@ -178,21 +178,14 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
     preset_data = o["dataset"] is None and not o["data_files"]
     datasets = [d.strip() for d in (p["datasets"] if preset_data else o["dataset"] or "").split(",") if d.strip()]
     ql = o["quality_lengths"] or (p["quality_lengths"] if preset_data else None)
-    pools = parse_pools(o["pool"])
-    check_methods(pools, o["grouping"])
-    quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
-    if any(b not in QUANTIZE_BITS for b in quantize):
-        raise click.BadParameter(
-            f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}", param_hint="--quantize"
-        )
     same = """model seed kv_heads grouping calibration calibration_samples dtype torch_device torch_quality warmup
     repeats speed quality split prefix quality_batch_size bootstrap decode_path cache_dir plots progress""".split()
     return BenchConfig(
         **{k: o[k] for k in same},
         layers=layers,
-        quantize=quantize,
+        quantize=parse_ints(o["quantize"], "--quantize") if o["quantize"] else (),
         q_group_size=int(o["q_group_size"]),
-        pool=pools,
+        pool=parse_pools(o["pool"]),
         calibration_lengths=lengths_pair(o["calibration_lengths"]),
         torch=o["use_torch"],
         batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),

@@ -25,21 +25,17 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 PRESETS = {
     # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
     # Its quality lengths are for its bundled demo only: --dataset or --data gets each source's own.
-    "quick": {
-        "batch_sizes": "1,4",
-        "lengths": "256x32",
-        "datasets": "bundled:cnn_dailymail",
-        "limit": 6,
-        "quality_lengths": "512x32",
-    },
+    "quick": dict(
+        batch_sizes="1,4", lengths="256x32", datasets="bundled:cnn_dailymail", limit=6, quality_lengths="512x32"
+    ),
     # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
-    "paper": {
-        "batch_sizes": "1",
-        "lengths": "512x256,2048x512",
-        "datasets": "cnn_dailymail,arxiv,pubmed",
-        "limit": None,
-        "quality_lengths": None,
-    },
+    "paper": dict(
+        batch_sizes="1",
+        lengths="512x256,2048x512",
+        datasets="cnn_dailymail,arxiv,pubmed",
+        limit=None,
+        quality_lengths=None,
+    ),
 }
 
 
@@ -105,6 +101,8 @@ def check_config(cfg: BenchConfig) -> None:
     ):
         if value is not None and value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if any(b not in QUANTIZE_BITS for b in cfg.quantize):
+        raise ConfigError(f"--quantize: bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}")
     if cfg.layers is not None and not cfg.model.startswith("random:"):
         raise ConfigError("--layers only applies to random:<name> models")
     for nb in cfg.num_beams:
@@ -164,12 +162,9 @@ def has_module(name: str) -> bool:
         return False
 
 
-def missing(modules: Sequence[str]) -> List[str]:
-    return [m for m in modules if not has_module(m)]
-
-
-def _require(modules: Sequence[str], packages: str, extra: str, what: str, instead: str) -> None:
-    if missing(modules):
+def _require(modules: Sequence[str], extra: str, what: str, instead: str) -> None:
+    if not all(map(has_module, modules)):
+        packages = " and ".join(m.replace("_", "-") for m in modules)
         raise MissingDependency(f"{what} needs {packages} (pip install 'mlx-mqa[{extra}]'); {instead}")
 
 
@@ -179,31 +174,20 @@ def hub_datasets_requested(datasets: Sequence[str]) -> List[str]:
 
 
 def check_dependencies(cfg) -> List[str]:
-    """Raise MissingDependency for a package the run cannot do without; return notes on skipped parts.
-
-    `cfg` is a `BenchConfig`; only its torch, quality, datasets, data_files and plots fields are read.
-    """
+    """Raise MissingDependency for a package the run cannot do without; return notes on skipped parts."""
     if cfg.torch:
-        _require(["torch"], "torch", "torch", "the PyTorch reference", "or pass --no-torch")
+        _require(["torch"], "torch", "the PyTorch reference", "or pass --no-torch")
     if cfg.quality and (cfg.datasets or cfg.data_files):
-        _require(
-            ["rouge_score", "nltk"], "rouge-score and nltk", "bench", "the quality runs (ROUGE)", "or pass --no-quality"
-        )
+        _require(["rouge_score", "nltk"], "bench", "the quality runs (ROUGE)", "or pass --no-quality")
         hub = hub_datasets_requested(cfg.datasets)
         if hub:
-            _require(
-                ["datasets"],
-                "datasets",
-                "bench",
-                f"dataset {', '.join(hub)} from the Hugging Face hub",
-                "or pass --data FILE.jsonl, a bundled:<name> sample, or --no-quality",
-            )
-    notes = []
+            where, instead = f"dataset {', '.join(hub)} from the Hugging Face hub", "a bundled:<name> sample"
+            _require(["datasets"], "bench", where, f"or pass --data FILE.jsonl, {instead}, or --no-quality")
     if cfg.plots and not has_module("matplotlib"):
-        notes.append(
+        return [
             "matplotlib is not installed: no figures this run (pip install 'mlx-mqa[bench]'; --no-plots silences this)"
-        )
-    return notes
+        ]
+    return []
 
 
 def plots_available(cfg) -> bool:

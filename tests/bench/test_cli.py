@@ -339,6 +339,7 @@ def test_no_quality_writes_no_quality_files(tiny_model, tmp_path):
         (["--layers", "-1"], "error: --layers must be at least 1, got -1"),
         (["--repeats", "0"], "error: --repeats must be at least 1, got 0"),
         (["--limit", "0"], "error: --limit must be at least 1, got 0"),
+        (["--quantize", "7"], "error: --quantize: bit widths must be among 2, 3, 4, 5, 6, 8"),
         (["--out", "{file}/sub"], "error: --out {file}/sub cannot be created: {file} is a file"),
         (["--out", "{file}"], "error: --out {file} is a file"),
     ],
