@@ -145,9 +145,6 @@ def quality_lengths_of(cfg: BenchConfig, dataset: Optional[str]) -> Tuple[int, i
     return cfg.quality_lengths or (dataset_lengths(dataset) if dataset else None) or DEFAULT_QUALITY_LENGTHS
 
 
-# ----------------------------------------------------------------------------------------------- packages
-
-
 class MissingDependency(ConfigError):
     """An optional package this run needs is not installed (exit code 2)."""
 

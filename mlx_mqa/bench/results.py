@@ -46,9 +46,6 @@ SPEED_KEYS = """variant backend kv_heads batch_size input_len output_len encoder
 tokens_per_s peak_memory_bytes kv_cache_bytes traffic_bytes_per_step""".split()
 
 
-# ----------------------------------------------------------------------------------------------- environment
-
-
 def package_versions(names: Iterable[str] = PACKAGES) -> Dict[str, Optional[str]]:
     out = {}
     for name in names:
@@ -141,9 +138,6 @@ def weights_label(provenance: dict) -> str:
     return f"checkpoint({provenance.get('spec') or provenance.get('source')})"
 
 
-# ----------------------------------------------------------------------------------------------- rows / files
-
-
 def env_row(results: dict) -> dict:
     """The ENV_COLUMNS of every CSV row."""
     env = results["environment"]
@@ -223,9 +217,6 @@ def write_results(results: dict, out_dir) -> Dict[str, str]:
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     os.replace(tmp, out_dir / "results.json")
     return {k: str(v) for k, v in paths.items()}
-
-
-# ----------------------------------------------------------------------------------------------- schema check
 
 
 def validate_results(d: dict) -> List[str]:

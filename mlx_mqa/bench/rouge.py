@@ -1,9 +1,6 @@
-"""ROUGE-1/2/L/Lsum F1 through Google's rouge-score, with bootstrap confidence intervals.
-
-ROUGE-Lsum is the summary-level LCS over sentences, which rouge-score reads from newline-separated
-text: predictions and references are split into sentences first, with nltk's punkt model when its
-data is installed, else with a regular-expression splitter (no download is attempted).
-"""
+"""ROUGE-1/2/L/Lsum F1 through Google's rouge-score, with bootstrap confidence intervals. ROUGE-Lsum reads
+sentences from newline-separated text: predictions and references are split first, with nltk's punkt model when
+its data is installed, else with a regular expression (no download is attempted)."""
 
 from __future__ import annotations
 
@@ -101,17 +98,6 @@ def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95, seed
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
-def summarize(
-    per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> Dict[str, Dict[str, float]]:
-    """Per metric: mean F1 and its bootstrap interval (mean, low, high), in percent (the paper's scale)."""
-    out = {}
-    for m, v in per_example.items():
-        lo, hi = bootstrap_ci(v, n_resamples, confidence, seed)
-        out[m] = {"mean": 100.0 * float(np.mean(v)) if len(v) else float("nan"), "low": 100.0 * lo, "high": 100.0 * hi}
-    return out
-
-
 def score(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -120,9 +106,14 @@ def score(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, np.ndarray]]:
-    """(summary per metric, per-example F1 per metric)."""
+    """(per metric: mean F1 and its bootstrap interval, {mean, low, high} in percent as the paper gives them;
+    per metric: every example's F1)."""
     per = rouge_per_example(predictions, references, use_stemmer)
-    return summarize(per, n_resamples, confidence, seed), per
+    out = {}
+    for m, v in per.items():
+        lo, hi = bootstrap_ci(v, n_resamples, confidence, seed)
+        out[m] = {"mean": 100.0 * float(np.mean(v)) if len(v) else float("nan"), "low": 100.0 * lo, "high": 100.0 * hi}
+    return out, per
 
 
 def mean_rouge(summary: Dict[str, Dict[str, float]]) -> float:

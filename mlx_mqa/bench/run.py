@@ -149,9 +149,6 @@ def start_results(cfg, dtype, device, source: ModelSource, variants: Sequence[Ml
     return results
 
 
-# ----------------------------------------------------------------------------------------------- speed
-
-
 def speed_note(cfg: BenchConfig, variants: Sequence[MlxVariant]) -> Optional[str]:
     """Which variants the sweep leaves out, and why (None when it times them all)."""
     untimed = [v.spec.name for v in variants if cfg.speed and not represents_speed(v.spec, cfg.pool)]
@@ -226,9 +223,6 @@ def budget_runs(cfg: BenchConfig, source: ModelSource, variants: Sequence[MlxVar
     if cfg.torch and device == "cpu":
         runs.append(("torch MHA", source.num_heads, "torch", str(source.path)))
     return runs
-
-
-# ----------------------------------------------------------------------------------------------- files
 
 
 def write(cfg: BenchConfig, results: dict, quality: List[dict], random_weights: bool) -> dict:

@@ -28,8 +28,6 @@ from ..decoding.state import DecodeState
 # kernel reads the cross K/V), the compiled one (fixed-capacity cache) or the eager one (model.decode + KVCache).
 DECODE_PATHS = {"auto": None, "compiled": True, "eager": False}
 
-# ----------------------------------------------------------------------------------------------- memory
-
 
 def _proc_status(key: str) -> Optional[int]:
     try:
@@ -60,9 +58,6 @@ def peak_rss() -> int:
 def current_rss() -> int:
     rss = _proc_status("VmRSS")
     return rss if rss is not None else peak_rss()
-
-
-# ----------------------------------------------------------------------------------------------- KV bytes / traffic
 
 
 def kv_cache_bytes(
@@ -97,9 +92,6 @@ def mlx_weight_bytes(model) -> Dict[str, int]:
     head_module = model.shared if model.args.tie_word_embeddings else model.lm_head
     head = sum(v.nbytes for _, v in tree_flatten(head_module.parameters()))
     return {"total": int(total), "decoder_step": int(dec + head)}
-
-
-# ----------------------------------------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
@@ -153,9 +145,6 @@ def random_inputs(setting: Setting, vocab: int, seed: int = 0, eos_token_id: int
     ids = rng.integers(3, max(vocab, 4), size=(setting.batch_size, setting.input_len), dtype=np.int32)
     ids[:, -1] = eos_token_id
     return ids
-
-
-# ----------------------------------------------------------------------------------------------- one run
 
 
 @dataclass

@@ -138,8 +138,6 @@ def budget_summary(rows: List[dict], mha: Optional[str] = "MHA") -> List[str]:
     return lines + (["Note: " + note] if note else [])
 
 
-# ----------------------------------------------------------------------------------------------- the run's step
-
 CSV_COLUMNS = """name backend kv_heads budget_bytes batch peak_bytes kv_bytes per_input_bytes
 next_batch_peak_predicted tokens_per_s encoder_s decode_s decode_step per_input_bytes_err""".split()
 
