@@ -64,10 +64,6 @@ HUB_DATASETS: Dict[str, HubDataset] = {
 }
 
 
-def known_datasets() -> List[str]:
-    return sorted(HUB_DATASETS)
-
-
 def bundled_datasets() -> List[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.jsonl"))
 
@@ -153,7 +149,7 @@ def load_hub(name: str, split: str = "test", limit: Optional[int] = None, check_
     spec = HUB_DATASETS.get(name)
     if spec is None:
         raise DataError(
-            f"unknown dataset {name!r}; known: {', '.join(known_datasets())}; bundled offline samples: "
+            f"unknown dataset {name!r}; known: {', '.join(sorted(HUB_DATASETS))}; bundled offline samples: "
             f"{', '.join(BUNDLED_PREFIX + b for b in bundled_datasets())}. "
             f"For other data pass {DATA_OPTION}"
         )

@@ -7,7 +7,7 @@ MLX generates through `mlx_mqa.decoding.generate`, PyTorch through transformers'
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -22,11 +22,8 @@ from .variants import VariantSpec
 
 @dataclass
 class Generation:
-    """Generated ids per example (EOS kept when emitted) and the wall time per batch."""
-
-    tokens: List[List[int]]
+    tokens: List[List[int]]  # per example, EOS kept when emitted
     seconds: float
-    batch_seconds: List[float] = field(default_factory=list)
 
 
 def _timed(run, n: int, batch_size: int, max_new_tokens: int, warmup: bool, progress, sync=lambda: None):
@@ -34,18 +31,17 @@ def _timed(run, n: int, batch_size: int, max_new_tokens: int, warmup: bool, prog
     timed apart (`sync` waits for the device first and last); ids become plain int lists after the clock stops."""
     if warmup:
         run(range(min(batch_size, n)), 2)
-    tokens: List[List[int]] = []
-    times = []
+    gen = Generation([], 0.0)
     for rows in [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]:
         sync()
         t0 = time.perf_counter()
         out = run(rows, max_new_tokens)
         sync()
-        times.append(time.perf_counter() - t0)
-        tokens.extend([list(map(int, t)) for t in out])
+        gen.seconds += time.perf_counter() - t0
+        gen.tokens.extend([list(map(int, t)) for t in out])
         if progress:
             progress(len(rows))
-    return Generation(tokens, float(sum(times)), times)
+    return gen
 
 
 def generate_mlx(model, tokenizer, prompts, max_input_tokens, max_new_tokens, batch_size=8, num_beams=1, **kw):

@@ -4,7 +4,7 @@ G-head model computes (same outputs and ROUGE) at the cost of multi-head attenti
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -52,11 +52,8 @@ def synchronize(device: str) -> None:
 
 
 def group_mean_kv_(model, kv_heads: int, groups_in: str = "decoder") -> None:
-    """In place: replace each group of H/G K/V heads by the group's mean head, repeated H/G times.
-
-    Which projections and how: `is_grouped` and `pool_heads` of `mlx_mqa.conversion.pooling` (float64 mean,
-    then the weights' dtype), so the reference sees exactly the converted model's weights.
-    """
+    """In place: each group of H/G K/V heads becomes the group's mean head, repeated H/G times, by the conversion's
+    own `is_grouped` and `pool_heads`, so the reference sees exactly the converted model's weights."""
     import torch
 
     H = model.config.num_heads
@@ -147,37 +144,21 @@ def cache_nbytes(cache) -> Tuple[int, int]:
     return size(cache.self_attention_cache), size(cache.cross_attention_cache)
 
 
-def generate(
-    model,
-    input_ids: np.ndarray,
-    attention_mask: Optional[np.ndarray],
-    max_new_tokens: int,
-    device: str = "cpu",
-    num_beams: int = 1,
-    eos_token_id: int = 1,
-) -> List[List[int]]:
+def generate(model, input_ids, attention_mask, max_new_tokens: int, device="cpu", num_beams=1, eos_token_id=1):
     """Greedy (or beam) generation with transformers; EOS honoured; ids per row without the start token."""
     import torch
 
     ids = torch.tensor(np.asarray(input_ids), dtype=torch.long, device=device)
-    mask = (
-        torch.ones_like(ids)
-        if attention_mask is None
-        else torch.tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
-    )
+    mask = np.ones(ids.shape) if attention_mask is None else np.asarray(attention_mask)
+    # Plain search: none of the sampling, repetition or n-gram settings a generation_config.json might carry.
+    plain = dict(min_new_tokens=0, do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
     with torch.inference_mode():
-        # Plain greedy (or beam) search: no sampling, repetition or n-gram constraints a checkpoint's
-        # generation_config.json might carry.
         out = model.generate(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=torch.tensor(mask, dtype=torch.long, device=device),
             max_new_tokens=max_new_tokens,
-            min_new_tokens=0,
             num_beams=num_beams,
-            do_sample=False,
             eos_token_id=eos_token_id,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            length_penalty=1.0,
+            **plain,
         )
     return cut_after_eos(out[:, 1:].tolist(), eos_token_id)  # as mlx_mqa's generate returns them
