@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -35,94 +36,70 @@ POOL_HELP = (
     "Comma list of conversion methods: mean (the paper), first, random, or fit, svd, svd-q (from calibration "
     "data), e.g. mean,fit,svd. Every method has mean's shapes, so only the mean variants are timed."
 )
-flag = lambda name, help: click.option(f"--{name}/--no-{name}", default=True, show_default=True, help=help)  # noqa: E731
+opt = functools.partial(click.option, show_default=True)
+flag = lambda name, help: opt(f"--{name}/--no-{name}", default=True, help=help)  # noqa: E731
+choice = lambda *names: click.Choice(names)  # noqa: E731
+MODEL_HELP = (
+    "Multi-head T5: hub id, local Hugging Face directory, or random:<shape> (t5-small, t5-base, flan-t5-*, ...)."
+)
+GROUPING_HELP = "Which query heads share a K/V head: contiguous (the paper) or similar (by calibration error)."
+PRESET_HELP = (
+    "quick: speed at 256x32, batch 1 and 4, 6 bundled CNN/DailyMail examples. paper: speed at 512x256 and "
+    "2048x512; cnn_dailymail, arxiv, pubmed from the hub. Explicit options override it."
+)
 
 
 @click.command(context_settings=CONTEXT)
-@click.option(
-    "--model",
-    default="random:t5-small",
-    show_default=True,
-    help="Multi-head T5: hub id, local Hugging Face directory, or random:<shape> (t5-small, t5-base, flan-t5-*, ...).",
-)
-@click.option("--layers", type=int, help="random:<shape> only: encoder and decoder layers (offline demo: 2).")
-@click.option("--kv-heads", help="Comma list of K/V head counts (H or mha, 1 or mqa), e.g. H,4,1. [H, ~H/3, 1]")
-@click.option("--pool", default="mean", show_default=True, help=POOL_HELP)
-@click.option(
-    "--grouping",
-    metavar="[" + "|".join(GROUPINGS) + "]",
-    default="contiguous",
-    show_default=True,
-    help="Which query heads share a K/V head: contiguous (the paper) or similar (by calibration error).",
-)
+@opt("--model", default="random:t5-small", help=MODEL_HELP)
+@opt("--layers", type=int, help="random:<shape> only: encoder and decoder layers (offline demo: 2).")
+@opt("--kv-heads", help="Comma list of K/V head counts (H or mha, 1 or mqa), e.g. H,4,1. [H, ~H/3, 1]")
+@opt("--pool", default="mean", help=POOL_HELP)
+@opt("--grouping", metavar="[" + "|".join(GROUPINGS) + "]", default="contiguous", help=GROUPING_HELP)
 @calibration_options
-@click.option("--quantize", default="", help="Also quantized MLX copies of every variant at these bits, e.g. 8,4.")
-@click.option("--q-group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    help="MLX and PyTorch alike. Default: float32 on CPU, bfloat16 on a GPU.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(list(PRESETS)),
-    default="quick",
-    show_default=True,
-    help="quick: speed at 256x32, batch 1 and 4, 6 bundled CNN/DailyMail examples. paper: speed at 512x256 and "
-    "2048x512; cnn_dailymail, arxiv, pubmed from the hub. Explicit options override it.",
-)
-@click.option("--batch-sizes", help="Comma list of batch sizes for the speed sweep [preset].")
-@click.option("--lengths", help="Speed INPUTxOUTPUT lengths, comma list, e.g. 512x64,2048x64; EOS ignored [preset].")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs per variant and setting.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs, interleaved across variants.")
-@click.option(
-    "--memory-budget",
-    metavar="SIZE",
-    help="E.g. 6GB: each timed variant's largest batch whose peak (fresh process) fits, at the first --lengths.",
-)
+@opt("--quantize", help="Also quantized MLX copies of every variant at these bits, e.g. 8,4.")
+@opt("--q-group-size", type=choice("32", "64", "128"), default="64")
+@opt("--dtype", type=choice("float32", "bfloat16", "float16"), help="MLX and PyTorch. [float32 on CPU, else bfloat16]")
+@opt("--preset", type=choice(*PRESETS), default="quick", help=PRESET_HELP)
+@opt("--batch-sizes", help="Comma list of batch sizes for the speed sweep [preset].")
+@opt("--lengths", help="Speed INPUTxOUTPUT lengths, comma list, e.g. 512x64,2048x64; EOS ignored [preset].")
+@opt("--warmup", type=int, default=1, help="Untimed runs per variant and setting.")
+@opt("--repeats", type=int, default=3, help="Timed runs, interleaved across variants.")
+@opt("--memory-budget", metavar="SIZE", help="E.g. 6GB: each timed variant's largest batch that fits (fresh process).")
 @flag("speed", "Run the speed sweep.")
 @flag("quality", "Run generation + ROUGE (pip install 'mlx-mqa[bench]').")
-@click.option("--dataset", help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (hub), or bundled:<name> [preset].")
-@click.option(
+@opt("--dataset", help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (hub), or bundled:<name> [preset].")
+@opt(
     "--data",
     "data_files",
     multiple=True,
     type=click.Path(dir_okay=False),
     help="JSON Lines file with id, document, summary (repeatable); replaces the preset's --dataset.",
 )
-@click.option("--split", default="test", show_default=True, help="Hub dataset split.")
-@click.option("--limit", type=int, help="Examples per dataset (quick preset: 6; paper: all).")
-@click.option("--prefix", default="summarize: ", show_default=True, help="Task prefix put before every document.")
-@click.option("--quality-lengths", help=QUALITY_LENGTHS_HELP)
-@click.option("--quality-batch-size", type=int, default=8, show_default=True)
-@click.option("--num-beams", default="1", show_default=True, help="Beam width(s) of the quality runs, e.g. 1,4.")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% intervals.")
-@click.option("--torch/--no-torch", "use_torch", default=True, show_default=True, help="Run the PyTorch reference.")
-@click.option(
-    "--torch-device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="auto: mps > cuda > cpu.",
-)
-@click.option(
+@opt("--split", default="test", help="Hub dataset split.")
+@opt("--limit", type=int, help="Examples per dataset (quick preset: 6; paper: all).")
+@opt("--prefix", default="summarize: ", help="Task prefix put before every document.")
+@opt("--quality-lengths", help=QUALITY_LENGTHS_HELP)
+@opt("--quality-batch-size", type=int, default=8)
+@opt("--num-beams", default="1", help="Beam width(s) of the quality runs, e.g. 1,4.")
+@opt("--bootstrap", type=int, default=1000, help="Bootstrap resamples for 95% intervals.")
+@opt("--torch/--no-torch", "use_torch", default=True, help="Run the PyTorch reference.")
+@opt("--torch-device", type=choice("auto", "cpu", "cuda", "mps"), default="auto", help="auto: mps > cuda > cpu.")
+@opt(
     "--torch-quality",
-    type=click.Choice(["all", "mha", "none"]),
+    type=choice("all", "mha", "none"),
     default="all",
-    show_default=True,
     help="PyTorch quality references: one per --kv-heads value (group-mean K/V), only MHA, or none.",
 )
-@click.option(
+@opt(
     "--decode",
     "decode_path",
-    type=click.Choice(["auto", "eager", "compiled"]),
+    type=choice("auto", "eager", "compiled"),
     default="auto",
-    show_default=True,
     help="MLX decode loop of the speed runs (auto: the library's default); speed.csv's decode_step says which ran.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
-@click.option("--out", metavar="DIRECTORY", help="Output directory [results/bench-YYYYmmdd-HHMMSS].")
-@click.option(
+@opt("--seed", type=int, default=0, help="Random weights and random speed inputs.")
+@opt("--out", metavar="DIRECTORY", help="Output directory [results/bench-YYYYmmdd-HHMMSS].")
+@opt(
     "--cache-dir",
     type=click.Path(file_okay=False),
     help="Cache of random checkpoints and conversions [$MLX_MQA_CACHE, else ~/.cache/mlx_mqa].",
