@@ -47,13 +47,22 @@ tokens_per_s peak_memory_bytes kv_cache_bytes traffic_bytes_per_step""".split()
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> Dict[str, Optional[str]]:
-    out = {}
-    for name in names:
+    def version(name: str) -> Optional[str]:
         try:
-            out[name] = metadata.version(name)
+            return metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            return None
+
+    return {name: version(name) for name in names}
+
+
+def _output(*cmd: str) -> Optional[str]:
+    """A command's stripped standard output; None when it fails or cannot run."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def cpu_name() -> str:
@@ -64,27 +73,14 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    if platform.system() == "Darwin":
-        try:
-            return subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
+    darwin = platform.system() == "Darwin" and _output("sysctl", "-n", "machdep.cpu.brand_string")
+    return darwin or platform.processor() or platform.machine()
 
 
 def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
     """Commit of the code that ran, and whether the work tree had uncommitted changes."""
     repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
-
-    def git(*args) -> Optional[str]:
-        try:
-            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
-            return r.stdout.strip() if r.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
+    git = lambda *args: _output("git", "-C", str(repo), *args)  # noqa: E731
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
