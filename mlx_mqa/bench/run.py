@@ -16,6 +16,7 @@ from ..engine import engine_info
 from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
 from . import speed as sp
+from . import variants as vs
 from .agreement import quantization_agreement
 from .config import BenchConfig, check_config, check_dependencies, plots_available, quality_lengths_of
 from .data import QualityJob, load_examples
@@ -23,17 +24,7 @@ from .report import progress_bar
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
 from .sweep import SpeedVariant, mlx_vs_torch, sweep
 from .torch_reference import References
-from .variants import (
-    ModelSource,
-    VariantSpec,
-    converted_path,
-    ensure_converted,
-    parse_kv_heads,
-    prepare_source,
-    represents_speed,
-    timed_pool,
-    variant_specs,
-)
+from .variants import ModelSource, VariantSpec, represents_speed
 
 MODEL_CONFIG_KEYS = "d_model d_kv d_ff num_heads num_layers num_decoder_layers vocab_size feed_forward_proj"
 MODEL_CONFIG_KEYS = (*MODEL_CONFIG_KEYS.split(), "tie_word_embeddings")
@@ -94,16 +85,16 @@ def prepare_models(cfg: BenchConfig, dtype: str, say) -> Tuple[ModelSource, obje
     converted on first use (cached) and loaded."""
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else paths.cache_dir()
     say(f"model {cfg.model} (cache {cache_dir})")
-    source = prepare_source(cfg.model, cache_dir, layers=cfg.layers, seed=cfg.seed)
-    kv = parse_kv_heads(cfg.kv_heads, source.num_heads)
+    source = vs.prepare_source(cfg.model, cache_dir, layers=cfg.layers, seed=cfg.seed)
+    kv = vs.parse_kv_heads(cfg.kv_heads, source.num_heads)
     cal = Calibration(cfg.calibration, cfg.calibration_samples, *cfg.calibration_lengths, prefix=cfg.prefix)
     variants = []
-    for spec in variant_specs(kv, source.num_heads, cfg.quantize, cfg.q_group_size, cfg.pool, cfg.grouping):
-        if not (converted_path(source, spec, dtype, cache_dir, cal) / "model.safetensors").exists():
+    for spec in vs.variant_specs(kv, source.num_heads, cfg.quantize, cfg.q_group_size, cfg.pool, cfg.grouping):
+        if not (vs.converted_path(source, spec, dtype, cache_dir, cal) / "model.safetensors").exists():
             say(f"converting to {spec.name} (first use; cached afterwards)")
         # A calibrated conversion reports its steps (calibration can take minutes); the others convert quietly.
         bar = (lambda total, desc: progress_bar(total, desc, cfg.progress)) if spec.calibrated else None
-        path = ensure_converted(source, spec, dtype, cache_dir, cal, say if spec.calibrated else None, bar)
+        path = vs.ensure_converted(source, spec, dtype, cache_dir, cal, say if spec.calibrated else None, bar)
         say(f"{spec.name}: {path}")
         model = load_model(path)
         variants.append(MlxVariant(spec, path, model, sp.mlx_weight_bytes(model)))
@@ -154,7 +145,7 @@ def speed_note(cfg: BenchConfig, variants: Sequence[MlxVariant]) -> Optional[str
     untimed = [v.spec.name for v in variants if cfg.speed and not represents_speed(v.spec, cfg.pool)]
     if not untimed:
         return None
-    timed = timed_pool(cfg.pool)
+    timed = vs.timed_pool(cfg.pool)
     others = ", ".join(p for p in cfg.pool if p != timed)
     return (
         f"Speed is timed for MHA and the {timed} variants only: the {others} variants have the same shapes "
@@ -202,17 +193,9 @@ def run_speed(cfg: BenchConfig, variants, refs, vocab: int, dtype: str, results:
 
     args = variants[0].model.args
     with progress_bar(len(settings) * (cfg.warmup + cfg.repeats) * len(timed), "speed", cfg.progress) as bar:
-        speed = sweep(
-            timed,
-            settings,
-            vocab=min(args.vocab_size, vocab),
-            warmup=cfg.warmup,
-            repeats=cfg.repeats,
-            seed=cfg.seed,
-            eos_token_id=args.eos_token_id,
-            progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
-            on_setting=save,
-        )
+        progress = lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1))  # noqa: E731
+        vocab, eos = min(args.vocab_size, vocab), args.eos_token_id
+        speed = sweep(timed, settings, vocab, cfg.warmup, cfg.repeats, cfg.seed, eos, progress, on_setting=save)
     save(speed, to_disk=False)
 
 
