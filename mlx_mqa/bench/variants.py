@@ -128,20 +128,22 @@ def parse_kv_heads(text: Optional[str], num_heads: int) -> List[int]:
     if text is None or str(text).strip() in ("", "default"):
         return default_kv_heads(num_heads)
     out: List[int] = []
-    for part in str(text).split(","):
-        p = part.strip().lower()
-        if not p:
-            continue
+    for part in _items(text, "--kv-heads lists no value"):
         try:
-            g = {"h": num_heads, "mha": num_heads, "mqa": 1}[p] if p in ("h", "mha", "mqa") else int(p)
+            g = {"h": num_heads, "mha": num_heads, "mqa": 1}[part] if part in ("h", "mha", "mqa") else int(part)
         except ValueError:
             raise ConfigError(f"--kv-heads: {part!r} is not a number (or H / mha / mqa)") from None
         check_kv_heads(g, num_heads, "--kv-heads")
-        if g not in out:
-            out.append(g)
-    if not out:
-        raise ConfigError("--kv-heads lists no value")
+        out += [] if g in out else [g]
     return sorted(out, reverse=True)
+
+
+def _items(text, empty: str) -> List[str]:
+    """A comma list's items, stripped and lower-cased, in order without repeats; ConfigError(`empty`) if none."""
+    out = list(dict.fromkeys(p.strip().lower() for p in str(text).split(",") if p.strip()))
+    if not out:
+        raise ConfigError(empty)
+    return out
 
 
 def default_kv_heads(num_heads: int) -> List[int]:
@@ -160,15 +162,10 @@ DEFAULT_POOL, DEFAULT_GROUPING = "mean", "contiguous"
 
 def parse_pools(text: Optional[str]) -> List[str]:
     """'mean,fit,svd' -> ['mean', 'fit', 'svd'] (in the order given, repeats dropped). Default: mean."""
-    out: List[str] = []
-    for part in str(text or DEFAULT_POOL).split(","):
-        p = part.strip().lower()
-        if p and p not in METHODS:
-            raise ConfigError(f"unknown --pool {part.strip()!r}; choose from {', '.join(METHODS)}")
-        if p and p not in out:
-            out.append(p)
-    if not out:
-        raise ConfigError("--pool lists no method")
+    out = _items(text or DEFAULT_POOL, "--pool lists no method")
+    for p in out:
+        if p not in METHODS:
+            raise ConfigError(f"unknown --pool {p!r}; choose from {', '.join(METHODS)}")
     return out
 
 
