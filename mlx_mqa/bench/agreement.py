@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import List
 
 import mlx.core as mx
 import numpy as np
@@ -11,20 +11,9 @@ from ..decoding.inputs import pad_batch
 from .data import with_prefix
 
 
-def logits_agreement(
-    model,
-    reference,
-    tokenizer,
-    documents: Sequence[str],
-    summaries: Sequence[str],
-    input_len: int,
-    output_len: int,
-    batch_size: int = 4,
-) -> Dict[str, float]:
-    """Top-1 agreement and max |logit difference| of `model` vs `reference` over every target position.
-
-    The decoder is fed the reference summary (teacher forcing), so both models see the same prefixes.
-    """
+def logits_agreement(model, reference, tokenizer, documents, summaries, input_len, output_len, batch_size=4):
+    """Top-1 agreement and max |logit difference| of `model` vs `reference` over every target position, the
+    decoder fed the reference summary (teacher forcing) so that both models see the same prefixes."""
     agree = total = 0
     max_diff = scale = 0.0
     start = reference.args.decoder_start_token_id

@@ -1,8 +1,8 @@
-"""`python -m mlx_mqa.bench` (and `python bench.py`): speed, memory and ROUGE of MHA vs GQA vs MQA T5 in MLX,
-side by side with the PyTorch reference."""
+"""The command `python bench.py` (or `python -m mlx_mqa.bench`)."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -14,12 +14,12 @@ from ..cli import CONTEXT, calibration_options, fail, lengths_pair
 from ..conversion import GROUPINGS
 from ..errors import MlxMqaError
 from . import report
-from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, QUANTIZE_BITS, BenchConfig
+from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, BenchConfig
 from .data import HUB_DATASETS
 from .research.budget import parse_size
 from .run import run
 from .speed import parse_ints, parse_lengths
-from .variants import check_methods, parse_pools
+from .variants import parse_pools
 
 
 def _pair(lengths) -> str:
@@ -29,218 +29,97 @@ def _pair(lengths) -> str:
 QUALITY_LENGTHS_HELP = (
     "INPUTxOUTPUT for generation (input truncated). Default: each dataset's paper setting ("
     + ", ".join(f"{name} {_pair(d.lengths)}" for name, d in HUB_DATASETS.items())
-    + f"), {_pair(DEFAULT_QUALITY_LENGTHS)} for --data files; the quick preset's bundled demo (neither --dataset "
-    f"nor --data given): {PRESETS['quick']['quality_lengths']}."
+    + f"), {_pair(DEFAULT_QUALITY_LENGTHS)} for --data files, {PRESETS['quick']['quality_lengths']} for the quick "
+    "preset's bundled demo."
+)
+POOL_HELP = (
+    "Comma list of conversion methods: mean (the paper), first, random, or fit, svd, svd-q (from calibration "
+    "data), e.g. mean,fit,svd. Every method has mean's shapes, so only the mean variants are timed."
+)
+opt = functools.partial(click.option, show_default=True)
+flag = lambda name, help: opt(f"--{name}/--no-{name}", default=True, help=help)  # noqa: E731
+choice = lambda *names: click.Choice(names)  # noqa: E731
+MODEL_HELP = (
+    "Multi-head T5: hub id, local Hugging Face directory, or random:<shape> (t5-small, t5-base, flan-t5-*, ...)."
+)
+GROUPING_HELP = "Which query heads share a K/V head: contiguous (the paper) or similar (by calibration error)."
+PRESET_HELP = (
+    "quick: speed at 256x32, batch 1 and 4, 6 bundled CNN/DailyMail examples. paper: speed at 512x256 and "
+    "2048x512; cnn_dailymail, arxiv, pubmed from the hub. Explicit options override it."
 )
 
 
 @click.command(context_settings=CONTEXT)
-@click.option(
-    "--model",
-    default="random:t5-small",
-    show_default=True,
-    help="Multi-head T5 checkpoint: hub id (google/t5-base), local Hugging Face directory, or "
-    "random:<shape> for deterministic random weights of a real shape "
-    "(t5-small, t5-base, t5-large, flan-t5-*, t5-v1_1-large, t5-large-lm-adapt).",
-)
-@click.option(
-    "--layers",
-    type=int,
-    default=None,
-    help="random:<shape> only: encoder and decoder layers (default: the shape's; 2 for the offline demo "
-    "run without --model).",
-)
-@click.option(
-    "--kv-heads",
-    default=None,
-    help="Comma list of K/V head counts G to convert to (H or mha = multi-head, 1 or mqa = multi-query), "
-    "e.g. H,4,1 or 16,8,4,1. Default: H, the divisor nearest H/3, 1.",
-)
-@click.option(
-    "--pool",
-    default="mean",
-    show_default=True,
-    help="Comma list of conversion methods to compare, e.g. mean,fit,svd: mean (the paper), first, random, or "
-    "fit, svd, svd-q (merged from calibration data; see python -m mlx_mqa.convert --help). Every GQA/MQA "
-    "variant is converted by each (MHA once), named e.g. GQA-2 fit. Every method gives the shapes of mean "
-    "pooling, hence its speed, so only the mean variants are timed (the first pool when mean is not listed); "
-    "PyTorch token references (group-mean K/V) are for mean variants in contiguous groups only.",
-)
-@click.option(
-    "--grouping",
-    metavar="[" + "|".join(GROUPINGS) + "]",
-    default="contiguous",
-    show_default=True,
-    help="Which query heads share a K/V head, for every --pool: contiguous groups (the paper), or the groups "
-    "of most similar heads by calibration error (named e.g. MQA svd-q similar; not with random).",
-)
+@opt("--model", default="random:t5-small", help=MODEL_HELP)
+@opt("--layers", type=int, help="random:<shape> only: encoder and decoder layers (offline demo: 2).")
+@opt("--kv-heads", help="Comma list of K/V head counts (H or mha, 1 or mqa), e.g. H,4,1. [H, ~H/3, 1]")
+@opt("--pool", default="mean", help=POOL_HELP)
+@opt("--grouping", metavar="[" + "|".join(GROUPINGS) + "]", default="contiguous", help=GROUPING_HELP)
 @calibration_options
-@click.option(
-    "--quantize",
-    default="",
-    help="Also benchmark quantized MLX copies of every --kv-heads variant at these bit widths, e.g. 8,4.",
-)
-@click.option(
-    "--q-group-size",
-    type=click.Choice(["32", "64", "128"]),
-    default="64",
-    show_default=True,
-    help="Quantization group size.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
-    default=None,
-    help="Weights and activations, MLX and PyTorch alike. Default: float32 on CPU, bfloat16 on a GPU.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(list(PRESETS)),
-    default="quick",
-    show_default=True,
-    help="quick: speed at 256->32, batch 1 and 4, and 6 bundled CNN/DailyMail examples at 512->32. "
-    "paper: speed at 512->256 and 2048->512, quality on cnn_dailymail (512->256), arxiv and "
-    "pubmed (2048->512) from the hub, greedy. "
-    "Options given explicitly override the preset.",
-)
-@click.option("--batch-sizes", default=None, help="Comma list of batch sizes for the speed sweep [preset].")
-@click.option(
-    "--lengths",
-    default=None,
-    help="Speed sweep INPUTxOUTPUT token lengths, comma list, e.g. "
-    "512x64,2048x64. Output length is forced (EOS ignored) [preset].",
-)
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs per variant and setting.")
-@click.option(
-    "--repeats",
-    type=int,
-    default=3,
-    show_default=True,
-    help="Timed runs per variant and setting, interleaved across variants; medians with min-max.",
-)
-@click.option(
-    "--memory-budget",
-    default=None,
-    metavar="SIZE",
-    help="E.g. 6GB: for MHA, every timed GQA/MQA variant and PyTorch's MHA, find the largest batch whose peak "
-    "memory (measured in a fresh process: weights, K/V, workspace) fits, at the first --lengths, and report "
-    "tokens/s at it, with a plot. Exit code 5 when batch 1 does not fit; the message names the minimum.",
-)
-@click.option("--speed/--no-speed", default=True, show_default=True, help="Run the speed sweep.")
-@click.option(
-    "--quality/--no-quality",
-    default=True,
-    show_default=True,
-    help="Run generation + ROUGE (needs rouge-score and nltk: pip install 'mlx-mqa[bench]').",
-)
-@click.option(
-    "--dataset",
-    default=None,
-    help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (streamed from the hub), or bundled:<name> for "
-    "the few real examples shipped with mlx_mqa (offline) [preset].",
-)
-@click.option(
+@opt("--quantize", help="Also quantized MLX copies of every variant at these bits, e.g. 8,4.")
+@opt("--q-group-size", type=choice("32", "64", "128"), default="64")
+@opt("--dtype", type=choice("float32", "bfloat16", "float16"), help="MLX and PyTorch. [float32 on CPU, else bfloat16]")
+@opt("--preset", type=choice(*PRESETS), default="quick", help=PRESET_HELP)
+@opt("--batch-sizes", help="Comma list of batch sizes for the speed sweep [preset].")
+@opt("--lengths", help="Speed INPUTxOUTPUT lengths, comma list, e.g. 512x64,2048x64; EOS ignored [preset].")
+@opt("--warmup", type=int, default=1, help="Untimed runs per variant and setting.")
+@opt("--repeats", type=int, default=3, help="Timed runs, interleaved across variants.")
+@opt("--memory-budget", metavar="SIZE", help="E.g. 6GB: each timed variant's largest batch that fits (fresh process).")
+@flag("speed", "Run the speed sweep.")
+@flag("quality", "Run generation + ROUGE (pip install 'mlx-mqa[bench]').")
+@opt("--dataset", help="Comma list: cnn_dailymail, arxiv, pubmed, xsum (hub), or bundled:<name> [preset].")
+@opt(
     "--data",
     "data_files",
     multiple=True,
     type=click.Path(dir_okay=False),
-    help="Local JSON Lines file with fields id, document, summary (repeatable); replaces the preset's "
-    "--dataset unless --dataset is also given.",
+    help="JSON Lines file with id, document, summary (repeatable); replaces the preset's --dataset.",
 )
-@click.option("--split", default="test", show_default=True, help="Hub dataset split.")
-@click.option("--limit", type=int, default=None, help="Examples per dataset (quick preset: 6; paper: all).")
-@click.option("--prefix", default="summarize: ", show_default=True, help="Task prefix put before every document.")
-@click.option(
-    "--quality-lengths",
-    default=None,
-    help=QUALITY_LENGTHS_HELP,
-)
-@click.option("--quality-batch-size", type=int, default=8, show_default=True)
-@click.option(
-    "--num-beams",
-    default="1",
-    show_default=True,
-    help="Beam width(s) for the quality runs, comma list: e.g. 1,4 runs greedy and 4-beam search on the "
-    "same examples (time per sample and ROUGE of each); speed runs are always greedy.",
-)
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for 95% intervals.")
-@click.option(
-    "--torch/--no-torch",
-    "use_torch",
-    default=True,
-    show_default=True,
-    help="Run the PyTorch reference (needs torch: pip install 'mlx-mqa[torch]').",
-)
-@click.option(
-    "--torch-device",
-    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-    default="auto",
-    show_default=True,
-    help="auto: mps > cuda > cpu.",
-)
-@click.option(
+@opt("--split", default="test", help="Hub dataset split.")
+@opt("--limit", type=int, help="Examples per dataset (quick preset: 6; paper: all).")
+@opt("--prefix", default="summarize: ", help="Task prefix put before every document.")
+@opt("--quality-lengths", help=QUALITY_LENGTHS_HELP)
+@opt("--quality-batch-size", type=int, default=8)
+@opt("--num-beams", default="1", help="Beam width(s) of the quality runs, e.g. 1,4.")
+@opt("--bootstrap", type=int, default=1000, help="Bootstrap resamples for 95% intervals.")
+@opt("--torch/--no-torch", "use_torch", default=True, help="Run the PyTorch reference.")
+@opt("--torch-device", type=choice("auto", "cpu", "cuda", "mps"), default="auto", help="auto: mps > cuda > cpu.")
+@opt(
     "--torch-quality",
-    type=click.Choice(["all", "mha", "none"]),
+    type=choice("all", "mha", "none"),
     default="all",
-    show_default=True,
-    help="PyTorch quality references: one per --kv-heads value (group-mean K/V repeated; the token reference "
-    "of mean variants in contiguous groups), only MHA, none.",
+    help="PyTorch quality references: one per --kv-heads value (group-mean K/V), only MHA, or none.",
 )
-@click.option(
+@opt(
     "--decode",
     "decode_path",
-    type=click.Choice(["auto", "eager", "compiled"]),
+    type=choice("auto", "eager", "compiled"),
     default="auto",
-    show_default=True,
-    help="MLX decode loop for speed runs: auto (the library's default: the compiled step, or on CPU the eager "
-    "one where the C attention kernel reads a large cross K/V), compiled (fixed-capacity cache) or eager "
-    "(model.decode + KVCache). speed.csv's decode_step says which ran.",
+    help="MLX decode loop of the speed runs (auto: the library's default); speed.csv's decode_step says which ran.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random weights and random speed inputs.")
-@click.option(
-    "--out",
-    metavar="DIRECTORY",
-    default=None,
-    help="Output directory [results/bench-YYYYmmdd-HHMMSS]; checked before any work.",
-)
-@click.option(
+@opt("--seed", type=int, default=0, help="Random weights and random speed inputs.")
+@opt("--out", metavar="DIRECTORY", help="Output directory [results/bench-YYYYmmdd-HHMMSS].")
+@opt(
     "--cache-dir",
     type=click.Path(file_okay=False),
-    default=None,
-    help="Random checkpoints and conversions are cached here [$MLX_MQA_CACHE, else "
-    "$XDG_CACHE_HOME/mlx_mqa, else ~/.cache/mlx_mqa].",
+    help="Cache of random checkpoints and conversions [$MLX_MQA_CACHE, else ~/.cache/mlx_mqa].",
 )
-@click.option(
-    "--plots/--no-plots",
-    default=True,
-    show_default=True,
-    help="Figures (matplotlib; without it they are skipped with a note).",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr.")
+@flag("plots", "Figures (needs matplotlib).")
+@flag("progress", "Progress bars on stderr.")
 def main(**opts):
     """Benchmark T5 with multi-head, grouped-query and multi-query attention (Ainslie et al. 2023).
 
-    One multi-head checkpoint is converted (mean-pooled K/V, or by each --pool method; cached) to every
-    --kv-heads value and compared with the PyTorch reference (transformers, same dtype, inputs and greedy
-    settings; for a GQA variant the reference is the MHA model with group-mean K/V repeated, so its ROUGE
-    is comparable and its cost is the MHA cost). Speed: encoder time, decoder time per step, time per sample, tokens/s,
-    peak memory, KV-cache bytes, and the decode speedup predicted by a memory-traffic model. Quality:
-    ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals; predictions saved per example.
-
-    With no arguments it runs offline in a few minutes: a small random-weight T5 (t5-small shape, 2
-    layers), MHA vs GQA-2 vs MQA vs PyTorch, on 6 bundled real CNN/DailyMail examples. ROUGE of random
-    weights is meaningless; the point is speed, and that MLX MHA gives PyTorch's tokens.
+    One multi-head checkpoint is converted (cached) to every --kv-heads value and compared with the PyTorch
+    reference: speed, memory and the memory-traffic model's predicted speedup; ROUGE with bootstrap intervals.
+    Without arguments it runs offline in minutes on a small random-weight T5 (ROUGE is then meaningless).
+    docs/bench/README.md has the details.
 
     \b
     Examples:
       python bench.py                      # or: python -m mlx_mqa.bench
-      python bench.py --model random:t5-base --kv-heads 12,4,1 --batch-sizes 1,8,16 --lengths 2048x64 \\
-          --repeats 1 --no-quality
       python bench.py --model google/t5-base --dataset cnn_dailymail --limit 200 --quantize 8,4
-      python bench.py --model ./t5-dir --data articles.jsonl --quality-lengths 1024x128 --no-speed
       python bench.py --model ./t5-dir --data articles.jsonl --pool mean,fit,svd-q --no-speed
-      python bench.py --model random:t5-base --kv-heads 12,4,1 --lengths 2048x128 --memory-budget 6GB \\
-          --no-speed --no-quality
+      python bench.py --model random:t5-base --kv-heads 12,4,1 --memory-budget 6GB --no-speed --no-quality
     """
     cfg = None
     try:
@@ -276,21 +155,14 @@ def build_config(ctx: click.Context, o: dict) -> BenchConfig:
     preset_data = o["dataset"] is None and not o["data_files"]
     datasets = [d.strip() for d in (p["datasets"] if preset_data else o["dataset"] or "").split(",") if d.strip()]
     ql = o["quality_lengths"] or (p["quality_lengths"] if preset_data else None)
-    pools = parse_pools(o["pool"])
-    check_methods(pools, o["grouping"])
-    quantize = parse_ints(o["quantize"], "--quantize") if o["quantize"] else ()
-    if any(b not in QUANTIZE_BITS for b in quantize):
-        raise click.BadParameter(
-            f"bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}", param_hint="--quantize"
-        )
     same = """model seed kv_heads grouping calibration calibration_samples dtype torch_device torch_quality warmup
     repeats speed quality split prefix quality_batch_size bootstrap decode_path cache_dir plots progress""".split()
     return BenchConfig(
         **{k: o[k] for k in same},
         layers=layers,
-        quantize=quantize,
+        quantize=parse_ints(o["quantize"], "--quantize") if o["quantize"] else (),
         q_group_size=int(o["q_group_size"]),
-        pool=pools,
+        pool=parse_pools(o["pool"]),
         calibration_lengths=lengths_pair(o["calibration_lengths"]),
         torch=o["use_torch"],
         batch_sizes=parse_ints(o["batch_sizes"] or p["batch_sizes"], "--batch-sizes"),

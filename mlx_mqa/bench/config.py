@@ -1,18 +1,22 @@
-"""What one benchmark run does: every setting of `python -m mlx_mqa.bench`, its presets and defaults, and the
-checks every setting passes before any work starts (`check_config`)."""
+"""What one benchmark run does: its settings, presets and defaults, and the checks before any work starts: every
+setting (`check_config`) and the optional packages the run needs (`check_dependencies`: a missing one is a one-line
+error naming the option that avoids it; figures are skipped with a note instead)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..conversion.calibration import check_source
 from ..conversion.converter import needs_calibration
 from ..decoding.beam import check_num_beams
 from ..errors import ConfigError
+from .data import BUNDLED_PREFIX, HUB_DATASETS, dataset_lengths
 from .variants import check_methods
 
 # Generation lengths of a --data file, and of a hub dataset without a paper setting (`data.HUB_DATASETS`).
@@ -21,21 +25,17 @@ QUANTIZE_BITS = (2, 3, 4, 5, 6, 8)
 PRESETS = {
     # The offline default: a small random T5, a few bundled real examples, a couple of minutes on 2 CPU cores.
     # Its quality lengths are for its bundled demo only: --dataset or --data gets each source's own.
-    "quick": {
-        "batch_sizes": "1,4",
-        "lengths": "256x32",
-        "datasets": "bundled:cnn_dailymail",
-        "limit": 6,
-        "quality_lengths": "512x32",
-    },
+    "quick": dict(
+        batch_sizes="1,4", lengths="256x32", datasets="bundled:cnn_dailymail", limit=6, quality_lengths="512x32"
+    ),
     # Ainslie et al. 2023: CNN/DailyMail 512 -> 256; arXiv and PubMed 2048 -> 512; greedy decoding.
-    "paper": {
-        "batch_sizes": "1",
-        "lengths": "512x256,2048x512",
-        "datasets": "cnn_dailymail,arxiv,pubmed",
-        "limit": None,
-        "quality_lengths": None,
-    },
+    "paper": dict(
+        batch_sizes="1",
+        lengths="512x256,2048x512",
+        datasets="cnn_dailymail,arxiv,pubmed",
+        limit=None,
+        quality_lengths=None,
+    ),
 }
 
 
@@ -101,6 +101,8 @@ def check_config(cfg: BenchConfig) -> None:
     ):
         if value is not None and value < least:
             raise ConfigError(f"{name} must be at least {least}, got {value}")
+    if any(b not in QUANTIZE_BITS for b in cfg.quantize):
+        raise ConfigError(f"--quantize: bit widths must be among {', '.join(map(str, QUANTIZE_BITS))}")
     if cfg.layers is not None and not cfg.model.startswith("random:"):
         raise ConfigError("--layers only applies to random:<name> models")
     for nb in cfg.num_beams:
@@ -139,8 +141,51 @@ def _can_write_in(path: Path) -> bool:
 
 
 def quality_lengths_of(cfg: BenchConfig, dataset: Optional[str]) -> Tuple[int, int]:
-    """Generation lengths for one source: --quality-lengths, else the dataset's paper setting, else the default
-    (`DEFAULT_QUALITY_LENGTHS`: every --data file)."""
-    from .data import dataset_lengths
-
+    """--quality-lengths, else the dataset's paper setting, else `DEFAULT_QUALITY_LENGTHS` (every --data file)."""
     return cfg.quality_lengths or (dataset_lengths(dataset) if dataset else None) or DEFAULT_QUALITY_LENGTHS
+
+
+class MissingDependency(ConfigError):
+    """An optional package this run needs is not installed (exit code 2)."""
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` can be imported, without importing it (a None entry in sys.modules counts as missing)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require(modules: Sequence[str], extra: str, what: str, instead: str) -> None:
+    if not all(map(has_module, modules)):
+        packages = " and ".join(m.replace("_", "-") for m in modules)
+        raise MissingDependency(f"{what} needs {packages} (pip install 'mlx-mqa[{extra}]'); {instead}")
+
+
+def hub_datasets_requested(datasets: Sequence[str]) -> List[str]:
+    """The requested names that are streamed from the hub (not bundled samples, not unknown names)."""
+    return [d for d in datasets if not d.startswith(BUNDLED_PREFIX) and d in HUB_DATASETS]
+
+
+def check_dependencies(cfg) -> List[str]:
+    """Raise MissingDependency for a package the run cannot do without; return notes on skipped parts."""
+    if cfg.torch:
+        _require(["torch"], "torch", "the PyTorch reference", "or pass --no-torch")
+    if cfg.quality and (cfg.datasets or cfg.data_files):
+        _require(["rouge_score", "nltk"], "bench", "the quality runs (ROUGE)", "or pass --no-quality")
+        hub = hub_datasets_requested(cfg.datasets)
+        if hub:
+            where, instead = f"dataset {', '.join(hub)} from the Hugging Face hub", "a bundled:<name> sample"
+            _require(["datasets"], "bench", where, f"or pass --data FILE.jsonl, {instead}, or --no-quality")
+    if cfg.plots and not has_module("matplotlib"):
+        return [
+            "matplotlib is not installed: no figures this run (pip install 'mlx-mqa[bench]'; --no-plots silences this)"
+        ]
+    return []
+
+
+def plots_available(cfg) -> bool:
+    return bool(cfg.plots) and has_module("matplotlib")

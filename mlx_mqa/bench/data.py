@@ -1,9 +1,6 @@
-"""Summarization data for the benchmark: hub datasets by name, local JSON Lines, and a bundled sample.
-
-Every source yields `Example(id, document, summary)`. Hub datasets are streamed
-(`datasets.load_dataset(..., streaming=True)`), so only the first `limit` records are downloaded.
-Offline, an unknown or unreachable dataset raises `DataError` with a message that names `--data`.
-"""
+"""Summarization data: hub datasets by name (streamed, so only the first `limit` records are downloaded), local
+JSON Lines, and bundled samples; each an `Example(id, document, summary)` list. A dataset that cannot be found or
+reached raises `DataError` naming `--data`."""
 
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ from ..jsonl import read_jsonl
 DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data"
 BUNDLED_PREFIX = "bundled:"
 JSONL_FIELDS = ("id", "document", "summary")
+DATA_OPTION = "--data FILE.jsonl (fields id, document, summary)"
 
 
 class DataError(InputError):
@@ -66,24 +64,19 @@ HUB_DATASETS: Dict[str, HubDataset] = {
 }
 
 
-def known_datasets() -> List[str]:
-    return sorted(HUB_DATASETS)
-
-
 def bundled_datasets() -> List[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.jsonl"))
 
 
 def dataset_lengths(name: str) -> Optional[Tuple[int, int]]:
     """The paper's (input, output) lengths for a dataset name (`bundled:x` counts as `x`)."""
-    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
-    spec = HUB_DATASETS.get(base)
+    spec = HUB_DATASETS.get(name.removeprefix(BUNDLED_PREFIX))
     return spec.lengths if spec else None
 
 
 def _offline_hint(name: str) -> str:
-    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
-    hint = "pass --data FILE.jsonl (one JSON object per line with fields id, document, summary)"
+    base = name.removeprefix(BUNDLED_PREFIX)
+    hint = f"pass {DATA_OPTION}"
     if base in bundled_datasets():
         hint += f", or --dataset {BUNDLED_PREFIX}{base} for the few real examples bundled with mlx_mqa"
     return hint
@@ -128,12 +121,11 @@ def _records(path: Path) -> Iterator[Tuple[int, object]]:
 
 def load_bundled(name: str, limit: Optional[int] = None) -> List[Example]:
     """The few real examples shipped in mlx_mqa/assets/data (see its README for their provenance)."""
-    base = name[len(BUNDLED_PREFIX) :] if name.startswith(BUNDLED_PREFIX) else name
+    base = name.removeprefix(BUNDLED_PREFIX)
     path = DATA_DIR / f"{base}.jsonl"
     if not path.exists():
         raise DataError(
-            f"no bundled sample {base!r}; bundled: {', '.join(bundled_datasets())}. "
-            f"For other data pass --data FILE.jsonl (fields id, document, summary)"
+            f"no bundled sample {base!r}; bundled: {', '.join(bundled_datasets())}. For other data pass {DATA_OPTION}"
         )
     return load_jsonl(path, limit)
 
@@ -157,9 +149,9 @@ def load_hub(name: str, split: str = "test", limit: Optional[int] = None, check_
     spec = HUB_DATASETS.get(name)
     if spec is None:
         raise DataError(
-            f"unknown dataset {name!r}; known: {', '.join(known_datasets())}; bundled offline samples: "
+            f"unknown dataset {name!r}; known: {', '.join(sorted(HUB_DATASETS))}; bundled offline samples: "
             f"{', '.join(BUNDLED_PREFIX + b for b in bundled_datasets())}. "
-            f"For other data pass --data FILE.jsonl (fields id, document, summary)"
+            f"For other data pass {DATA_OPTION}"
         )
     where = f"{spec.path}" + (f" ({spec.config})" if spec.config else "")
     if check_network and not hub_reachable():
@@ -176,8 +168,6 @@ def load_hub(name: str, split: str = "test", limit: Optional[int] = None, check_
                 break
             ex_id = str(rec[spec.id]) if spec.id and spec.id in rec else f"{name}-{split}-{i:05d}"
             out.append(Example(ex_id, rec[spec.document], rec[spec.summary]))
-    except DataError:
-        raise
     except Exception as e:  # offline, unknown split, changed schema...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(

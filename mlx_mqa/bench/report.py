@@ -91,7 +91,7 @@ TRAFFIC = [  # the memory-traffic model next to the measurement, MLX variants on
 SHORT = {"rouge1": "R1", "rouge2": "R2", "rougeL": "RL", "rougeLsum": "RLsum"}
 QUALITY = [
     ("dataset", lambda q: q["dataset"]),
-    ("variant", lambda q: ("torch " if q["backend"] == "torch" else "") + q["variant"]),
+    ("variant", _torch_name),
     ("beams", lambda q: q["num_beams"]),
     ("n", lambda q: q["n"]),
     ("in->out", _lengths),
@@ -118,38 +118,18 @@ AGREEMENT = [
 ]
 
 
-def speed_table(speed: Sequence[dict]) -> str:
-    return _table(SPEED, speed)
+def mlx_vs_torch_line(r: dict) -> str:
+    ratio = r["torch_over_mlx"]
+    verdict = f"MLX {ratio:.2f}x faster" if ratio >= 1 else f"PyTorch {1 / ratio:.2f}x faster"
+    return (
+        f"B={r['batch_size']} {_lengths(r)}: MLX {r['mlx_variant']} {r['mlx_time_per_sample_s']:.3f} s/sample, "
+        f"PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
+        f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
+        f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)"
+    )
 
 
-def traffic_table(speed: Sequence[dict]) -> str:
-    return _table(TRAFFIC, [r for r in speed if r["backend"] == "mlx"])
-
-
-def quality_table(quality: Sequence[dict]) -> str:
-    return _table(QUALITY, quality, left=2)
-
-
-def agreement_table(rows: Sequence[dict]) -> str:
-    return _table(AGREEMENT, rows, left=3)
-
-
-def mlx_vs_torch_lines(rows: Sequence[dict]) -> str:
-    out = []
-    for r in rows:
-        ratio = r["torch_over_mlx"]
-        verdict = f"MLX {ratio:.2f}x faster" if ratio >= 1 else f"PyTorch {1 / ratio:.2f}x faster"
-        out.append(
-            f"B={r['batch_size']} {r['input_len']}->{r['output_len']}: MLX {r['mlx_variant']} "
-            f"{r['mlx_time_per_sample_s']:.3f} s/sample, "
-            f"PyTorch MHA {r['torch_time_per_sample_s']:.3f} s/sample "
-            f"({verdict}; decode step {_ms(r['mlx_decode_step_s'])} vs {_ms(r['torch_decode_step_s'])} ms, "
-            f"encoder {_ms(r['mlx_encoder_s'])} vs {_ms(r['torch_encoder_s'])} ms)"
-        )
-    return "\n".join(out)
-
-
-def mha_parity_lines(quality: Sequence[dict]) -> str:
+def mha_parity_lines(quality: Sequence[dict]) -> List[str]:
     """Whether the MLX multi-head ROUGE equals PyTorch's on the same examples (same tokens)."""
     out = []
     for q in quality:
@@ -166,7 +146,7 @@ def mha_parity_lines(quality: Sequence[dict]) -> str:
             f"{match.get('identical')}/{match.get('total')} examples; ROUGE {'equal' if same else 'DIFFERENT'} "
             f"(R1 {q['rouge']['rouge1']['mean']:.2f} vs {ref['rouge']['rouge1']['mean']:.2f})"
         )
-    return "\n".join(out)
+    return out
 
 
 def reference_lines(quality: Sequence[dict]) -> List[str]:
@@ -205,15 +185,15 @@ def summary(res: dict) -> str:
         out += [
             "",
             "Speed (medians; decode step [min-max]; speedups vs MHA of the same backend):",
-            speed_table(res["speed"]),
+            _table(SPEED, res["speed"]),
             *(["Note: " + res["speed_note"]] if res.get("speed_note") else []),
             "",
             "Memory-traffic model: bytes one decode step reads (decoder weights + output head + K/V cache), "
             "predicted speedup = traffic(MHA) / traffic(G):",
-            traffic_table(res["speed"]),
+            _table(TRAFFIC, [r for r in res["speed"] if r["backend"] == "mlx"]),
         ]
         if res["mlx_vs_torch"]:
-            out += ["", "MLX vs PyTorch, multi-head, time per sample:", mlx_vs_torch_lines(res["mlx_vs_torch"])]
+            out += ["", "MLX vs PyTorch, multi-head, time per sample:", *map(mlx_vs_torch_line, res["mlx_vs_torch"])]
     if res.get("budget"):
         from .research.budget import budget_summary
 
@@ -222,13 +202,12 @@ def summary(res: dict) -> str:
         out += budget_summary(b["rows"])
     if res["quality"]:
         warning = ["!! " + RANDOM_ROUGE_WARNING] if random_weights else []
-        parity = mha_parity_lines(res["quality"])
         out += [
             "",
             "Quality (ROUGE F1 %, bootstrap 95% CI):",
             *warning,
-            quality_table(res["quality"]),
-            *([parity] if parity else []),
+            _table(QUALITY, res["quality"], left=2),
+            *mha_parity_lines(res["quality"]),
             *reference_lines(res["quality"]),
             *warning,
         ]
@@ -236,6 +215,6 @@ def summary(res: dict) -> str:
         out += [
             "",
             "Quantized vs float logits (teacher-forced on the reference summaries):",
-            agreement_table(res["quantization_agreement"]),
+            _table(AGREEMENT, res["quantization_agreement"], left=3),
         ]
     return "\n".join(out)

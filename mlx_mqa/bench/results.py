@@ -1,4 +1,4 @@
-"""Benchmark results: the environment they were measured in, JSON and CSV files, and a schema check."""
+"""Benchmark results: the environment they were measured in, results.json and the CSVs, and a schema check."""
 
 from __future__ import annotations
 
@@ -19,10 +19,7 @@ SCHEMA = "mlx_mqa.bench/1"
 PACKAGES = ("mlx", "mlx-mqa", "torch", "transformers", "numpy", "tokenizers", "datasets", "rouge-score", "nltk")
 ENV_COLUMNS = "weights dtype git_commit mlx_version torch_version transformers_version mlx_device torch_device cpu blas"
 ENV_COLUMNS = ENV_COLUMNS.split()
-# How a variant's K/V heads were made (--pool, --grouping); after the older columns, which keep their order.
-METHOD_COLUMNS = ["pool", "grouping"]
-# The MLX decode step that ran (--decode auto picks it per run); after the method columns.
-STEP_COLUMNS = ["decode_step"]
+# The CSV columns; newer ones (the method: pool, grouping; the MLX step that ran) come last, so older keep their place.
 STATS = ("encoder_s", "decode_step_s", "time_per_sample_s", "tokens_per_s")  # median, min, max of each
 SPEED_COLUMNS = (
     "variant backend kv_heads num_heads quantize_bits decode_path device batch_size input_len output_len".split()
@@ -32,8 +29,7 @@ SPEED_COLUMNS = (
     kv_cache_bytes_formula weight_bytes traffic_weights_bytes traffic_kv_bytes traffic_bytes_per_step
     predicted_decode_speedup measured_decode_speedup measured_sample_speedup baseline""".split()
     + ENV_COLUMNS
-    + METHOD_COLUMNS
-    + STEP_COLUMNS
+    + ["pool", "grouping", "decode_step"]
 )
 QUALITY_COLUMNS = (
     "variant backend kv_heads num_heads quantize_bits dataset n input_len output_len num_beams batch_size".split()
@@ -41,25 +37,32 @@ QUALITY_COLUMNS = (
     + """mean_rouge time_per_sample_s generated_tokens_mean reference_variant tokens_identical tokens_total
     rouge_meaningful sentence_splitter""".split()
     + ENV_COLUMNS
-    + METHOD_COLUMNS
+    + ["pool", "grouping"]
 )
 TOP_LEVEL = "schema created command environment model settings variants speed mlx_vs_torch quality files notes"
 TOP_LEVEL = tuple(TOP_LEVEL.split())
+ENV_KEYS = ("packages", "platform", "cpu", "dtype", "git", "mlx_device", "blas")
 SPEED_KEYS = """variant backend kv_heads batch_size input_len output_len encoder_s decode_step_s time_per_sample_s
 tokens_per_s peak_memory_bytes kv_cache_bytes traffic_bytes_per_step""".split()
 
 
-# ----------------------------------------------------------------------------------------------- environment
-
-
 def package_versions(names: Iterable[str] = PACKAGES) -> Dict[str, Optional[str]]:
-    out = {}
-    for name in names:
+    def version(name: str) -> Optional[str]:
         try:
-            out[name] = metadata.version(name)
+            return metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            return None
+
+    return {name: version(name) for name in names}
+
+
+def _output(*cmd: str) -> Optional[str]:
+    """A command's stripped standard output; None when it fails or cannot run."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def cpu_name() -> str:
@@ -70,27 +73,14 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    if platform.system() == "Darwin":
-        try:
-            return subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine()
+    darwin = platform.system() == "Darwin" and _output("sysctl", "-n", "machdep.cpu.brand_string")
+    return darwin or platform.processor() or platform.machine()
 
 
 def git_info(repo: Optional[Path] = None) -> Dict[str, object]:
     """Commit of the code that ran, and whether the work tree had uncommitted changes."""
     repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
-
-    def git(*args) -> Optional[str]:
-        try:
-            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
-            return r.stdout.strip() if r.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
+    git = lambda *args: _output("git", "-C", str(repo), *args)  # noqa: E731
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
@@ -144,47 +134,34 @@ def weights_label(provenance: dict) -> str:
     return f"checkpoint({provenance.get('spec') or provenance.get('source')})"
 
 
-# ----------------------------------------------------------------------------------------------- rows / files
-
-
 def env_row(results: dict) -> dict:
+    """The ENV_COLUMNS of every CSV row."""
     env = results["environment"]
-    pk = env.get("packages", {})
-    return {
-        "weights": weights_label(results["model"]["provenance"]),
-        "dtype": env.get("dtype"),
-        "git_commit": (env.get("git") or {}).get("commit"),
-        "mlx_version": pk.get("mlx"),
-        "torch_version": pk.get("torch"),
-        "transformers_version": pk.get("transformers"),
-        "mlx_device": env.get("mlx_device"),
-        "torch_device": env.get("torch_device"),
-        "cpu": env.get("cpu"),
-        "blas": env.get("blas"),
-    }
+    row = {k: env.get(k) for k in ("dtype", "mlx_device", "torch_device", "cpu", "blas")}
+    row.update({f"{k}_version": env.get("packages", {}).get(k) for k in ("mlx", "torch", "transformers")})
+    row.update(weights=weights_label(results["model"]["provenance"]), git_commit=(env.get("git") or {}).get("commit"))
+    return row
 
 
 def speed_row(r: dict, env: dict) -> dict:
-    row = {k: r.get(k) for k in SPEED_COLUMNS if k in r and not isinstance(r.get(k), dict)}
+    """A speed result flattened to SPEED_COLUMNS: statistics as median, _min, _max; the traffic as three sums."""
+    row = dict(r, **env)
     for k in STATS:
         row[k], row[f"{k}_min"], row[f"{k}_max"] = r[k]["median"], r[k]["min"], r[k]["max"]
     t = r["traffic_bytes_per_step"]
-    row["traffic_weights_bytes"] = t["weights"]
-    row["traffic_kv_bytes"] = t["kv_self"] + t["kv_cross"]
+    row.update(traffic_weights_bytes=t["weights"], traffic_kv_bytes=t["kv_self"] + t["kv_cross"])
     row["traffic_bytes_per_step"] = t["total"]
-    row.update(env)
     return {k: row.get(k) for k in SPEED_COLUMNS}
 
 
 def quality_row(q: dict, env: dict, meaningful: bool) -> dict:
-    row = {k: q.get(k) for k in QUALITY_COLUMNS if k in q and not isinstance(q.get(k), dict)}
+    """A quality result flattened to QUALITY_COLUMNS: each metric as mean, _low, _high; the token match as counts."""
+    row = dict(q, **env)
     for m in METRICS:
-        row[m], row[f"{m}_low"], row[f"{m}_high"] = q["rouge"][m]["mean"], q["rouge"][m]["low"], q["rouge"][m]["high"]
+        row[m], row[f"{m}_low"], row[f"{m}_high"] = (q["rouge"][m][k] for k in ("mean", "low", "high"))
     match = q.get("tokens_match_reference") or {}
-    row["tokens_identical"] = match.get("identical")
-    row["tokens_total"] = match.get("total")
+    row.update(tokens_identical=match.get("identical"), tokens_total=match.get("total"))
     row["rouge_meaningful"] = meaningful and q.get("rouge_meaningful", True)
-    row.update(env)
     return {k: row.get(k) for k in QUALITY_COLUMNS}
 
 
@@ -202,47 +179,35 @@ def write_predictions(out_dir: Path, quality_results) -> Dict[str, str]:
     pred_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for q in quality_results:
-        beams = f"__beams{q.num_beams}" if q.num_beams > 1 else ""
-        variant = q.variant.replace(" ", "_")  # GQA-2 fit -> GQA-2_fit
-        name = f"{q.dataset.replace(':', '_').replace('/', '_')}__{q.backend}__{variant}{beams}.jsonl"
+        beams = f"__beams{q['num_beams']}" if q["num_beams"] > 1 else ""
+        variant = q["variant"].replace(" ", "_")  # GQA-2 fit -> GQA-2_fit
+        name = f"{q['dataset'].replace(':', '_').replace('/', '_')}__{q['backend']}__{variant}{beams}.jsonl"
         with open(pred_dir / name, "w", encoding="utf-8") as f:
-            for p in q.predictions:
-                f.write(json.dumps(p, ensure_ascii=False) + "\n")
-        files[f"{q.backend}:{q.variant}:{q.dataset}" + (f":beams{q.num_beams}" if beams else "")] = str(
-            Path("predictions") / name
-        )
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in q["predictions"])
+        key = f"{q['backend']}:{q['variant']}:{q['dataset']}" + (f":beams{q['num_beams']}" if beams else "")
+        files[key] = str(Path("predictions") / name)
     return files
 
 
 def new_results(command: str, environment_: dict, model: dict, settings: dict) -> dict:
-    return {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "environment": environment_,
-        "model": model,
-        "settings": settings,
-        "variants": [],
-        "speed": [],
-        "mlx_vs_torch": [],
-        "quality": [],
-        "files": {},
-        "notes": [],
-    }
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    head = dict(schema=SCHEMA, created=created, command=command, environment=environment_, model=model)
+    return head | dict(settings=settings, variants=[], speed=[], mlx_vs_torch=[], quality=[], files={}, notes=[])
 
 
 def write_results(results: dict, out_dir) -> Dict[str, str]:
-    """results.json, speed.csv (when the speed sweep ran) and quality.csv in `out_dir`; returns their paths."""
+    """results.json, speed.csv and quality.csv (each when its step ran) in `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = env_row(results)
     meaningful = results["model"]["provenance"].get("kind") != "random"
-    speed = results["settings"].get("speed", True)
-    paths = {"json": out_dir / "results.json", **({"speed_csv": out_dir / "speed.csv"} if speed else {})}
-    paths["quality_csv"] = out_dir / "quality.csv"
-    if speed:
+    ran = {k: results["settings"].get(k, True) for k in ("speed", "quality")}
+    paths = {"json": out_dir / "results.json"}
+    paths.update({f"{k}_csv": out_dir / f"{k}.csv" for k in ("speed", "quality") if ran[k]})
+    if ran["speed"]:
         write_csv(paths["speed_csv"], SPEED_COLUMNS, [speed_row(r, env) for r in results["speed"]])
-    write_csv(paths["quality_csv"], QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
+    if ran["quality"]:
+        write_csv(paths["quality_csv"], QUALITY_COLUMNS, [quality_row(q, env, meaningful) for q in results["quality"]])
     results["files"].update({k: v.name for k, v in paths.items()})
     tmp = out_dir / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -250,25 +215,16 @@ def write_results(results: dict, out_dir) -> Dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-# ----------------------------------------------------------------------------------------------- schema check
-
-
 def validate_results(d: dict) -> List[str]:
     """Problems with a results dict (empty when it follows the schema)."""
-    problems = []
-    for k in TOP_LEVEL:
-        if k not in d:
-            problems.append(f"missing top-level key {k!r}")
+    problems = [f"missing top-level key {k!r}" for k in TOP_LEVEL if k not in d]
     if problems:
         return problems
     if d["schema"] != SCHEMA:
         problems.append(f"schema is {d['schema']!r}, expected {SCHEMA!r}")
     env = d["environment"]
-    for k in ("packages", "platform", "cpu", "dtype", "git", "mlx_device", "blas"):
-        if k not in env:
-            problems.append(f"environment lacks {k!r}")
-    if "mlx" not in env.get("packages", {}):
-        problems.append("environment.packages lacks mlx")
+    problems += [f"environment lacks {k!r}" for k in ENV_KEYS if k not in env]
+    problems += [] if "mlx" in env.get("packages", {}) else ["environment.packages lacks mlx"]
     prov = d["model"].get("provenance", {})
     if prov.get("kind") not in ("random", "checkpoint"):
         problems.append(f"model.provenance.kind is {prov.get('kind')!r}")
@@ -283,15 +239,14 @@ def validate_results(d: dict) -> List[str]:
         if r.get("backend") not in ("mlx", "torch"):
             problems.append(f"speed[{i}].backend is {r.get('backend')!r}")
     for i, q in enumerate(d["quality"]):
-        rouge = q.get("rouge", {})
-        for m in METRICS:
-            v = rouge.get(m)
+        for m, v in [(m, q.get("rouge", {}).get(m)) for m in METRICS]:
             if not isinstance(v, dict):
                 problems.append(f"quality[{i}] lacks {m}")
-                continue
-            if not (0 <= v["low"] <= v["mean"] + 1e-9 and v["mean"] <= v["high"] + 1e-9 and v["high"] <= 100):
+            elif not (0 <= v["low"] <= v["mean"] + 1e-9 and v["mean"] <= v["high"] + 1e-9 and v["high"] <= 100):
                 problems.append(f"quality[{i}].{m} is not 0 <= low <= mean <= high <= 100: {v}")
-        for k in ("variant", "backend", "dataset", "n", "time_per_sample_s"):
-            if k not in q:
-                problems.append(f"quality[{i}] lacks {k!r}")
+        problems += [
+            f"quality[{i}] lacks {k!r}"
+            for k in ("variant", "backend", "dataset", "n", "time_per_sample_s")
+            if k not in q
+        ]
     return problems

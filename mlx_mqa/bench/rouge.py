@@ -1,16 +1,12 @@
-"""ROUGE-1/2/L/Lsum F1 through Google's rouge-score, with bootstrap confidence intervals.
-
-ROUGE-Lsum is the summary-level LCS over sentences, which rouge-score reads from newline-separated
-text: predictions and references are split into sentences first, with nltk's punkt model when its
-data is installed, else with a regular-expression splitter (no download is attempted).
-"""
+"""ROUGE-1/2/L/Lsum F1 through Google's rouge-score, with bootstrap confidence intervals. ROUGE-Lsum reads
+sentences from newline-separated text: predictions and references are split first, with nltk's punkt model when
+its data is installed, else with a regular expression (no download is attempted)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -102,27 +98,6 @@ def bootstrap_ci(values, n_resamples: int = 1000, confidence: float = 0.95, seed
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
 
 
-@dataclass
-class MetricSummary:
-    mean: float  # percent
-    low: float
-    high: float
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high}
-
-
-def summarize(
-    per_example: Dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> Dict[str, MetricSummary]:
-    """Mean F1 with a bootstrap interval per metric, in percent (the paper's scale)."""
-    out = {}
-    for m, v in per_example.items():
-        lo, hi = bootstrap_ci(v, n_resamples, confidence, seed)
-        out[m] = MetricSummary(100.0 * float(np.mean(v)) if len(v) else float("nan"), 100.0 * lo, 100.0 * hi)
-    return out
-
-
 def score(
     predictions: Sequence[str],
     references: Sequence[str],
@@ -130,13 +105,17 @@ def score(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> Tuple[Dict[str, MetricSummary], Dict[str, np.ndarray]]:
-    """(summary per metric, per-example F1 per metric)."""
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, np.ndarray]]:
+    """(per metric: mean F1 and its bootstrap interval, {mean, low, high} in percent as the paper gives them;
+    per metric: every example's F1)."""
     per = rouge_per_example(predictions, references, use_stemmer)
-    return summarize(per, n_resamples, confidence, seed), per
+    out = {}
+    for m, v in per.items():
+        lo, hi = bootstrap_ci(v, n_resamples, confidence, seed)
+        out[m] = {"mean": 100.0 * float(np.mean(v)) if len(v) else float("nan"), "low": 100.0 * lo, "high": 100.0 * hi}
+    return out, per
 
 
-def mean_rouge(summary: Dict[str, MetricSummary], metrics: Optional[Sequence[str]] = None) -> float:
+def mean_rouge(summary: Dict[str, Dict[str, float]]) -> float:
     """Average of ROUGE-1, -2 and -L (the single 'performance' number plotted against time)."""
-    metrics = metrics or ("rouge1", "rouge2", "rougeL")
-    return float(np.mean([summary[m].mean for m in metrics]))
+    return float(np.mean([summary[m]["mean"] for m in ("rouge1", "rouge2", "rougeL")]))

@@ -1,15 +1,7 @@
-"""The default run of `python bench.py`, end to end: `run(BenchConfig)` returns the results dict and writes it.
-
-1. every setting and optional package is checked and the data read, before any slow work;
-2. the model is built or resolved and converted (cached) to every variant (`variants`);
-3. the speed sweep times them beside the PyTorch reference (`speed`, `sweep`); results.json is rewritten after
-   every finished setting, so an interrupted sweep keeps what it has;
-4. with --memory-budget, the largest batch of each variant that fits (`research.budget`);
-5. generation and ROUGE on every dataset (`quality`), quantized vs float logits (`agreement`);
-6. predictions, figures (`research.plots`), results.json and the CSVs (`results`).
-
-Progress goes to tqdm bars on stderr and to the `log` callback; nothing is printed here.
-"""
+"""The default run of `python bench.py`: `run(BenchConfig)` checks every setting, package and dataset before any
+slow work, converts the model to every variant, times them (results.json rewritten after every setting), finds
+the budget's batches (--memory-budget), scores quality and logits agreement, then writes every file. Progress goes
+to tqdm bars on stderr and to the `log` callback; nothing is printed here."""
 
 from __future__ import annotations
 
@@ -24,26 +16,15 @@ from ..engine import engine_info
 from ..models.dtypes import DTYPES, default_dtype
 from . import quality as ql
 from . import speed as sp
+from . import variants as vs
 from .agreement import quantization_agreement
-from .config import BenchConfig, check_config, quality_lengths_of
+from .config import BenchConfig, check_config, check_dependencies, plots_available, quality_lengths_of
 from .data import QualityJob, load_examples
-from .deps import check_dependencies, plots_available
-from .memory import mlx_weight_bytes
 from .report import progress_bar
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
-from .sweep import SpeedResult, SpeedVariant, mlx_vs_torch, sweep
+from .sweep import SpeedVariant, mlx_vs_torch, sweep
 from .torch_reference import References
-from .variants import (
-    ModelSource,
-    VariantSpec,
-    converted_path,
-    ensure_converted,
-    parse_kv_heads,
-    prepare_source,
-    represents_speed,
-    timed_pool,
-    variant_specs,
-)
+from .variants import ModelSource, VariantSpec, represents_speed
 
 MODEL_CONFIG_KEYS = "d_model d_kv d_ff num_heads num_layers num_decoder_layers vocab_size feed_forward_proj"
 MODEL_CONFIG_KEYS = (*MODEL_CONFIG_KEYS.split(), "tie_word_embeddings")
@@ -61,7 +42,7 @@ class MlxVariant:
     spec: VariantSpec
     path: Path
     model: object = None
-    weights: Dict[str, int] = field(default_factory=dict)  # total, decoder_step (`memory.mlx_weight_bytes`)
+    weights: Dict[str, int] = field(default_factory=dict)  # total, decoder_step (`sp.mlx_weight_bytes`)
 
 
 def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
@@ -85,7 +66,7 @@ def run(cfg: BenchConfig, log: Optional[Callable[[str], None]] = None) -> dict:
 
         run_budget(cfg, budget_runs(cfg, source, variants, device), dtype, results, say)
     quality = ql.run_quality(cfg, jobs, variants, refs, tokenizer, source.is_random, say)
-    results["quality"] = [q.to_dict() for q in quality]
+    results["quality"] = [{k: v for k, v in q.items() if k != "predictions"} for q in quality]
     results["quantization_agreement"] = quantization_agreement(cfg.prefix, jobs, variants, tokenizer, say)
     return write(cfg, results, quality, source.is_random)
 
@@ -104,19 +85,19 @@ def prepare_models(cfg: BenchConfig, dtype: str, say) -> Tuple[ModelSource, obje
     converted on first use (cached) and loaded."""
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else paths.cache_dir()
     say(f"model {cfg.model} (cache {cache_dir})")
-    source = prepare_source(cfg.model, cache_dir, layers=cfg.layers, seed=cfg.seed)
-    kv = parse_kv_heads(cfg.kv_heads, source.num_heads)
+    source = vs.prepare_source(cfg.model, cache_dir, layers=cfg.layers, seed=cfg.seed)
+    kv = vs.parse_kv_heads(cfg.kv_heads, source.num_heads)
     cal = Calibration(cfg.calibration, cfg.calibration_samples, *cfg.calibration_lengths, prefix=cfg.prefix)
     variants = []
-    for spec in variant_specs(kv, source.num_heads, cfg.quantize, cfg.q_group_size, cfg.pool, cfg.grouping):
-        if not (converted_path(source, spec, dtype, cache_dir, cal) / "model.safetensors").exists():
+    for spec in vs.variant_specs(kv, source.num_heads, cfg.quantize, cfg.q_group_size, cfg.pool, cfg.grouping):
+        if not (vs.converted_path(source, spec, dtype, cache_dir, cal) / "model.safetensors").exists():
             say(f"converting to {spec.name} (first use; cached afterwards)")
         # A calibrated conversion reports its steps (calibration can take minutes); the others convert quietly.
         bar = (lambda total, desc: progress_bar(total, desc, cfg.progress)) if spec.calibrated else None
-        path = ensure_converted(source, spec, dtype, cache_dir, cal, say if spec.calibrated else None, bar)
+        path = vs.ensure_converted(source, spec, dtype, cache_dir, cal, say if spec.calibrated else None, bar)
         say(f"{spec.name}: {path}")
         model = load_model(path)
-        variants.append(MlxVariant(spec, path, model, mlx_weight_bytes(model)))
+        variants.append(MlxVariant(spec, path, model, sp.mlx_weight_bytes(model)))
     return source, load_tokenizer(source.path), variants
 
 
@@ -159,15 +140,12 @@ def start_results(cfg, dtype, device, source: ModelSource, variants: Sequence[Ml
     return results
 
 
-# ----------------------------------------------------------------------------------------------- speed
-
-
 def speed_note(cfg: BenchConfig, variants: Sequence[MlxVariant]) -> Optional[str]:
     """Which variants the sweep leaves out, and why (None when it times them all)."""
     untimed = [v.spec.name for v in variants if cfg.speed and not represents_speed(v.spec, cfg.pool)]
     if not untimed:
         return None
-    timed = timed_pool(cfg.pool)
+    timed = vs.timed_pool(cfg.pool)
     others = ", ".join(p for p in cfg.pool if p != timed)
     return (
         f"Speed is timed for MHA and the {timed} variants only: the {others} variants have the same shapes "
@@ -180,41 +158,24 @@ def speed_variants(cfg, variants: Sequence[MlxVariant], refs: Optional[Reference
     """What the sweep times (`SpeedVariant`s): every MLX variant of the timed pool, then PyTorch's multi-head."""
     args, H = variants[0].model.args, variants[0].spec.num_heads
     shape = dict(num_heads=H, num_decoder_layers=args.num_decoder_layers, d_kv=args.d_kv, itemsize=DTYPES[dtype].size)
-    mlx = dict(backend="mlx", decode_path=cfg.decode_path, device=mlx_device, memory_method=MLX_MEMORY, **shape)
-    out = [
-        SpeedVariant(
-            name=v.spec.name,
-            kv_heads=v.spec.kv_heads,
-            weight_bytes=v.weights["total"],
-            decoder_step_bytes=v.weights["decoder_step"],
-            run=(lambda ids, n, m=v.model, w=v.weights["total"]: sp.mlx_run(m, ids, n, w, cfg.decode_path)),
-            quantize_bits=v.spec.quantize_bits,
-            pool=v.spec.pool,
-            grouping=v.spec.grouping,
-            **mlx,
-        )
-        for v in variants
-        if represents_speed(v.spec, cfg.pool)
-    ]
+    out = []
+    for v in [v for v in variants if represents_speed(v.spec, cfg.pool)]:
+        s, w = v.spec, v.weights
+        run = lambda ids, n, m=v.model, w=w["total"]: sp.mlx_run(m, ids, n, w, cfg.decode_path)  # noqa: E731
+        method = dict(quantize_bits=s.quantize_bits, pool=s.pool, grouping=s.grouping, decode_path=cfg.decode_path)
+        bytes_ = dict(weight_bytes=w["total"], decoder_step_bytes=w["decoder_step"])
+        mlx = dict(run=run, device=mlx_device, memory_method=MLX_MEMORY, **method, **bytes_, **shape)
+        out.append(SpeedVariant(name=s.name, backend="mlx", kv_heads=s.kv_heads, **mlx))
     if refs is not None:
         from .torch_reference import weight_bytes
 
         tm, device = refs.get(H), refs.device
-        tw = weight_bytes(tm)
-        run = lambda ids, n: sp.torch_run(tm, ids, n, device, tw["total"])  # noqa: E731
+        w = weight_bytes(tm)
+        run = lambda ids, n: sp.torch_run(tm, ids, n, device, w["total"])  # noqa: E731
         memory = TORCH_MEMORY.get(device, TORCH_CPU_MEMORY)
-        torch = dict(backend="torch", decode_path="transformers DynamicCache", device=device, memory_method=memory)
-        out.append(
-            SpeedVariant(
-                "torch MHA",
-                kv_heads=H,
-                weight_bytes=tw["total"],
-                decoder_step_bytes=tw["decoder_step"],
-                run=run,
-                **torch,
-                **shape,
-            )
-        )
+        torch = dict(decode_path="transformers DynamicCache", device=device, memory_method=memory, run=run)
+        bytes_ = dict(weight_bytes=w["total"], decoder_step_bytes=w["decoder_step"])
+        out.append(SpeedVariant(name="torch MHA", backend="torch", kv_heads=H, **torch, **bytes_, **shape))
     return out
 
 
@@ -224,25 +185,17 @@ def run_speed(cfg: BenchConfig, variants, refs, vocab: int, dtype: str, results:
     settings = sp.settings_grid(cfg.batch_sizes, cfg.lengths)
     say(f"speed: {len(timed)} variants x {len(settings)} settings x ({cfg.warmup} warm-up + {cfg.repeats} repeats)")
 
-    def save(done: List[SpeedResult], to_disk: bool = True) -> None:
-        results["speed"] = [r.to_dict() for r in done]
+    def save(done: List[dict], to_disk: bool = True) -> None:
+        results["speed"] = done
         results["mlx_vs_torch"] = mlx_vs_torch(done)
         if to_disk:
             write_results(results, cfg.out)
 
     args = variants[0].model.args
     with progress_bar(len(settings) * (cfg.warmup + cfg.repeats) * len(timed), "speed", cfg.progress) as bar:
-        speed = sweep(
-            timed,
-            settings,
-            vocab=min(args.vocab_size, vocab),
-            warmup=cfg.warmup,
-            repeats=cfg.repeats,
-            seed=cfg.seed,
-            eos_token_id=args.eos_token_id,
-            progress=lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1)),
-            on_setting=save,
-        )
+        progress = lambda m: (bar.set_postfix_str(m, refresh=False), bar.update(1))  # noqa: E731
+        vocab, eos = min(args.vocab_size, vocab), args.eos_token_id
+        speed = sweep(timed, settings, vocab, cfg.warmup, cfg.repeats, cfg.seed, eos, progress, on_setting=save)
     save(speed, to_disk=False)
 
 
@@ -255,14 +208,12 @@ def budget_runs(cfg: BenchConfig, source: ModelSource, variants: Sequence[MlxVar
     return runs
 
 
-# ----------------------------------------------------------------------------------------------- files
-
-
-def write(cfg: BenchConfig, results: dict, quality: List[ql.QualityResult], random_weights: bool) -> dict:
+def write(cfg: BenchConfig, results: dict, quality: List[dict], random_weights: bool) -> dict:
     """Predictions, figures (when matplotlib is installed), results.json and the CSVs; the schema checked."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results["files"]["predictions"] = write_predictions(out, quality)
+    if cfg.quality:
+        results["files"]["predictions"] = write_predictions(out, quality)
     if plots_available(cfg):
         from .research.plots import write_figures
 

@@ -1,17 +1,21 @@
-"""Timed runs of T5 decoding with G key/value heads: MLX variants and the PyTorch reference, side by side.
+"""One timed run of T5 decoding, MLX or PyTorch, its settings, and what a decode step holds and reads.
 
-One run = encode a batch of random token ids (the encoder plus the cross-attention K/V projections,
-evaluated), then decode exactly `output_len` greedy steps (EOS ignored, as `mlx_lm.benchmark` does),
-reading every token back to the host as a real generation loop does. Also the settings a run is timed at
-(batch size, input and output length) and their parsers. The sweep over variants and settings, its
-statistics and speedups: `mlx_mqa.bench.sweep`; memory, K/V bytes and the memory-traffic model that
-predicts the speedups: `mlx_mqa.bench.memory`.
+A run encodes a batch of random ids (encoder and cross-attention K/V, evaluated), then decodes exactly
+`output_len` greedy steps (EOS ignored, as `mlx_lm.benchmark` does), reading every token back to the host.
+
+The memory-traffic model predicts the decode speedup of G heads over multi-head: at small batch a step is bound
+by the bytes it reads, the decoder weights (blocks, final norm, output head) plus the K/V cache (self-attention
+at its mean length over the decode, or a fixed-capacity buffer whole, and the cross-attention K/V of the input).
+The sweep over variants and settings: `sweep`.
 """
 
 from __future__ import annotations
 
+import platform
+import resource
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence
 
 import mlx.core as mx
@@ -19,13 +23,75 @@ import numpy as np
 
 from ..decoding.sample_utils import greedy
 from ..decoding.state import DecodeState
-from .memory import current_rss, peak_rss, reset_peak_rss
 
-# The MLX decode loops a speed run can time: the library's DecodeState with its default step ("auto": compiled,
-# or eager where the C attention kernel reads the cross K/V), or compiled / eager as asked.
+# The MLX decode steps a run can time: DecodeState's default ("auto": compiled, or eager where the C attention
+# kernel reads the cross K/V), the compiled one (fixed-capacity cache) or the eager one (model.decode + KVCache).
 DECODE_PATHS = {"auto": None, "compiled": True, "eager": False}
 
-# ----------------------------------------------------------------------------------------------- settings
+
+def _proc_status(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":")), None)
+    except OSError:
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    hwm = _proc_status("VmHWM")
+    if hwm is not None:
+        return hwm
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if platform.system() == "Darwin" else r * 1024)
+
+
+def current_rss() -> int:
+    rss = _proc_status("VmRSS")
+    return rss if rss is not None else peak_rss()
+
+
+def kv_cache_bytes(
+    num_layers: int, kv_heads: int, d_kv: int, batch_size: int, input_len: int, output_len: int, itemsize: int
+) -> Dict[str, int]:
+    """Analytic K/V bytes after decoding `output_len` tokens: self-attention cache and cross-attention K/V."""
+    per_token = 2 * num_layers * batch_size * kv_heads * d_kv * itemsize  # keys + values
+    return {
+        "self": per_token * output_len,
+        "cross": per_token * input_len,
+        "total": per_token * (output_len + input_len),
+    }
+
+
+def traffic_per_step(
+    decoder_weight_bytes, num_layers, kv_heads, d_kv, batch_size, input_len, output_len, itemsize, self_kv="mean"
+) -> Dict[str, float]:
+    """Bytes one decoder step reads, averaged over the decode: decoder weights + self K/V (self_kv 'mean': up to
+    the current position, (output_len+1)/2 tokens on average; 'full': a fixed-capacity cache whole) + cross K/V."""
+    per_token = kv_cache_bytes(num_layers, kv_heads, d_kv, batch_size, 1, 0, itemsize)["cross"]
+    kv_self = per_token * ((output_len + 1) / 2.0 if self_kv == "mean" else float(output_len))
+    kv_cross, weights = float(per_token * input_len), float(decoder_weight_bytes)
+    return {"weights": weights, "kv_self": kv_self, "kv_cross": kv_cross, "total": weights + kv_self + kv_cross}
+
+
+def mlx_weight_bytes(model) -> Dict[str, int]:
+    """Bytes of all parameters, and of what a decoder step reads (decoder stack + output head)."""
+    from mlx.utils import tree_flatten
+
+    total = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    dec = sum(v.nbytes for _, v in tree_flatten(model.decoder.parameters()))
+    head_module = model.shared if model.args.tie_word_embeddings else model.lm_head
+    head = sum(v.nbytes for _, v in tree_flatten(head_module.parameters()))
+    return {"total": int(total), "decoder_step": int(dec + head)}
 
 
 @dataclass(frozen=True)
@@ -81,9 +147,6 @@ def random_inputs(setting: Setting, vocab: int, seed: int = 0, eos_token_id: int
     return ids
 
 
-# ----------------------------------------------------------------------------------------------- one run
-
-
 @dataclass
 class RunSample:
     encoder_s: float
@@ -117,12 +180,8 @@ def _prefilled_arrays(state: DecodeState) -> list:
 def mlx_run(
     model, input_ids: np.ndarray, output_len: int, weight_bytes: int = 0, path: str = "auto", keep_tokens: bool = False
 ) -> RunSample:
-    """Encode + `output_len` greedy steps of one MLX model; tokens read back every step.
-
-    The step is the library's `DecodeState.logits` ('auto': its default; 'compiled': fixed-capacity cache and
-    compiled step; 'eager': model.decode with a preallocated KVCache). The loop is `generate_step`'s with EOS ignored,
-    written out here so the encoder is evaluated (and timed) apart from the first decode step.
-    """
+    """Encode + `output_len` greedy steps of one MLX model through `DecodeState.logits` (`DECODE_PATHS`): the loop
+    of `generate_step` with EOS ignored, written out so that the encoder is evaluated and timed on its own."""
     if path not in DECODE_PATHS:
         raise ValueError(f"unknown MLX decode path {path!r}; choose from {list(DECODE_PATHS)}")
     B = input_ids.shape[0]
@@ -154,18 +213,10 @@ def mlx_run(
     t2 = time.perf_counter()
 
     peak = mx.get_peak_memory()
-    return RunSample(
-        encoder_s=t1 - t0,
-        decode_s=t2 - t1,
-        steps=output_len,
-        batch_size=B,
-        peak_bytes=int(weight_bytes + max(peak - base, 0)),
-        peak_process_bytes=int(peak),
-        kv_self_bytes=int(sum(c.nbytes() for c in state.cache)),
-        kv_cross_bytes=int(sum(c.nbytes() for c in state.cross)),
-        tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None,
-        compiled=state.compiled,
-    )
+    kv = [int(sum(c.nbytes() for c in caches)) for caches in (state.cache, state.cross)]
+    tokens = [list(r) for r in zip(*tokens)] if keep_tokens else None
+    peaks = (int(weight_bytes + max(peak - base, 0)), int(peak))
+    return RunSample(t1 - t0, t2 - t1, output_len, B, *peaks, *kv, tokens, state.compiled)
 
 
 def torch_run(
@@ -193,7 +244,7 @@ def torch_run(
         y = torch.full((B, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
         tokens = []
         for _ in range(output_len):
-            out = model(encoder_outputs=(enc,), decoder_input_ids=y, use_cache=True, **{_cache_kw(model): cache})
+            out = model(encoder_outputs=(enc,), decoder_input_ids=y, use_cache=True, **{_cache_kw(type(model)): cache})
             logits = out.logits[:, -1, :].float()
             y = logits.log_softmax(-1).argmax(-1, keepdim=True)
             tokens.append(y[:, 0].tolist())
@@ -207,28 +258,13 @@ def torch_run(
     else:
         peak_process = peak_rss()
         peak = int(weight_bytes + max(peak_process - base_rss, 0))
-    return RunSample(
-        encoder_s=t1 - t0,
-        decode_s=t2 - t1,
-        steps=output_len,
-        batch_size=B,
-        peak_bytes=peak,
-        peak_process_bytes=peak_process,
-        kv_self_bytes=kv_self,
-        kv_cross_bytes=kv_cross,
-        tokens=[list(r) for r in zip(*tokens)] if keep_tokens else None,
-    )
+    tokens = [list(r) for r in zip(*tokens)] if keep_tokens else None
+    return RunSample(t1 - t0, t2 - t1, output_len, B, peak, peak_process, kv_self, kv_cross, tokens)
 
 
-_CACHE_KW: Dict[type, str] = {}
+@lru_cache(maxsize=None)
+def _cache_kw(cls) -> str:
+    """The forward's cache argument: transformers 5 renamed `past_key_values` to `cache`."""
+    import inspect
 
-
-def _cache_kw(model) -> str:
-    """transformers 5 renamed the forward's `past_key_values` to `cache`."""
-    cls = type(model)
-    if cls not in _CACHE_KW:
-        import inspect
-
-        params = inspect.signature(cls.forward).parameters
-        _CACHE_KW[cls] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KW[cls]
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"

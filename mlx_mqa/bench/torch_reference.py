@@ -1,14 +1,10 @@
-"""The PyTorch reference: transformers' T5ForConditionalGeneration on the best local device.
-
-For a GQA/MQA variant the reference is the multi-head transformers model whose decoder K/V
-projection heads are replaced by their group means, each repeated H/G times: it computes exactly
-what the converted G-head model computes (so its outputs and ROUGE are comparable), at the cost
-of multi-head attention.
-"""
+"""The PyTorch reference: transformers' T5ForConditionalGeneration on the best local device. A GQA/MQA variant's
+reference is the multi-head model with each group's mean K/V head repeated H/G times: it computes what the
+G-head model computes (same outputs and ROUGE) at the cost of multi-head attention."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -56,11 +52,8 @@ def synchronize(device: str) -> None:
 
 
 def group_mean_kv_(model, kv_heads: int, groups_in: str = "decoder") -> None:
-    """In place: replace each group of H/G K/V heads by the group's mean head, repeated H/G times.
-
-    Which projections and how: `is_grouped` and `pool_heads` of `mlx_mqa.conversion.pooling` (float64 mean,
-    then the weights' dtype), so the reference sees exactly the converted model's weights.
-    """
+    """In place: each group of H/G K/V heads becomes the group's mean head, repeated H/G times, by the conversion's
+    own `is_grouped` and `pool_heads`, so the reference sees exactly the converted model's weights."""
     import torch
 
     H = model.config.num_heads
@@ -86,12 +79,7 @@ def load_reference(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its per-tensor loading bar would interleave with ours
-    td = torch_dtype(dtype)
-    try:
-        model = T5ForConditionalGeneration.from_pretrained(str(path), dtype=td)
-    except TypeError:  # transformers 4.x
-        model = T5ForConditionalGeneration.from_pretrained(str(path), torch_dtype=td)
-    model.eval()
+    model = T5ForConditionalGeneration.from_pretrained(str(path), dtype=torch_dtype(dtype)).eval()
     if kv_heads is not None:
         group_mean_kv_(model, kv_heads, groups_in)
     return model.to(device)
@@ -130,20 +118,12 @@ def weight_bytes(model) -> dict:
 def make_cache(model):
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    try:
-        return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
-    except TypeError:  # older transformers
-        return EncoderDecoderCache(DynamicCache(), DynamicCache())
+    return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
 
 
-def prefill_cross(model, cache, encoder_out) -> bool:
-    """Put every decoder layer's cross-attention K/V into `cache` now, as MLX does after the encoder.
-
-    Without it transformers projects them during the first decode step. Returns False (leaving the
-    cache alone) where this transformers version keeps its cache differently.
-    """
-    if not hasattr(cache, "is_updated") or not hasattr(cache, "cross_attention_cache"):
-        return False
+def prefill_cross(model, cache, encoder_out) -> None:
+    """Put every decoder layer's cross-attention K/V into `cache` now, as MLX does after the encoder (else
+    transformers projects them during the first decode step)."""
     B, L, _ = encoder_out.shape
     for i, block in enumerate(model.decoder.block):
         attn = block.layer[1].EncDecAttention
@@ -152,59 +132,33 @@ def prefill_cross(model, cache, encoder_out) -> bool:
         v = attn.v(encoder_out).view(B, L, -1, d).transpose(1, 2)
         cache.cross_attention_cache.update(k, v, i)
         cache.is_updated[i] = True
-    return True
 
 
 def cache_nbytes(cache) -> Tuple[int, int]:
     """(self-attention, cross-attention) K/V bytes held by a transformers EncoderDecoderCache."""
 
     def size(c) -> int:
-        total = 0
-        layers = getattr(c, "layers", None)
-        if layers is not None:
-            pairs = [(getattr(x, "keys", None), getattr(x, "values", None)) for x in layers]
-        else:
-            pairs = list(zip(getattr(c, "key_cache", []), getattr(c, "value_cache", [])))
-        for k, v in pairs:
-            for t in (k, v):
-                if t is not None and hasattr(t, "numel"):
-                    total += t.numel() * t.element_size()
-        return int(total)
+        tensors = [t for x in c.layers for t in (getattr(x, "keys", None), getattr(x, "values", None))]
+        return int(sum(t.numel() * t.element_size() for t in tensors if t is not None and hasattr(t, "numel")))
 
     return size(cache.self_attention_cache), size(cache.cross_attention_cache)
 
 
-def generate(
-    model,
-    input_ids: np.ndarray,
-    attention_mask: Optional[np.ndarray],
-    max_new_tokens: int,
-    device: str = "cpu",
-    num_beams: int = 1,
-    eos_token_id: int = 1,
-) -> List[List[int]]:
+def generate(model, input_ids, attention_mask, max_new_tokens: int, device="cpu", num_beams=1, eos_token_id=1):
     """Greedy (or beam) generation with transformers; EOS honoured; ids per row without the start token."""
     import torch
 
     ids = torch.tensor(np.asarray(input_ids), dtype=torch.long, device=device)
-    mask = (
-        torch.ones_like(ids)
-        if attention_mask is None
-        else torch.tensor(np.asarray(attention_mask), dtype=torch.long, device=device)
-    )
+    mask = np.ones(ids.shape) if attention_mask is None else np.asarray(attention_mask)
+    # Plain search: none of the sampling, repetition or n-gram settings a generation_config.json might carry.
+    plain = dict(min_new_tokens=0, do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
     with torch.inference_mode():
-        # Plain greedy (or beam) search: no sampling, repetition or n-gram constraints a checkpoint's
-        # generation_config.json might carry.
         out = model.generate(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=torch.tensor(mask, dtype=torch.long, device=device),
             max_new_tokens=max_new_tokens,
-            min_new_tokens=0,
             num_beams=num_beams,
-            do_sample=False,
             eos_token_id=eos_token_id,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            length_penalty=1.0,
+            **plain,
         )
     return cut_after_eos(out[:, 1:].tolist(), eos_token_id)  # as mlx_mqa's generate returns them

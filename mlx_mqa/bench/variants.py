@@ -1,12 +1,7 @@
-"""What the benchmark compares: one multi-head checkpoint, converted (and cached) to several K/V head counts,
-each by one or more conversion methods (`--pool`, in `--grouping` groups).
-
-A model spec is a Hugging Face hub id, a local checkpoint directory, or `random:<name>` for a
-deterministic random-weight checkpoint of a real T5 shape (`mlx_mqa/assets/t5-configs/<name>.json`,
-optionally with fewer layers), built once into the cache directory. Conversions are cached there too,
-keyed by a fingerprint of the source checkpoint, and by the method and calibration settings when they are
-not the paper's mean pooling in contiguous groups.
-"""
+"""What the benchmark compares: one multi-head checkpoint (hub id, local directory, or `random:<name>`, random
+weights of a shape in `mlx_mqa/assets/t5-configs`), converted to several K/V head counts by one or more methods
+(`--pool`, in `--grouping` groups). Random checkpoints and conversions are cached, the latter keyed by a
+fingerprint of the source and, unless mean pooling in contiguous groups, the method and calibration."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .. import paths
 from ..checkpoint.files import atomic_directory
@@ -53,17 +48,16 @@ class ModelSource:
 
     def provenance(self) -> dict:
         """What the weights are: a real checkpoint (hub id or directory) or random (with its seed)."""
-        if self.is_random:
+        if not self.is_random:
             return {
-                "kind": "random",
+                "kind": "checkpoint",
                 "spec": self.spec,
-                "random_weights_seed": self.random_seed,
-                "shape_from": self.spec[len(RANDOM_PREFIX) :],
-                "overrides": self.overrides,
                 "path": str(self.path),
-                "note": "random weights: speed is meaningful, ROUGE is not",
+                "fingerprint": fingerprint(self.path),
             }
-        return {"kind": "checkpoint", "spec": self.spec, "path": str(self.path), "fingerprint": fingerprint(self.path)}
+        out = dict(kind="random", spec=self.spec, random_weights_seed=self.random_seed)
+        out.update(shape_from=self.spec[len(RANDOM_PREFIX) :], overrides=self.overrides, path=str(self.path))
+        return out | {"note": "random weights: speed is meaningful, ROUGE is not"}
 
 
 def random_config(name: str, layers: Optional[int] = None) -> dict:
@@ -76,18 +70,9 @@ def random_config(name: str, layers: Optional[int] = None) -> dict:
     return cfg
 
 
-def prepare_source(
-    spec: str,
-    cache_dir=None,
-    layers: Optional[int] = None,
-    seed: int = 0,
-    shared_std: float = 0.05,
-) -> ModelSource:
-    """Resolve a model spec to a local multi-head checkpoint directory (building a random one if asked).
-
-    Random checkpoints use a small std for the shared embedding so greedy decoding gives varied
-    tokens rather than echoing one (see `mlx_mqa.checkpoint.random_init.random_t5_weights`).
-    """
+def prepare_source(spec: str, cache_dir=None, layers: Optional[int] = None, seed: int = 0, shared_std=0.05):
+    """A model spec as a local multi-head checkpoint directory (a random one built on first use, its shared
+    embedding with a small std so that greedy decoding gives varied tokens, not one echoed)."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX) :]
@@ -120,8 +105,7 @@ def prepare_source(
         )
     if "num_heads" not in cfg:
         raise ConfigError(f"{path}/config.json is not a T5 config")
-    seed_in_config = cfg.get("random_weights_seed")
-    return ModelSource(spec, path, cfg, random_seed=seed_in_config)
+    return ModelSource(spec, path, cfg, random_seed=cfg.get("random_weights_seed"))
 
 
 def fingerprint(path: Path) -> str:
@@ -144,25 +128,22 @@ def parse_kv_heads(text: Optional[str], num_heads: int) -> List[int]:
     if text is None or str(text).strip() in ("", "default"):
         return default_kv_heads(num_heads)
     out: List[int] = []
-    for part in str(text).split(","):
-        p = part.strip().lower()
-        if not p:
-            continue
-        if p in ("h", "mha"):
-            g = num_heads
-        elif p == "mqa":
-            g = 1
-        else:
-            try:
-                g = int(p)
-            except ValueError:
-                raise ConfigError(f"--kv-heads: {part!r} is not a number (or H / mha / mqa)") from None
+    for part in _items(text, "--kv-heads lists no value"):
+        try:
+            g = {"h": num_heads, "mha": num_heads, "mqa": 1}[part] if part in ("h", "mha", "mqa") else int(part)
+        except ValueError:
+            raise ConfigError(f"--kv-heads: {part!r} is not a number (or H / mha / mqa)") from None
         check_kv_heads(g, num_heads, "--kv-heads")
-        if g not in out:
-            out.append(g)
-    if not out:
-        raise ConfigError("--kv-heads lists no value")
+        out += [] if g in out else [g]
     return sorted(out, reverse=True)
+
+
+def _items(text, empty: str) -> List[str]:
+    """A comma list's items, stripped and lower-cased, in order without repeats; ConfigError(`empty`) if none."""
+    out = list(dict.fromkeys(p.strip().lower() for p in str(text).split(",") if p.strip()))
+    if not out:
+        raise ConfigError(empty)
+    return out
 
 
 def default_kv_heads(num_heads: int) -> List[int]:
@@ -181,15 +162,10 @@ DEFAULT_POOL, DEFAULT_GROUPING = "mean", "contiguous"
 
 def parse_pools(text: Optional[str]) -> List[str]:
     """'mean,fit,svd' -> ['mean', 'fit', 'svd'] (in the order given, repeats dropped). Default: mean."""
-    out: List[str] = []
-    for part in str(text or DEFAULT_POOL).split(","):
-        p = part.strip().lower()
-        if p and p not in METHODS:
-            raise ConfigError(f"unknown --pool {part.strip()!r}; choose from {', '.join(METHODS)}")
-        if p and p not in out:
-            out.append(p)
-    if not out:
-        raise ConfigError("--pool lists no method")
+    out = _items(text or DEFAULT_POOL, "--pool lists no method")
+    for p in out:
+        if p not in METHODS:
+            raise ConfigError(f"unknown --pool {p!r}; choose from {', '.join(METHODS)}")
     return out
 
 
@@ -206,13 +182,7 @@ def method_label(pool: str = DEFAULT_POOL, grouping: str = DEFAULT_GROUPING) -> 
     return pool + ("" if grouping == DEFAULT_GROUPING else f" {grouping}")
 
 
-def variant_name(
-    kv_heads: int,
-    num_heads: int,
-    quantize_bits: Optional[int] = None,
-    pool: str = DEFAULT_POOL,
-    grouping: str = DEFAULT_GROUPING,
-) -> str:
+def variant_name(kv_heads: int, num_heads: int, quantize_bits=None, pool=DEFAULT_POOL, grouping=DEFAULT_GROUPING):
     """MHA, GQA-2, MQA, GQA-2-q8 (mean pooling, contiguous groups); GQA-2 fit, MQA-q8 svd-q similar otherwise.
     The multi-head variant has no method: pooling does nothing there."""
     base = "MHA" if kv_heads == num_heads else "MQA" if kv_heads == 1 else f"GQA-{kv_heads}"
@@ -245,13 +215,8 @@ class VariantSpec:
 
 
 def variant_specs(
-    kv_heads: Sequence[int],
-    num_heads: int,
-    quantize: Sequence[int] = (),
-    q_group_size: int = 64,
-    pools: Sequence[str] = (DEFAULT_POOL,),
-    grouping: str = DEFAULT_GROUPING,
-) -> List[VariantSpec]:
+    kv_heads, num_heads: int, quantize=(), q_group_size=64, pools=(DEFAULT_POOL,), grouping=DEFAULT_GROUPING
+):
     """Every kv-heads value in float (each pool in turn; the multi-head variant once, mean-pooled), then its
     quantized copies. Every combination is checked before any is converted."""
     specs = []
@@ -289,54 +254,33 @@ def calibration_tag(cal: Calibration) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def converted_path(
-    source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None, calibration: Optional[Calibration] = None
-) -> Path:
-    """The cache directory of a conversion: `kv2-float32-v1` for mean pooling in contiguous groups (as before
-    pooling methods were compared), `kv2-float32-fit-similar-cal<hash>-v1` for the others."""
+def converted_path(source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None, calibration=None) -> Path:
+    """A conversion's cache directory: `kv2-float32-v1` for mean pooling in contiguous groups (as before methods
+    were compared), e.g. `kv2-float32-fit-similar-cal<hash>-v1` for the others."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir else paths.cache_dir()
     q = f"-q{spec.quantize_bits}g{spec.q_group_size}" if spec.quantize_bits else ""
     method = "" if spec.is_mean_contiguous else f"-{spec.pool}"
     method += "" if spec.grouping == DEFAULT_GROUPING else f"-{spec.grouping}"
     if spec.calibrated:
         method += f"-cal{calibration_tag(calibration or Calibration())}"
-    return (
-        cache_dir
-        / "converted"
-        / f"{_slug(source.spec)}-{fingerprint(source.path)}"
-        / f"kv{spec.kv_heads}-{dtype}{q}{method}-v{CACHE_VERSION}"
-    )
+    name = f"kv{spec.kv_heads}-{dtype}{q}{method}-v{CACHE_VERSION}"
+    return cache_dir / "converted" / f"{_slug(source.spec)}-{fingerprint(source.path)}" / name
 
 
 def ensure_converted(
-    source: ModelSource,
-    spec: VariantSpec,
-    dtype: str,
-    cache_dir=None,
-    calibration: Optional[Calibration] = None,
-    progress: Optional[Callable[[str], None]] = None,
-    bar=None,
-) -> Path:
-    """The converted model directory for `spec` (decoder K/V, `spec.pool` in `spec.grouping` groups),
-    converting on first use; calibrated methods use `calibration` (default: the bundled samples)."""
+    source: ModelSource, spec: VariantSpec, dtype: str, cache_dir=None, calibration=None, progress=None, bar=None
+):
+    """The converted model directory of `spec`, converted on first use (calibrated methods with `calibration`,
+    default the bundled samples; `progress` and `bar` report a calibrated conversion's steps)."""
     out = converted_path(source, spec, dtype, cache_dir, calibration)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     try:
-        convert(
-            str(source.path),
-            str(out),
-            kv_heads=spec.kv_heads,
-            pool=spec.pool,
-            grouping=spec.grouping,
-            calibration=calibration,
-            dtype=dtype,
-            quantize=spec.quantize_bits is not None,
-            q_bits=spec.quantize_bits or 4,
-            q_group_size=spec.q_group_size,
-            progress=progress,
-            bar=bar,
+        method = dict(kv_heads=spec.kv_heads, pool=spec.pool, grouping=spec.grouping, calibration=calibration)
+        quant = dict(
+            quantize=spec.quantize_bits is not None, q_bits=spec.quantize_bits or 4, q_group_size=spec.q_group_size
         )
+        convert(str(source.path), str(out), dtype=dtype, progress=progress, bar=bar, **method, **quant)
     except CheckpointError:
         if not (out / "config.json").exists():  # a concurrent conversion may have finished first
             raise

@@ -322,12 +322,24 @@ def test_no_speed_writes_no_speed_files(tiny_model, tmp_path):
     assert "speed.csv" not in r.output and "Speed (medians" not in r.output
 
 
+def test_no_quality_writes_no_quality_files(tiny_model, tmp_path):
+    root, model = tiny_model
+    r = run_speed_only(model, tmp_path, root / "cache", "1")
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["quality"] == [] and validate_results(res) == []
+    assert "quality_csv" not in res["files"] and "predictions" not in res["files"]
+    assert not (tmp_path / "quality.csv").exists() and not (tmp_path / "predictions").exists()
+    assert not (tmp_path / "rouge_vs_time.png").exists() and "quality.csv" not in r.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--layers", "-1"], "error: --layers must be at least 1, got -1"),
         (["--repeats", "0"], "error: --repeats must be at least 1, got 0"),
         (["--limit", "0"], "error: --limit must be at least 1, got 0"),
+        (["--quantize", "7"], "error: --quantize: bit widths must be among 2, 3, 4, 5, 6, 8"),
         (["--out", "{file}/sub"], "error: --out {file}/sub cannot be created: {file} is a file"),
         (["--out", "{file}"], "error: --out {file} is a file"),
     ],

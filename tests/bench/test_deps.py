@@ -6,10 +6,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from mlx_mqa.bench import deps
+from mlx_mqa.bench import config
 from mlx_mqa.bench.cli import main as bench_main
-from mlx_mqa.bench.config import BenchConfig
-from mlx_mqa.bench.deps import MissingDependency, check_dependencies, has_module, plots_available
+from mlx_mqa.bench.config import BenchConfig, MissingDependency, check_dependencies, has_module, plots_available
 
 from .tiny import run_speed_only
 
@@ -65,7 +64,7 @@ def test_datasets_only_for_hub_datasets(monkeypatch):
         r"\(pip install 'mlx-mqa\[bench\]'\); or pass --data FILE.jsonl",
     ):
         check_dependencies(BenchConfig(torch=False, datasets=("bundled:xsum", "arxiv", "pubmed")))
-    assert deps.hub_datasets_requested(["bundled:arxiv", "arxiv", "nosuch", "xsum"]) == ["arxiv", "xsum"]
+    assert config.hub_datasets_requested(["bundled:arxiv", "arxiv", "nosuch", "xsum"]) == ["arxiv", "xsum"]
 
 
 def test_missing_matplotlib_skips_figures_with_a_note(monkeypatch):

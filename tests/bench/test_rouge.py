@@ -86,7 +86,7 @@ def test_score_in_percent_with_intervals():
     summary, per = score(preds, refs, n_resamples=500)
     for m in METRICS:
         s = summary[m]
-        assert s.mean == pytest.approx(100 * per[m].mean())
-        assert 0 <= s.low <= s.mean <= s.high <= 100
+        assert s["mean"] == pytest.approx(100 * per[m].mean())
+        assert 0 <= s["low"] <= s["mean"] <= s["high"] <= 100
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         rouge_per_example(["a", "b"], ["a"])

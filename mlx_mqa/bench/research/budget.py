@@ -1,20 +1,11 @@
-"""Throughput under a memory budget: per variant, the largest batch whose measured peak fits, and its tokens/s.
-
-Every probe is a whole speed run in a fresh process (`footprint`). From batches 1 and 2 on, the slope of the
-last two fitting batches (at least the K/V of an input) predicts the next batch to run; past the budget, regula
-falsi, stepping at least a quarter of the bracket. The answer is a measured fit whose next batch was measured
-not to fit (the first step's slope overestimates: batch 2 is the first to encode two inputs at once).
-
-The per-input cost reported is not that search slope (two noisy peaks) but a least-squares fit over every
-probed batch, with its standard error from the residuals (`fit_slope`); slopes that contradict the variants'
-K/V sizes beyond that noise are pointed out (`slope_order_note`).
-"""
+"""Throughput under a memory budget (--memory-budget): per variant, the largest batch whose peak, measured by a
+whole speed run in a fresh process (`footprint`), fits; and its tokens/s. The answer is a measured fit whose next
+batch was measured not to fit. The per-input cost reported is a least-squares fit over every probe (`fit_slope`)."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -37,42 +28,11 @@ def format_size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-@dataclass
-class BudgetResult:
-    name: str
-    kv_heads: int
-    backend: str
-    budget_bytes: int
-    best: Footprint  # the largest batch measured to fit
-    per_input_bytes: float  # least-squares slope of the peak over the probed batches (`fit_slope`)
-    per_input_bytes_err: Optional[float]  # its standard error from the residuals (None: too few probes)
-    next_peak_predicted: float  # the peak the next batch would have, from that slope
-    probes: List[Footprint]
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "kv_heads": self.kv_heads,
-            "backend": self.backend,
-            "budget_bytes": self.budget_bytes,
-            "batch": self.best.batch,
-            "peak_bytes": self.best.peak_bytes,
-            "kv_bytes": self.best.kv_bytes,
-            "tokens_per_s": self.best.tokens_per_s,
-            "encoder_s": self.best.encoder_s,
-            "decode_s": self.best.decode_s,
-            "decode_step": self.best.decode_step,
-            "per_input_bytes": self.per_input_bytes,
-            "per_input_bytes_err": self.per_input_bytes_err,
-            "next_batch_peak_predicted": self.next_peak_predicted,
-            "probes": [{"batch": p.batch, "peak_bytes": p.peak_bytes} for p in self.probes],
-        }
-
-
 def largest_batch(
     name: str, kv_heads: int, backend: str, budget: int, probe: Callable[[int], Footprint], max_batch: int = MAX_BATCH
-) -> BudgetResult:
-    """The largest batch whose measured peak is at most `budget` bytes; `probe(b)` runs batch b."""
+) -> dict:
+    """The largest batch whose measured peak is at most `budget` bytes (its row of results.json's "budget");
+    `probe(b)` runs batch b."""
     seen = {}
 
     def run(b: int) -> Footprint:
@@ -111,8 +71,13 @@ def largest_batch(
             else:
                 over = mid
     probes = sorted(seen.values(), key=lambda f: f.batch)
-    per_input, err = fit_slope(probes)
-    return BudgetResult(name, kv_heads, backend, budget, best, per_input, err, best.peak_bytes + per_input, probes)
+    per_input, err = fit_slope(probes)  # the peak's least-squares slope over the probes, its standard error
+    row = dict(name=name, kv_heads=kv_heads, backend=backend, budget_bytes=budget, batch=best.batch)
+    row.update({k: getattr(best, k) for k in "peak_bytes kv_bytes tokens_per_s encoder_s decode_s decode_step".split()})
+    row.update(
+        per_input_bytes=per_input, per_input_bytes_err=err, next_batch_peak_predicted=best.peak_bytes + per_input
+    )
+    return row | {"probes": [{"batch": p.batch, "peak_bytes": p.peak_bytes} for p in probes]}
 
 
 def fit_slope(probes: Sequence[Footprint]) -> Tuple[float, Optional[float]]:
@@ -173,8 +138,6 @@ def budget_summary(rows: List[dict], mha: Optional[str] = "MHA") -> List[str]:
     return lines + (["Note: " + note] if note else [])
 
 
-# ----------------------------------------------------------------------------------------------- the run's step
-
 CSV_COLUMNS = """name backend kv_heads budget_bytes batch peak_bytes kv_bytes per_input_bytes
 next_batch_peak_predicted tokens_per_s encoder_s decode_s decode_step per_input_bytes_err""".split()
 
@@ -197,7 +160,7 @@ def run_budget(cfg, runs: Sequence[tuple], dtype: str, results: dict, say) -> No
                 p = footprint.Probe(path, impl, b, input_len, output_len, dtype, cfg.decode_path, cfg.seed)
                 return footprint.measure(p)
 
-            rows.append(largest_batch(name, g, impl, cfg.memory_budget, probe).to_dict())
+            rows.append(largest_batch(name, g, impl, cfg.memory_budget, probe))
             bar.update(1)
             results["budget"] = {"input_len": input_len, "output_len": output_len, "rows": rows}
             write_results(results, cfg.out)

@@ -1,11 +1,6 @@
-"""Peak memory of one speed run, measured in a fresh process: `measure(Probe(...))`.
-
-The child loads the checkpoint, runs one `mlx_run` or `torch_run` (encoder, cross K/V, greedy steps) and
-reports its peak resident set minus its resident set after the imports, before the weights: weights,
-activations, K/V and allocator slack, whatever the framework (Linux: VmHWM and VmRSS; elsewhere the
-peak from getrusage for both, plus MLX's own peak on a GPU, whose buffers are not resident-set pages).
-A fresh process has no allocator holding memory from an earlier run, which an in-process figure cannot
-rule out.
+"""Peak memory of one speed run in a fresh process (no allocator holding memory from an earlier run):
+`measure(Probe(...))`. The child loads the checkpoint, runs one `mlx_run` or `torch_run` and reports its peak
+resident set minus that after the imports (plus MLX's own peak on a GPU, whose buffers are not resident pages).
 
     python -m mlx_mqa.bench.research.footprint '{"path": ..., "impl": "mlx", "batch": 4, ...}'   # one JSON line out
 """
@@ -72,7 +67,7 @@ def _child(probe: Probe) -> Footprint:
     import numpy as np
 
     from .. import speed as sp
-    from ..memory import current_rss, peak_rss
+    from ..speed import current_rss, peak_rss
 
     if probe.impl == "torch":
         from transformers import T5ForConditionalGeneration  # noqa: F401  (its code is not the run's memory)

@@ -1,9 +1,5 @@
-"""Figures of a benchmark run (matplotlib, Agg backend: no display needed).
-
-- time per sample vs number of K/V groups, one line per setting (the GQA paper's Fig. 6), beside the
-  decode-step speedup over MHA, measured and as the memory-traffic model predicts it;
-- ROUGE vs time per sample for every variant, MLX and PyTorch (the paper's Fig. 3 trade-off).
-"""
+"""Figures of a benchmark run (matplotlib, Agg backend): time per sample and decode speedup vs K/V groups (the GQA
+paper's Fig. 6), ROUGE vs time per sample (its Fig. 3) and, with --memory-budget, the largest batch that fits."""
 
 from __future__ import annotations
 
@@ -16,25 +12,15 @@ RANDOM_NOTE = "random weights: ROUGE is meaningless (speed is not)"
 
 def write_figures(results: dict, out: Path, title: str, random_weights: bool) -> dict:
     """Every figure the results allow, into `out`; their file names by results["files"] key."""
-    figures = [
-        (
-            "plot_time_vs_groups",
-            plot_time_vs_groups,
-            results["speed"],
-            "time_vs_groups.png",
-            "Time per sample vs K/V groups",
+    budget = results.get("budget")
+    files = {
+        "plot_time_vs_groups": plot_time_vs_groups(
+            results["speed"], out / "time_vs_groups.png", f"Time per sample vs K/V groups\n{title}"
         ),
-        ("plot_budget", plot_budget, results.get("budget"), "budget.png", "Largest batch within the budget"),
-    ]
-    files = {}
-    for key, plot, data, name, caption in figures:
-        p = plot(data, out / name, title=f"{caption}\n{title}") if data else None
-        if p:
-            files[key] = p.name
-    p = plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights=random_weights)
-    if p:
-        files["plot_rouge_vs_time"] = p.name
-    return files
+        "plot_budget": budget and plot_budget(budget, out / "budget.png", f"Largest batch within the budget\n{title}"),
+        "plot_rouge_vs_time": plot_rouge_vs_time(results["quality"], out / "rouge_vs_time.png", random_weights),
+    }
+    return {k: p.name for k, p in files.items() if p}
 
 
 def _plt():
@@ -44,6 +30,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optional[Path]:
@@ -94,11 +87,7 @@ def plot_time_vs_groups(speed: Sequence[dict], path, title: str = "") -> Optiona
     ax.set_title(title or "Time per sample vs number of K/V groups", fontsize=10)
     ax_speedup.set_ylabel("decode step speedup over MHA")
     ax_speedup.set_title("Decode step: measured vs memory-traffic model", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = False, title: str = "") -> Optional[Path]:
@@ -110,46 +99,22 @@ def plot_rouge_vs_time(quality: Sequence[dict], path, random_weights: bool = Fal
     several = len({x["dataset"] for x in quality}) > 1
     for i, q in enumerate(sorted(quality, key=lambda q: (q["time_per_sample_s"], q["mean_rouge"]))):
         torch_ref = q["backend"] == "torch"
-        ax.scatter(
-            [q["time_per_sample_s"]],
-            [q["mean_rouge"]],
-            marker="s" if torch_ref else "o",
-            color="tab:orange" if torch_ref else "tab:blue",
-        )
+        xy = (q["time_per_sample_s"], q["mean_rouge"])
+        ax.scatter(*xy, marker="s" if torch_ref else "o", color="tab:orange" if torch_ref else "tab:blue")
         beams = f" {q['num_beams']}b" if q.get("num_beams", 1) > 1 else ""
         label = ("torch " if torch_ref else "") + q["variant"] + beams + (f" ({q['dataset']})" if several else "")
         # Stagger the labels: variants of equal ROUGE and similar time would print on top of each other.
-        ax.annotate(
-            label,
-            (q["time_per_sample_s"], q["mean_rouge"]),
-            fontsize=7,
-            xytext=(5, -10 + 9 * (i % 4)),
-            textcoords="offset points",
-        )
+        ax.annotate(label, xy, fontsize=7, xytext=(5, -10 + 9 * (i % 4)), textcoords="offset points")
     top = max(q["mean_rouge"] for q in quality)
     ax.set_ylim(bottom=0, top=max(1.0, top * 1.15))
     ax.set_xlabel("time per sample (s), generation on the evaluation examples")
     ax.set_ylabel("mean of ROUGE-1/2/L F1 (%)")
     ax.set_title(title or "ROUGE vs time per sample (circles: MLX, squares: PyTorch)", fontsize=9)
     if random_weights:
-        ax.text(
-            0.5,
-            0.5,
-            RANDOM_NOTE,
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize=10,
-            color="red",
-            alpha=0.6,
-            rotation=20,
-        )
+        style = dict(ha="center", va="center", fontsize=10, color="red", alpha=0.6, rotation=20)
+        ax.text(0.5, 0.5, RANDOM_NOTE, transform=ax.transAxes, **style)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_budget(budget: dict, path, title: str = "") -> Optional[Path]:
@@ -177,7 +142,4 @@ def plot_budget(budget: dict, path, title: str = "") -> Optional[Path]:
         ax.legend()
     b = rows[0]["budget_bytes"] / 2**30
     fig.suptitle(f"{title}\nbudget {b:.2f} GiB, {budget['input_len']} -> {budget['output_len']} tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)

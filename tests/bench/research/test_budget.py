@@ -41,29 +41,31 @@ def fake(peak_mib):
 def test_the_largest_batch_that_fits_is_measured():
     probe, calls = fake(lambda b: 100 + 30 * b)
     r = bg.largest_batch("MQA", 1, "mlx", 250 * MiB, probe)
-    assert r.best.batch == 5 and r.best.peak_bytes == 250 * MiB
+    assert r["batch"] == 5 and r["peak_bytes"] == 250 * MiB
     assert calls == [1, 2, 5, 6]  # batch 6 measured not to fit
-    assert r.per_input_bytes == pytest.approx(30 * MiB) and r.next_peak_predicted == pytest.approx(280 * MiB)
-    assert r.to_dict()["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
+    assert r["per_input_bytes"] == pytest.approx(30 * MiB) and r["next_batch_peak_predicted"] == pytest.approx(
+        280 * MiB
+    )
+    assert r["tokens_per_s"] == pytest.approx(5 * 8 / 2.0)
 
 
 def test_a_prediction_that_does_not_fit_is_narrowed_down():
     probe, calls = fake(lambda b: 100 + 30 * b + (50 if b > 3 else 0))
     r = bg.largest_batch("MHA", 4, "mlx", 250 * MiB, probe)
-    assert r.best.batch == 3 and calls == [1, 2, 5, 3, 4]
+    assert r["batch"] == 3 and calls == [1, 2, 5, 3, 4]
 
 
 def test_a_slope_that_overestimates_is_corrected_by_the_next_fit():
     """Batch 2 costs more than later inputs (its encoder part grows); the search goes on past the first step."""
     probe, calls = fake(lambda b: 100 + (40 if b > 1 else 0) + 5 * b)
     r = bg.largest_batch("MQA", 1, "mlx", 200 * MiB, probe)
-    assert r.best.batch == 12 and r.best.peak_bytes == 200 * MiB and calls[-1] == 13
+    assert r["batch"] == 12 and r["peak_bytes"] == 200 * MiB and calls[-1] == 13
 
 
 def test_a_slope_lost_in_noise_falls_back_to_the_kv_bytes():
     probe, calls = fake(lambda b: 100 + max(0, b - 2))  # flat to batch 2; each input costs its 1 MiB of K/V
     r = bg.largest_batch("MQA", 1, "mlx", 110 * MiB, probe)
-    assert r.best.batch == 12 and calls == [1, 2, 12, 13]
+    assert r["batch"] == 12 and calls == [1, 2, 12, 13]
 
 
 def test_a_budget_below_batch_1_names_the_minimum():
@@ -109,7 +111,7 @@ def test_a_convex_peak_is_not_crept_up_on():
     from 38 to 44); stepping at least a quarter of the bracket ends it in 10."""
     probe, calls = fake(lambda b: 100 + b + (0 if b <= 40 else 4 * (b - 40) ** 2))
     r = bg.largest_batch("MQA", 1, "mlx", 600 * MiB, probe)
-    assert r.best.batch == 50 and calls == [1, 2, 500, 126, 33, 56, 43, 48, 50, 51]
+    assert r["batch"] == 50 and calls == [1, 2, 500, 126, 33, 56, 43, 48, 50, 51]
 
 
 def test_the_per_input_slope_is_fitted_over_every_probe_with_its_noise():
@@ -117,10 +119,10 @@ def test_the_per_input_slope_is_fitted_over_every_probe_with_its_noise():
     anything; the least-squares slope over every probe is near 1 MiB, within its standard error."""
     probe, calls = fake(lambda b: 100 + b + 6 * (-1) ** b)
     r = bg.largest_batch("MQA", 1, "mlx", 300 * MiB, probe)
-    assert len(calls) >= 4 and r.best.peak_bytes <= 300 * MiB
-    assert r.per_input_bytes_err is not None and r.per_input_bytes_err > 0
-    assert abs(r.per_input_bytes - MiB) <= 3 * r.per_input_bytes_err and abs(r.per_input_bytes - MiB) < 0.1 * MiB
-    assert r.to_dict()["per_input_bytes_err"] == r.per_input_bytes_err
+    assert len(calls) >= 4 and r["peak_bytes"] <= 300 * MiB
+    slope, err = r["per_input_bytes"], r["per_input_bytes_err"]
+    assert err is not None and err > 0
+    assert abs(slope - MiB) <= 3 * err and abs(slope - MiB) < 0.1 * MiB
 
 
 def test_fit_slope_leaves_out_batch_1_and_has_no_error_from_two_points():
