@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Tuple
 
 import click
@@ -47,3 +48,14 @@ def lengths_pair(text: str) -> Tuple[int, int]:
     if a < 2 or b < 2:
         raise ConfigError(f"--calibration-lengths: both lengths must be at least 2, got {text!r}")
     return a, b
+
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str, option: str = "--memory-budget") -> int:
+    """'6GB', '6GiB', '1500MB', '2.5G', '1000000' -> bytes (binary units: 1 GB = 2**30 bytes, as memory is sold)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"{option} {text!r} is not a size such as 6GB, 512MiB or 1500MB")
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])

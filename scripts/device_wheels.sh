@@ -86,7 +86,7 @@ $mlx_spec
 mlx-lm>=0.20
 scipy-openblas32
 numpy
-transformers>=4.40
+transformers>=5
 tokenizers
 sentencepiece
 safetensors

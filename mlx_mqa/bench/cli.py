@@ -10,13 +10,12 @@ from typing import Optional
 
 import click
 
-from ..cli import CONTEXT, calibration_options, fail, lengths_pair
+from ..cli import CONTEXT, calibration_options, fail, lengths_pair, parse_size
 from ..conversion import GROUPINGS
 from ..errors import MlxMqaError
 from . import report
 from .config import DEFAULT_QUALITY_LENGTHS, PRESETS, BenchConfig
 from .data import HUB_DATASETS
-from .research.budget import parse_size
 from .run import run
 from .speed import parse_ints, parse_lengths
 from .variants import parse_pools

@@ -3,8 +3,8 @@
 `python -m mlx_mqa.server --model DIR`. Library code here prints nothing; the CLI logs to stderr.
 """
 
-from .admission import Admission, parse_size, plan_slots
+from .admission import Admission, plan_slots
 from .batching import BatchGenerator, Overloaded
 from .step import BatchState
 
-__all__ = ["Admission", "BatchGenerator", "BatchState", "Overloaded", "parse_size", "plan_slots"]
+__all__ = ["Admission", "BatchGenerator", "BatchState", "Overloaded", "plan_slots"]

@@ -7,24 +7,14 @@ fits H times the slots of MHA (G = H) in the same budget.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..decoding.state import machine_memory
-from ..errors import ConfigError, MemoryBudgetError
+from ..errors import MemoryBudgetError
+from ..models.config import machine_memory
 
-UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Share of this machine's memory given to K/V when no --memory-budget is given.
 DEFAULT_FRACTION = 0.25
-
-
-def parse_size(text: str) -> int:
-    """'2GB', '2GiB', '512MiB', '1.5G', '1000000' -> bytes (binary units, as the bench reads them)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"--memory-budget {text!r} is not a size such as 2GB, 512MiB or 1500MB")
-    return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
 def self_cache_capacity(max_tokens_limit: int) -> int:

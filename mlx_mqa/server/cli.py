@@ -20,7 +20,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def build(model_path, dtype, max_input_tokens, max_tokens_limit, memory_budget, max_slots, queue_size, api_key):
     """Load the model and start the generation thread: (App, Admission). Nothing is bound yet."""
     from ..checkpoint.load import load
-    from .admission import parse_size, plan_slots, self_cache_capacity
+    from ..cli import parse_size
+    from .admission import plan_slots, self_cache_capacity
     from .app import App, ServerConfig
     from .batching import BatchGenerator
 

@@ -2,19 +2,10 @@
 
 import pytest
 
-from mlx_mqa.errors import ConfigError, MemoryBudgetError
-from mlx_mqa.server.admission import kv_bytes_per_token, parse_size, plan_slots, self_cache_capacity
+from mlx_mqa.errors import MemoryBudgetError
+from mlx_mqa.server.admission import kv_bytes_per_token, plan_slots, self_cache_capacity
 
 from .conftest import running_server
-
-
-def test_parse_size():
-    assert parse_size("2GB") == parse_size("2GiB") == 2 * 2**30
-    assert parse_size("512MiB") == 512 * 2**20
-    assert parse_size("1000") == 1000
-    for bad in ["", "-1GB", "lots", "0"]:
-        with pytest.raises(ConfigError):
-            parse_size(bad)
 
 
 def test_mqa_gets_more_slots_than_mha_at_one_budget(tiny_mha, tiny_mqa):

@@ -5,23 +5,13 @@ batch was measured not to fit. The per-input cost reported is a least-squares fi
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ...errors import ConfigError, MemoryBudgetError
+from ...errors import MemoryBudgetError
 from .footprint import Footprint
 
-UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MAX_BATCH = 4096
-
-
-def parse_size(text: str) -> int:
-    """'6GB', '6GiB', '1500MB', '2.5G' -> bytes (binary units: 1 GB = 2**30 bytes, as memory is sold)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", str(text).upper())
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"--memory-budget {text!r} is not a size such as 6GB, 6GiB or 1500MB")
-    return int(float(m.group(1)) * UNITS[m.group(2)])
 
 
 def format_size(n: float) -> str:

@@ -7,24 +7,11 @@ import pytest
 
 from mlx_mqa.bench.research import budget as bg
 from mlx_mqa.bench.research.footprint import Footprint
-from mlx_mqa.errors import ConfigError, MemoryBudgetError
+from mlx_mqa.errors import MemoryBudgetError
 
 from ..tiny import TINY, run_speed_only
 
 MiB = 2**20
-
-
-@pytest.mark.parametrize(
-    "text,expected", [("6GB", 6 * 2**30), ("6GiB", 6 * 2**30), ("1500MB", 1500 * MiB), ("2.5g", int(2.5 * 2**30))]
-)
-def test_sizes(text, expected):
-    assert bg.parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "six GB", "-1GB", "0", "6PB"])
-def test_a_bad_size_names_the_option(text):
-    with pytest.raises(ConfigError, match="--memory-budget"):
-        bg.parse_size(text)
 
 
 def fake(peak_mib):
