@@ -32,6 +32,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -105,6 +106,25 @@ def _trusted(so: Path) -> bool:
         return False
 
 
+# A failed build is not retried at every import, but only for so long: the machine may have changed.
+MARKER_SECONDS = 7 * 24 * 3600
+
+
+def _failed_before(marker: Path) -> bool:
+    """Whether `marker` records our own recent failure; another user's file, or an old one, is removed."""
+    try:
+        st = os.lstat(marker)
+    except OSError:
+        return False
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and time.time() - st.st_mtime < MARKER_SECONDS:
+        return True
+    try:
+        marker.unlink()
+    except OSError:
+        pass
+    return False
+
+
 def _open_shim(so: Path):
     """The shim loaded privately (promoted to global only once it has a BLAS), or None."""
     try:
@@ -174,7 +194,7 @@ def _shim():
         return None, "no C compiler (cc) to build the BLAS shim"
     if so is not None:
         marker = folder / f"{name}-cc{_compiler_key(cc)}.failed"
-        if marker.exists():
+        if _failed_before(marker):
             return None, f"building the BLAS shim failed before with this compiler (delete {marker} to retry)"
         try:
             error = _compile(cc, folder, so)
