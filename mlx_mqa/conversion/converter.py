@@ -250,6 +250,8 @@ def _refine(
     say(f"refining ({params}) for {steps} steps on {cal.source}: {len(examples)} samples, batches of {cal.batch_size}")
     record = refine(student, teacher, batches, steps, params, lr, shared_encoder=groups_in == "decoder", bar=bar)
     record.pop("train_kl")
+    seconds = record.pop("step_seconds")
+    record["seconds_per_step"] = round(float(np.median(seconds)), 4) if seconds else None
     record["calibration"] = {
         "source": cal.source,
         "samples": len(examples),

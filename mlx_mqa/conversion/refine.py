@@ -179,11 +179,12 @@ def refine(
     rng = np.random.default_rng(seed)
     order: List[int] = []
     progress = bar(steps, "refine") if bar and steps else None
-    losses = []
+    losses, step_seconds = [], []
     try:
         for step in range(1, steps + 1):
             if not order:
                 order = list(rng.permutation(len(batches)))
+            t0 = time.perf_counter()
             i = order.pop()
             b = batches[i]
             enc = None if encoders is None else encoders[i]
@@ -193,6 +194,7 @@ def refine(
             optimizer.update(student, grads)
             mx.eval(student.parameters(), optimizer.state, loss)
             losses.append(float(loss.item()))
+            step_seconds.append(time.perf_counter() - t0)
             if progress:
                 progress.update(1)
                 if hasattr(progress, "set_postfix"):
@@ -225,5 +227,6 @@ def refine(
         "kept": "refined" if best_step > 0 else "merged (no step improved the calibration KL)",
         "history": history,
         "train_kl": losses,
+        "step_seconds": step_seconds,
         "seconds": round(time.perf_counter() - start, 2),
     }
