@@ -43,7 +43,7 @@ def one(tb, res, kind, G, params, lr, steps, method="svd-q"):
 
     t0 = time.perf_counter()
     rec = refine(
-        student, tb.teacher, tb.calib_batches, steps, params, lr, eval_every=max(steps // 5, 1), on_eval=on_eval
+        student, tb.teacher, tb.calib_batches, steps, params, lr, eval_every=steps, on_eval=on_eval
     )
     final = tb.held_out(student, shared)  # the kept (best by calibration KL) weights
     run = {
@@ -73,14 +73,15 @@ def main():
     p.add_argument("--params", default="attention")
     p.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[3e-5, 1e-4, 3e-4, 1e-3])
     p.add_argument("--lr", default="auto", help="a number, or auto: the sweep's best by calibration KL")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--modes", type=lambda s: s.split(","), default=["attention", "attention+norms", "all"])
     p.add_argument("--gs", type=lambda s: [int(x) for x in s.split(",")], default=list(GS))
     a = p.parse_args()
     if a.what == "report":
         return report()
     res = load()
     if a.lr == "auto" and a.what != "lr":
-        sweep = [r for r in res["runs"] if r["kind"] == "lr"]
+        sweep = [r for r in res["runs"] if r["G"] == 1 and r["params"] == "attention" and r["steps"] == a.steps]
         a.lr = min(sweep, key=lambda r: r["record"]["kl_after"])["lr"] if sweep else 1e-4
         print(f"lr {a.lr:g}", flush=True)
     elif a.what != "lr":
@@ -89,10 +90,10 @@ def main():
         tb = Testbed(seed)
         if a.what == "lr":
             for lr in a.lrs:
-                one(tb, res, "lr", 1, a.params, lr, a.steps)
+                one(tb, res, "params", 1, a.params, lr, a.steps)
         elif a.what == "params":
             for G in a.gs:
-                for params in ("attention", "attention+norms", "all"):
+                for params in a.modes:
                     one(tb, res, "params", G, params, a.lr, a.steps)
         else:
             for G in a.gs:
@@ -110,7 +111,7 @@ def report():
         "| params | lr | steps | calib KL before -> after | held-out KL before -> after | s |",
         "|---|---|---:|---|---|---:|",
     ]
-    for r in sorted([r for r in res["runs"] if r["kind"] == "lr"], key=lambda r: r["lr"]):
+    for r in sorted([r for r in res["runs"] if r["G"] == 1 and r["params"] == "attention"], key=lambda r: r["lr"]):
         c = r["record"]
         lines.append(
             f"| {r['params']} | {r['lr']:g} | {r['steps']} | {c['kl_before']:.4f} -> {c['kl_after']:.4f} | "
