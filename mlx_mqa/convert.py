@@ -8,6 +8,7 @@ import click
 
 from .cli import CONTEXT, calibration_options, fail, lengths_pair
 from .conversion import GROUPINGS, GROUPS_IN, METHODS, Calibration, convert
+from .conversion.refine import DEFAULT_LR, DEFAULT_PARAMS, REFINE_PARAMS
 from .errors import MlxMqaError
 from .models.dtypes import DTYPES, default_dtype
 
@@ -22,7 +23,8 @@ POOL_HELP = (
 def _bar(total, desc):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="sample", leave=False, dynamic_ncols=True)
+    unit = "step" if desc == "refine" else "sample"
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit=unit, leave=False, dynamic_ncols=True)
 
 
 @click.command(context_settings=CONTEXT)
@@ -55,6 +57,27 @@ def _bar(total, desc):
     default="summarize: ",
     show_default=True,
     help="Task prefix put before each calibration document that has a summary.",
+)
+@click.option(
+    "--refine",
+    "refine_steps",
+    type=int,
+    default=0,
+    show_default=True,
+    help="After the merge, distil the converted model toward the multi-head one for this many steps on the "
+    "calibration text (--calibration, bundled by default, whatever --pool is): KL per target token, Adam; the "
+    "best weights by calibration KL are kept, never worse than the merge; KL before/after in config.json. "
+    "Skipped when G = H. Runs in float32 before any -q quantization.",
+)
+@click.option(
+    "--refine-params",
+    type=click.Choice(REFINE_PARAMS),
+    default=DEFAULT_PARAMS,
+    show_default=True,
+    help="What --refine trains: the decoder's attention projections, those and the decoder's layer norms, or all.",
+)
+@click.option(
+    "--refine-lr", type=float, default=DEFAULT_LR, show_default=True, help="Peak Adam learning rate of --refine."
 )
 @click.option(
     "--groups-in",
@@ -98,6 +121,9 @@ def main(
     calibration_samples,
     calibration_lengths,
     calibration_prefix,
+    refine_steps,
+    refine_params,
+    refine_lr,
     groups_in,
     dtype,
     seed,
@@ -143,6 +169,9 @@ def main(
             calibration=cal,
             progress=lambda m: click.echo(f"[convert] {m}", err=True),
             bar=_bar,
+            refine_steps=refine_steps,
+            refine_params=refine_params,
+            refine_lr=refine_lr,
         )
     except MlxMqaError as e:
         fail(e)

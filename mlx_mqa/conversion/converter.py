@@ -36,6 +36,7 @@ from .calibration import BUNDLED, calibrate, check_source
 from .grouping import GROUPINGS
 from .merging import MERGE_METHODS
 from .pooling import GROUPS_IN, POOL_METHODS, convert_weights, pool_tensor
+from .refine import DEFAULT_LR, DEFAULT_PARAMS, check_refine, refine, refine_batches
 from .statistics import Statistics
 
 METHODS = POOL_METHODS + MERGE_METHODS
@@ -179,7 +180,9 @@ class Calibration:
     prefix: str = ""
 
 
-def _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, calibration: Calibration):
+def _read_source(
+    hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, calibration: Calibration, refine_steps=0
+):
     """Source directory, tokenizer directory, config and K/V heads, all checked before any weight is read."""
     src = resolve(hf_path)
     config = read_config(src)
@@ -193,20 +196,29 @@ def _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, c
     tok_src = resolve(tokenizer_path) if tokenizer_path else src if has_tokenizer(src) else None
     if tok_src is not None:
         check_tokenizer(load_tokenizer(tok_src), ModelArgs.from_dict(config), f"the tokenizer in {tok_src}")
-    if needs_calibration(pool, grouping):
+    refining = refine_steps > 0 and kv_heads != H
+    if needs_calibration(pool, grouping) or refining:
         if tok_src is None:
-            raise CheckpointError(
-                f"{src} has no tokenizer and --pool {pool} / --grouping {grouping} calibrate; "
-                "pass --tokenizer with the source's tokenizer"
+            why = (
+                "--refine distils on calibration text"
+                if refining
+                else f"--pool {pool} / --grouping {grouping} calibrate"
             )
+            raise CheckpointError(f"{src} has no tokenizer and {why}; pass --tokenizer with the source's tokenizer")
         check_source(calibration.source)
     return src, tok_src, config, kv_heads
 
 
-def _calibrated_stats(tensors, args, tok_src, cal: Calibration, say, bar) -> Statistics:
-    """Statistics of the multi-head model in float32 (the only step that holds the whole model)."""
+def _source_model(tensors, args) -> Model:
+    """The multi-head model in float32 (held whole only to calibrate and to refine)."""
     model = Model(args)
     model.load_weights([(k, mx.array(tensors[k])) for k in model.sanitize(tensors.specs())])
+    mx.eval(model.parameters())
+    return model
+
+
+def _calibrated_stats(model, tok_src, cal: Calibration, say, bar) -> Statistics:
+    """Statistics of the multi-head model in float32."""
     say(f"calibrating on {cal.source} (up to {cal.samples} samples, {cal.max_input} -> {cal.max_target} tokens)")
     stats = calibrate(
         model,
@@ -219,9 +231,38 @@ def _calibrated_stats(tensors, args, tok_src, cal: Calibration, say, bar) -> Sta
         cal.prefix,
         bar,
     )
-    del model
-    mx.clear_cache()  # the calibration model and its activations are freed before the merged weights are built
+    mx.clear_cache()
     return stats
+
+
+def _refine(
+    teacher, student_config, tok_src, cal: Calibration, produce32, plan, steps, params, lr, groups_in, say, bar
+):
+    """The merged model distilled toward `teacher` on the calibration text: (its weights, the record)."""
+    from .calibration import read_pairs, tokenize_pairs
+
+    student = Model(ModelArgs.from_dict(student_config))
+    student.load_weights([(k, produce32(k)) for k in plan])
+    examples = tokenize_pairs(
+        load_tokenizer(tok_src), read_pairs(cal.source, cal.samples), cal.max_input, cal.max_target, cal.prefix
+    )
+    batches = refine_batches(examples, cal.batch_size)
+    say(f"refining ({params}) for {steps} steps on {cal.source}: {len(examples)} samples, batches of {cal.batch_size}")
+    record = refine(student, teacher, batches, steps, params, lr, shared_encoder=groups_in == "decoder", bar=bar)
+    record.pop("train_kl")
+    seconds = record.pop("step_seconds")
+    record["seconds_per_step"] = round(float(np.median(seconds)), 4) if seconds else None
+    record["calibration"] = {
+        "source": cal.source,
+        "samples": len(examples),
+        "samples_requested": cal.samples,
+        "max_input_tokens": cal.max_input,
+        "max_target_tokens": cal.max_target,
+    }
+    say(f"refine: calibration KL {record['kl_before']:.4f} -> {record['kl_after']:.4f} ({record['kept']})")
+    weights = dict(tree_flatten(student.parameters()))
+    del student
+    return weights, record
 
 
 def _plan(config: dict, tensors, dtype: str) -> Dict[str, TensorPlan]:
@@ -282,21 +323,34 @@ def convert(
     calibration: Optional[Calibration] = None,
     progress: Optional[Callable[[str], None]] = None,
     bar=None,
+    refine_steps: int = 0,
+    refine_params: str = DEFAULT_PARAMS,
+    refine_lr: float = DEFAULT_LR,
 ) -> Path:
     """Convert `hf_path` (hub id or directory) into an MLX model directory at `mlx_path`.
 
-    `progress` receives one-line messages; `bar(total, desc)` may return a progress bar for calibration."""
+    `progress` receives one-line messages; `bar(total, desc)` may return a progress bar for calibration.
+    `refine_steps` > 0: distil the converted model toward the source on the calibration text (see `refine`),
+    in float32, before the weights are cast or quantized; skipped (and recorded) when G = H."""
     say = progress or (lambda msg: None)
     dtype = dtype or default_dtype()
     check_dtype(dtype)
+    check_refine(refine_steps, refine_params, refine_lr)
     mlx_path = Path(mlx_path)
     check_output(mlx_path, overwrite, _local_sources(hf_path, tokenizer_path))
     say(f"reading {hf_path}")
     cal = calibration or Calibration()
-    src, tok_src, config, kv_heads = _read_source(hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, cal)
+    src, tok_src, config, kv_heads = _read_source(
+        hf_path, tokenizer_path, kv_heads, pool, groups_in, grouping, cal, refine_steps
+    )
     tensors = open_checkpoint(src)
     config, args = hf_model_args(config, tensors.specs())
-    stats = _calibrated_stats(tensors, args, tok_src, cal, say, bar) if needs_calibration(pool, grouping) else None
+    refining = refine_steps > 0 and kv_heads != args.num_heads
+    teacher = _source_model(tensors, args) if needs_calibration(pool, grouping) or refining else None
+    stats = _calibrated_stats(teacher, tok_src, cal, say, bar) if needs_calibration(pool, grouping) else None
+    if not refining:
+        teacher = None  # freed before the merged weights are built
+        mx.clear_cache()
     say(f"grouping K/V heads: {args.num_heads} -> {kv_heads} ({pool}, {grouping}, {groups_in})")
     merged, record = {}, {}
     if stats is not None:  # the merged decoder attention projections; every other tensor is streamed
@@ -311,9 +365,23 @@ def convert(
     plan = _plan(config, tensors, dtype)
     rng = np.random.default_rng(seed)
 
-    def produce(name: str) -> mx.array:  # called in the plan's (sorted) order
+    def produce32(name: str) -> mx.array:  # called in the plan's (sorted) order
         w = merged[name] if name in merged else pool_tensor(name, tensors[name], args, kv_heads, pool, groups_in, rng)
-        a = mx.array(w).astype(plan[name].dtype)
+        return mx.array(w)
+
+    if refining:
+        refined, config["conversion"]["refine"] = _refine(
+            teacher, config, tok_src, cal, produce32, plan, refine_steps, refine_params, refine_lr, groups_in, say, bar
+        )
+        teacher = None
+        mx.clear_cache()
+        produce32 = refined.__getitem__  # noqa: F811
+    elif refine_steps > 0:
+        config["conversion"]["refine"] = {"steps": refine_steps, "skipped": "G = H: no heads were grouped"}
+        say("--refine skipped: G = H, the model is unchanged")
+
+    def produce(name: str) -> mx.array:
+        a = produce32(name).astype(plan[name].dtype)
         mx.eval(a)
         return a
 
