@@ -42,9 +42,7 @@ def one(tb, res, kind, G, params, lr, steps, method="svd-q"):
         curve.append({"step": step, "held_out_kl": d["kl"], "held_out_top1": d["top1"]})
 
     t0 = time.perf_counter()
-    rec = refine(
-        student, tb.teacher, tb.calib_batches, steps, params, lr, eval_every=steps, on_eval=on_eval
-    )
+    rec = refine(student, tb.teacher, tb.calib_batches, steps, params, lr, eval_every=steps, on_eval=on_eval)
     final = tb.held_out(student, shared)  # the kept (best by calibration KL) weights
     run = {
         **key,
