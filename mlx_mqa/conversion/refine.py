@@ -123,6 +123,28 @@ def _schedule(lr: float, steps: int):
     return optim.join_schedules([optim.linear_schedule(lr * 0.1, lr, warm), decay], [warm])
 
 
+def _update_fn(student: Model, teacher: Model, lr: float, steps: int) -> Callable[[dict, Optional[mx.array]], float]:
+    """One Adam step of the mean KL per target token on a batch (given its encoder output, or None): its loss."""
+
+    def loss_fn(model, batch, enc, teacher_logits):
+        k, m = _kl_sum(_logits(model, batch, enc), teacher_logits, batch["labels"])
+        return k / mx.maximum(m, 1)
+
+    grad_fn = nn.value_and_grad(student, loss_fn)
+    optimizer = optim.Adam(learning_rate=_schedule(lr, steps))
+    optimizer.init(student.trainable_parameters())
+
+    def update(batch: dict, enc: Optional[mx.array]) -> float:
+        t = _logits(teacher, batch, enc)
+        mx.eval(t)
+        loss, grads = grad_fn(student, batch, enc, t)
+        optimizer.update(student, grads)
+        mx.eval(student.parameters(), optimizer.state, loss)
+        return float(loss.item())
+
+    return update
+
+
 def refine(
     student: Model,
     teacher: Model,
@@ -168,14 +190,7 @@ def refine(
     best_kl, best_step = before["kl"], 0
     best = dict(tree_flatten(trainable))  # MLX arrays are immutable: the optimizer replaces, never overwrites
 
-    def loss_fn(model, batch, enc, teacher_logits):
-        s = _logits(model, batch, enc)
-        k, m = _kl_sum(s, teacher_logits, batch["labels"])
-        return k / mx.maximum(m, 1)
-
-    grad_fn = nn.value_and_grad(student, loss_fn)
-    optimizer = optim.Adam(learning_rate=_schedule(lr, steps))
-    optimizer.init(student.trainable_parameters())
+    update = _update_fn(student, teacher, lr, steps)
     rng = np.random.default_rng(seed)
     order: List[int] = []
     progress = bar(steps, "refine") if bar and steps else None
@@ -188,12 +203,7 @@ def refine(
             i = order.pop()
             b = batches[i]
             enc = None if encoders is None else encoders[i]
-            t = _logits(teacher, b, enc)
-            mx.eval(t)
-            loss, grads = grad_fn(student, b, enc, t)
-            optimizer.update(student, grads)
-            mx.eval(student.parameters(), optimizer.state, loss)
-            losses.append(float(loss.item()))
+            losses.append(update(b, enc))
             step_seconds.append(time.perf_counter() - t0)
             if progress:
                 progress.update(1)

@@ -213,3 +213,48 @@ def test_decodes_larger_than_the_machine_are_refused_before_allocating(kw, model
         generate(model, tokenizer, PROMPTS, **kw)
     assert mx.get_peak_memory() - before < 2**30
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=3)
+
+
+@pytest.mark.parametrize("n_positions, limit", [(24, 24), (None, 512)])
+def test_prompts_are_limited_by_default_to_the_models_input_length(n_positions, limit, hf_checkpoint, tokenizer):
+    """With no max_input_tokens, a prompt longer than the config's n_positions (else 512) is refused, naming the
+    limit; an explicit limit overrides the default."""
+    model = load_model(hf_checkpoint("t5-small", shared_std=0.05, num_layers=1, num_decoder_layers=1))
+    model.args.n_positions = n_positions
+    long_prompt = "summarize: " + " ".join(["word"] * (limit + 8))
+    with pytest.raises(InputError, match=f"more than max_input_tokens={limit}"):
+        generate(model, tokenizer, long_prompt, max_new_tokens=2)
+    for kw in (dict(max_input_tokens=4 * limit), dict(truncate=True)):  # no error (the text of random weights)
+        assert isinstance(generate(model, tokenizer, long_prompt, max_new_tokens=2, **kw), str)
+
+
+def test_ctrl_c_during_a_long_encode_lands_within_a_layer_and_frees_the_model(hf_checkpoint, monkeypatch):
+    """A SIGINT delivered while the first layer evaluates interrupts the encode before a later layer runs, and the
+    model's lock is free afterwards (an app's other threads keep the model)."""
+    import signal
+
+    import mlx_mqa.decoding.state as state
+    from mlx_mqa.decoding.compiled import model_lock
+
+    model = load_model(hf_checkpoint("t5-small", shared_std=0.05, num_layers=6, num_decoder_layers=1))
+    ids = mx.array(np.arange(3, 3 + 2048, dtype=np.int32).reshape(1, 2048))
+    main, evals = threading.get_ident(), []
+
+    class Probe:  # at the first layer's eval, a SIGINT arrives from another thread while MLX evaluates
+        def __getattr__(self, name):
+            return getattr(mx, name)
+
+        def eval(self, *arrays):
+            evals.append(len(evals))
+            if len(evals) == 1:
+                threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()
+            return mx.eval(*arrays)
+
+    monkeypatch.setattr(state, "mx", Probe())
+    with pytest.raises(KeyboardInterrupt):
+        state.encode_bounded(model, ids, None)
+        mx.eval(mx.zeros(1))  # not reached: the signal lands within the layers
+    assert len(evals) <= 2 < 6
+    lock = model_lock(model)
+    assert lock.acquire(timeout=1)
+    lock.release()
