@@ -16,6 +16,8 @@ from mlx_mqa import paths
 from mlx_mqa.cpu import blas as backend
 
 SHAPES = [(1, 512, 2048), (1, 64, 7), (3, 64, 1), (1, 1, 5), (8, 512, 512), (1, 512, 4100), (5, 3, 1), (1, 7, 1)]
+# A few rows (the small-batch kernel: 2 to 4 rows, K not a multiple of 8, an odd N) and rows past it.
+SHAPES += [(2, 37, 9), (3, 512, 2049), (4, 100, 301), (5, 64, 33), (16, 100, 301), (2, 1, 2)]
 
 
 def layouts(a, b):
@@ -52,6 +54,44 @@ def test_batched_and_strided_single_rows():
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="OpenBLAS loading is Linux-only")
+def test_a_few_rows_from_threads_and_a_forked_child_match_numpy():
+    """The small-batch products share one pool of threads: calls from several threads at once, and from a child
+    forked after the pool started (which has none of its threads), give numpy's results."""
+    code = """
+import os, threading, numpy as np, mlx_mqa, mlx.core as mx
+rng = np.random.default_rng(0)
+a, w = rng.standard_normal((4, 96)).astype(np.float32), rng.standard_normal((3001, 96)).astype(np.float32)
+ref = a.astype(np.float64) @ w.T.astype(np.float64)
+check = lambda: np.testing.assert_allclose(np.array(mx.array(a) @ mx.array(w).T), ref, atol=1e-3, rtol=0)
+check()
+errors = []
+def run():
+    try:
+        [check() for _ in range(20)]
+    except Exception as e:
+        errors.append(e)
+ts = [threading.Thread(target=run) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert not errors, errors
+import ctypes
+from mlx_mqa.cpu import blas
+f = ctypes.POINTER(ctypes.c_float)
+def shim_product():  # MLX itself is not fork-safe: the child calls the shim's sgemm directly
+    c = np.zeros((4, 3001), np.float32)
+    blas.shim_library.cblas_sgemm(101, 111, 112, 4, 3001, 96, ctypes.c_float(1.0), a.ctypes.data_as(f), 96,
+                                  w.ctypes.data_as(f), 96, ctypes.c_float(0.0), c.ctypes.data_as(f), 3001)
+    np.testing.assert_allclose(c, ref, atol=1e-3, rtol=0)
+shim_product()
+pid = os.fork()
+if pid == 0:
+    shim_product(); os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_shim_loaded_with_openblas_and_switches_work():
     if backend.loaded_blas is None:
         pytest.skip("no OpenBLAS installed (apt-get install libopenblas0-pthread)")

@@ -119,6 +119,9 @@ void cblas_sgemm(int order, int transA, int transB, int M, int N, int K, float a
       real_sgemv(RowMajor, NoTrans, M, K, alpha, A, lda, B, incx, beta, C, ldc);
     return;
   }
+  if (route && order == RowMajor && !is_trans(transA) && is_trans(transB) &&
+      mlx_mqa_small_gemm(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    return;
   /* A head-sized product (an attention block's Q K^T or P V): one thread, see open_single. */
   if (single_sgemm && (N <= 128 || K <= 128) && (double)M * N * K <= 33554432.0) {
     single_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

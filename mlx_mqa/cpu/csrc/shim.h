@@ -13,4 +13,9 @@ typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const fl
 sgemm_fn mlx_mqa_single_sgemm(void);
 sgemv_fn mlx_mqa_single_sgemv(void);
 
+/* C = alpha * A B^T + beta * C for 2 <= M <= SMALL_M rows of A (small_gemm.c): 1 when done, 0 when not taken. */
+enum { SMALL_M = 4 };
+int mlx_mqa_small_gemm(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                       float beta, float *C, int ldc);
+
 #endif
