@@ -196,9 +196,7 @@ def mlx_run(
     t1 = time.perf_counter()
 
     def step(y):
-        logits = state.logits(y).astype(mx.float32)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # as generate_step
-        return greedy(logprobs).astype(mx.int32)
+        return greedy(state.logits(y).astype(mx.float32)).astype(mx.int32)  # as generate_step's plain greedy
 
     y = step(mx.full((B,), model.args.decoder_start_token_id, dtype=mx.int32))
     mx.async_eval(y)
@@ -246,7 +244,7 @@ def torch_run(
         for _ in range(output_len):
             out = model(encoder_outputs=(enc,), decoder_input_ids=y, use_cache=True, **{_cache_kw(type(model)): cache})
             logits = out.logits[:, -1, :].float()
-            y = logits.log_softmax(-1).argmax(-1, keepdim=True)
+            y = logits.argmax(-1, keepdim=True)
             tokens.append(y[:, 0].tolist())
         synchronize(device)
         t2 = time.perf_counter()

@@ -43,6 +43,9 @@ def generate_step(
     """
     args = model.args
     check_callables(sampler, logits_processors)
+    # Plain greedy takes the argmax of the logits, as transformers does: the log-softmax (a pass over the
+    # vocabulary per row) cannot change it.
+    plain_greedy = sampler is None and not logits_processors
     sampler = sampler or greedy
     eos = args.eos_token_id if eos_token_id is None else eos_token_id
     pad = args.pad_token_id if pad_token_id is None else pad_token_id
@@ -55,12 +58,14 @@ def generate_step(
     def step(y: mx.array, finished: mx.array, n: int):
         # A sampler's id outside the vocabulary is reported when read; the step queued before that embeds a
         # clipped one, never an out-of-range index.
-        logprobs = state.logits(mx.clip(y, 0, args.vocab_size - 1)).astype(mx.float32)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-        if logits_processors:
-            for proc in logits_processors:
+        logits = state.logits(mx.clip(y, 0, args.vocab_size - 1)).astype(mx.float32)
+        if plain_greedy:
+            tok = greedy(logits)
+        else:
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            for proc in logits_processors or ():
                 logprobs = proc(history[:, : n + 1], logprobs)
-        tok = sampler(logprobs)
+            tok = sampler(logprobs)
         if tok.shape != (B,):
             raise InputError(f"the sampler returned shape {tuple(tok.shape)}; it must return one token per row ({B},)")
         tok = tok.astype(mx.int32)
