@@ -106,6 +106,21 @@ class Testbed:
         return {"calib_encoder_tokens": cal_enc, "calib_target_tokens": cal_dec, "held_out_target_tokens": ev}
 
 
+def write_table(lines, name: str) -> None:
+    """A markdown table into results/ and onto stdout."""
+    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def effective_ranks(stats) -> dict:
     """Per decoder layer: the number of eigenvalues of the second moment of the self-attention input (the K/V
     input of self-attention), the cross-attention query input, and the encoder output (the K/V input of every
@@ -210,13 +225,8 @@ def report():
                     f"| {G} | {m} | {r['kl']:.4f} ± {r['kl_sd']:.4f} | {r['top1']:.3f} ± {r['top1_sd']:.3f} | "
                     f"{r['ratio']:.2f} ± {r['ratio_sd']:.2f} | {r['seeds']} |"
                 )
-    (RESULTS / "hard_testbed_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    write_table(lines, "hard_testbed_table.md")
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m in METHODS:
         gs = [G for G in GS if (G, m) in s]

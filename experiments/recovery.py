@@ -15,7 +15,7 @@ import json
 import tempfile
 import time
 
-from hard_testbed import DATA, GS, PREFIX, RESULTS, Testbed
+from hard_testbed import DATA, GS, PREFIX, RESULTS, Testbed, pyplot, write_table
 
 OUT = RESULTS / "recovery.json"
 
@@ -97,13 +97,8 @@ def report():
             f"| {r['start']} | {r['G']} | {c[0]['kl']:.4f} | {best['kl']:.4f} ({best['step']}) | "
             f"{c[-1]['kl']:.4f} ({c[-1]['step']}, {c[-1]['train_seconds']:.0f}) | {hs} | 1 |"
         )
-    (RESULTS / "recovery_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    write_table(lines, "recovery_table.md")
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in res["runs"]:
         c = r["curve"]

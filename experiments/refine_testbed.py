@@ -18,7 +18,7 @@ import json
 import time
 
 import numpy as np
-from hard_testbed import GS, RESULTS, Testbed
+from hard_testbed import GS, RESULTS, Testbed, write_table
 
 OUT = RESULTS / "refine_testbed.json"
 
@@ -138,8 +138,7 @@ def report():
             f"{cb:.4f} -> {ca:.4f} | {after.mean():.4f} ± {sd(after):.4f} | {ratio.mean():.2f} ± "
             f"{sd(ratio):.2f} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.0f} |"
         )
-    (RESULTS / "refine_testbed_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(lines, "refine_testbed_table.md")
 
 
 if __name__ == "__main__":
