@@ -8,6 +8,7 @@ teacher measured on held-out xsum at every evaluation point.
     python experiments/refine_testbed.py lr       # lr sweep: G=1, attention, seed 0
     python experiments/refine_testbed.py params   # attention / attention+norms / all at G = 1, 2, 4, seed 0
     python experiments/refine_testbed.py target --params attention --seeds 1,2
+    python experiments/refine_testbed.py calib --calib-samples 200   # more calibration text (merge and refine)
     python experiments/refine_testbed.py report
 """
 
@@ -31,6 +32,8 @@ def one(tb, res, kind, G, params, lr, steps, method="svd-q"):
     from mlx_mqa.conversion.refine import refine
 
     key = dict(kind=kind, seed=tb.settings["seed"], G=G, params=params, lr=lr, steps=steps, method=method)
+    if kind == "calib":
+        key["calib_samples"] = len(tb.calib_examples)
     if any(all(r.get(k) == v for k, v in key.items()) for r in res["runs"]):
         return
     student = tb.convert(G, method)
@@ -66,7 +69,7 @@ def one(tb, res, kind, G, params, lr, steps, method="svd-q"):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["lr", "params", "target", "report"])
+    p.add_argument("what", choices=["lr", "params", "target", "calib", "report"])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     p.add_argument("--params", default="attention")
     p.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[3e-5, 1e-4, 3e-4, 1e-3])
@@ -74,6 +77,7 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--modes", type=lambda s: s.split(","), default=["attention", "attention+norms", "all"])
     p.add_argument("--gs", type=lambda s: [int(x) for x in s.split(",")], default=list(GS))
+    p.add_argument("--calib-samples", type=int, default=64, help="calib: cnn_dailymail records to merge and refine on")
     a = p.parse_args()
     if a.what == "report":
         return report()
@@ -85,8 +89,11 @@ def main():
     elif a.what != "lr":
         a.lr = float(a.lr)
     for seed in a.seeds:
-        tb = Testbed(seed)
-        if a.what == "lr":
+        tb = Testbed(seed, calib_samples=a.calib_samples)
+        if a.what == "calib":
+            for G in a.gs:
+                one(tb, res, "calib", G, a.params, a.lr, a.steps)
+        elif a.what == "lr":
             for lr in a.lrs:
                 one(tb, res, "params", 1, a.params, lr, a.steps)
         elif a.what == "params":
@@ -109,7 +116,8 @@ def report():
         "| params | lr | steps | calib KL before -> after | held-out KL before -> after | s |",
         "|---|---|---:|---|---|---:|",
     ]
-    for r in sorted([r for r in res["runs"] if r["G"] == 1 and r["params"] == "attention"], key=lambda r: r["lr"]):
+    sweep = [r for r in res["runs"] if r["kind"] == "params" and r["G"] == 1 and r["params"] == "attention"]
+    for r in sorted(sweep, key=lambda r: r["lr"]):
         c = r["record"]
         lines.append(
             f"| {r['params']} | {r['lr']:g} | {r['steps']} | {c['kl_before']:.4f} -> {c['kl_after']:.4f} | "
@@ -138,6 +146,23 @@ def report():
             f"{cb:.4f} -> {ca:.4f} | {after.mean():.4f} ± {sd(after):.4f} | {ratio.mean():.2f} ± "
             f"{sd(ratio):.2f} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.0f} |"
         )
+    calib = [r for r in res["runs"] if r["kind"] == "calib"]
+    if calib:
+        lines += [
+            "",
+            "### more calibration text (svd-q merged and refined on N cnn_dailymail records; ratio = after / before)",
+            "",
+            "| G | records | calib target tokens | calib KL before -> after | held-out KL svd-q -> refined | "
+            "ratio | s |",
+            "|---|---:|---:|---|---|---:|---:|",
+        ]
+        for r in sorted(calib, key=lambda r: (r["G"], r["calib_samples"])):
+            c = r["record"]
+            lines.append(
+                f"| {r['G']} | {r['calib_samples']} | {c['target_tokens']:,} | {c['kl_before']:.4f} -> "
+                f"{c['kl_after']:.4f} | {r['held_out_before']:.4f} -> {r['held_out_after']:.4f} | "
+                f"{r['held_out_after'] / r['held_out_before']:.2f} | {r['seconds']:.0f} |"
+            )
     write_table(lines, "refine_testbed_table.md")
 
 
