@@ -189,3 +189,10 @@ def check_dependencies(cfg) -> List[str]:
 
 def plots_available(cfg) -> bool:
     return bool(cfg.plots) and has_module("matplotlib")
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A step's tqdm bar on stderr (off when `enabled` is False), cleared when it closes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)

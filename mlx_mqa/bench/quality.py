@@ -14,8 +14,8 @@ import numpy as np
 
 from ..decoding.generate import generate
 from ..decoding.inputs import encode_prompts
+from .config import progress_bar
 from .data import QualityJob, with_prefix
-from .report import progress_bar
 from .rouge import METRICS, mean_rouge, score, sentence_splitter
 from .variants import VariantSpec
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import List, Sequence
 
 from .rouge import METRICS
@@ -17,13 +16,6 @@ To benchmark a real checkpoint (needs the model hub, or a local copy of the chec
   python bench.py --model google/t5-large-lm-adapt --preset paper --limit 500
   python bench.py --model ./my-t5-dir --data my_articles.jsonl      # offline: JSONL with id, document, summary
 Note: GQA/MQA made by mean pooling need uptraining (Ainslie et al. 2023) before their ROUGE approaches MHA's."""
-
-
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A step's tqdm bar on stderr (off when `enabled` is False), cleared when it closes."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def _table(columns, rows: Sequence[dict], left: int = 1) -> str:

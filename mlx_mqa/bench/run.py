@@ -18,9 +18,8 @@ from . import quality as ql
 from . import speed as sp
 from . import variants as vs
 from .agreement import quantization_agreement
-from .config import BenchConfig, check_config, check_dependencies, plots_available, quality_lengths_of
+from .config import BenchConfig, check_config, check_dependencies, plots_available, progress_bar, quality_lengths_of
 from .data import QualityJob, load_examples
-from .report import progress_bar
 from .results import environment, new_results, validate_results, weights_provenance, write_predictions, write_results
 from .sweep import SpeedVariant, mlx_vs_torch, sweep
 from .torch_reference import References

@@ -135,7 +135,7 @@ next_batch_peak_predicted tokens_per_s encoder_s decode_s decode_step per_input_
 def run_budget(cfg, runs: Sequence[tuple], dtype: str, results: dict, say) -> None:
     """`--memory-budget`: the largest batch of each of `runs` (name, K/V heads, impl, checkpoint; see
     `run.budget_runs`) at the first --lengths; rows into `results["budget"]` and budget.csv."""
-    from ..report import progress_bar
+    from ..config import progress_bar
     from ..results import write_csv, write_results
     from . import footprint
 
