@@ -145,6 +145,7 @@ class DecodeState:
                 self.attention_mask = mx.ones(input_ids.shape, dtype=mx.int32)
             self._shape = (rows, max_steps, *self.cross[0].keys.shape, str(dtype))
             self._parameters = model.parameters()  # restored if a trace fails (see `_compiled_logits`)
+            self._step = None
         else:
             self.cache = model.make_cache(max_size=max_steps)
 
@@ -159,7 +160,9 @@ class DecodeState:
             return self._compiled_logits(y)
 
     def _compiled_logits(self, y: mx.array) -> mx.array:
-        step = compiled_decode_step(self.model, self._shape)
+        if self._step is None:  # looked up once per generation, not per token
+            self._step = compiled_decode_step(self.model, self._shape)
+        step = self._step
         offset = self.cache[0].offset
         try:
             logits, keys, values = step(
@@ -175,6 +178,7 @@ class DecodeState:
             # A trace that fails leaves placeholders in the model: put its arrays back, retrace next time.
             self.model.update(self._parameters)
             discard_compiled_steps(self.model)
+            self._step = None
             raise
         for c, k, v in zip(self.cache, keys, values):
             c.keys, c.values, c.offset = k, v, offset + 1
