@@ -22,6 +22,7 @@ from __future__ import annotations
 import mlx_mqa  # noqa: F401  (loads its BLAS before anything imports mlx.core)
 
 # isort: on
+import json
 import time
 from pathlib import Path
 
@@ -140,6 +141,12 @@ def priority(name: str):
     return ("svd-q" not in name and "mean" not in name, name)
 
 
+def built(res, name: str) -> bool:
+    """Recorded and on disk (runs/ is not in the repository: a fresh checkout rebuilds the conversions)."""
+    conv = res.get("conversions", {}).get(name)
+    return conv is not None and Path(conv["path"]).exists()
+
+
 def conversions(res, run, mha, tok, train, held, results):
     cal_batches, held_batches = calibration(tok, train, held)
     t0 = time.time()
@@ -156,19 +163,45 @@ def conversions(res, run, mha, tok, train, held, results):
     for G in GROUPS:
         for method in METHODS:
             name = f"g{G}-{method}"
-            if name not in res.get("conversions", {}):
+            if not built(res, name):
                 convert_one(res, run, mha, name, G, method, "contiguous", stats, held_stats, held_batches, tok)
                 save_results(results, res)
         if G == 1:
             continue
         best = min(METHODS[1:], key=lambda m: res["conversions"][f"g{G}-{m}"]["alpha0_loss"])
         name = f"g{G}-{best}-similar"
-        if name not in res["conversions"]:
+        if not built(res, name):
             convert_one(res, run, mha, name, G, best, "similar", stats, held_stats, held_batches, tok)
             save_results(results, res)
 
 
 RESULTS = EXP / "results" / "calibrated_merge.json"
+
+
+def ranks(res, run, results):
+    """Effective ranks of the pretrained model's attention inputs and the K/V capacity of G heads on the
+    calibration windows (hard_testbed.py's measures, to set the two testbeds side by side), and KL(MHA || merged)
+    on the held-out windows for mean pooling and svd-q, merged in memory."""
+    from hard_testbed import effective_ranks, kv_capacity
+
+    from mlx_mqa.conversion.refine import divergence
+
+    tok, train, held = prepare(run, {})
+    mha = load_model(run / "pretrained-mha")
+    cal_batches, held_batches = calibration(tok, train, held)
+    stats = collect(mha, stat_batches(cal_batches))
+    res["effective_ranks"] = {"d_model": mha.args.d_model, **effective_ranks(stats)}
+    res["kv_capacity"] = kv_capacity(mha, stats)
+    batches = [{k: mx.array(v) for k, v in b.items()} for b in held_batches]
+    enc = [mha.encode(b["input_ids"], b["attention_mask"]) for b in batches]
+    res["kl_to_mha"] = {
+        f"g{G}-{m}": divergence(convert_model(mha, G, m, stats=None if m == "mean" else stats), mha, batches, enc)
+        for G in GROUPS
+        for m in ("mean", "svd-q")
+    }
+    res["ranks_model_eval_loss"] = heldout_loss(mha, held_batches)
+    save_results(results, res)
+    log(json.dumps({k: res[k] for k in ("effective_ranks", "kv_capacity", "kl_to_mha")}))
 
 
 @click.command()
@@ -185,11 +218,14 @@ RESULTS = EXP / "results" / "calibrated_merge.json"
 )
 @results_options(RESULTS, "seeds")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
-def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
+@click.option("--ranks", "ranks_only", is_flag=True, help="Only measure the effective ranks of the attention inputs.")
+def main(run_dir, P, seeds, only, results_path, merge_from, report_only, ranks_only):
     from calibrated_merge_report import write_report
 
     results = Path(results_path)
     res = load_merged(results, merge_from)
+    if ranks_only:
+        return ranks(res, Path(run_dir), results)
     if not report_only and not merge_from:
         run = Path(run_dir)
         tok, train, held = prepare(run, {})

@@ -142,11 +142,47 @@ def effective_ranks(stats) -> dict:
     }
 
 
+def kv_capacity(model, stats, gs=GS) -> dict:
+    """Per decoder layer and G: the share of the energy of the stacked K (V) outputs of all heads that G shared
+    heads of d_kv dimensions can hold at best (contiguous groups: the top d_kv eigenvalues of each group's output
+    second moment W_g S W_g^T over its trace). 1 - share bounds what any merge of this input leaves out."""
+    dk, H = model.args.d_kv, model.args.num_heads
+
+    def share(w, s, G):
+        groups = np.split(np.array(w, dtype=np.float64), G, axis=0)
+        kept = total = 0.0
+        for wg in groups:
+            ev = np.clip(np.linalg.eigvalsh(wg @ s @ wg.T)[::-1], 0, None)
+            kept, total = kept + ev[:dk].sum(), total + ev.sum()
+        return float(kept / total)
+
+    out = {}
+    enc = stats.encoder_out.second_moment().astype(np.float64)
+    for G in gs:
+        if H % G:
+            continue
+        rows = []
+        for i, b in enumerate(model.decoder.block):
+            sa, ca = b.layer[0].SelfAttention, b.layer[1].EncDecAttention
+            s_in = stats.self_inputs[i].second_moment().astype(np.float64)
+            rows.append(
+                {
+                    "self_k": share(sa.k.weight, s_in, G),
+                    "self_v": share(sa.v.weight, s_in, G),
+                    "cross_k": share(ca.k.weight, enc, G),
+                    "cross_v": share(ca.v.weight, enc, G),
+                }
+            )
+        out[str(G)] = rows
+    return out
+
+
 def ranks(seed: int = 0):
     tb = Testbed(seed)
     out = RESULTS / "hard_testbed.json"
     res = json.loads(out.read_text())
     res["effective_ranks"] = {"seed": seed, "d_model": tb.teacher.args.d_model, **effective_ranks(tb.stats)}
+    res["kv_capacity"] = kv_capacity(tb.teacher, tb.stats)
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res["effective_ranks"]))
 
