@@ -187,12 +187,17 @@ def ranks(seed: int = 0):
     print(json.dumps(res["effective_ranks"]))
 
 
+def stem(shape: str) -> str:
+    """Results file name: t5-small keeps the original one."""
+    return "hard_testbed" if shape == "t5-small" else f"hard_testbed_{shape}"
+
+
 def run(args):
-    out = RESULTS / "hard_testbed.json"
+    out = RESULTS / f"{stem(args.shape)}.json"
     res = json.loads(out.read_text()) if out.exists() else {"runs": []}
     done = {(r["seed"], r["G"], r["method"]) for r in res["runs"]}
     for seed in args.seeds:
-        if all((seed, G, m) in done for G in GS for m in METHODS):
+        if all((seed, G, m) in done for G in GS for m in args.methods):
             continue
         t0 = time.perf_counter()
         tb = Testbed(seed, args.shape, calib_samples=args.calib_samples, eval_samples=args.eval_samples)
@@ -205,7 +210,7 @@ def run(args):
         }
         print(f"seed {seed}: testbed ready in {time.perf_counter() - t0:.0f}s", flush=True)
         for G in GS:
-            for m in METHODS:
+            for m in args.methods:
                 if (seed, G, m) in done:
                     continue
                 t1 = time.perf_counter()
@@ -213,7 +218,7 @@ def run(args):
                 res["runs"].append({"seed": seed, "G": G, "method": m, **d, "seconds": time.perf_counter() - t1})
                 print(f"  G={G} {m:6s} KL {d['kl']:.4f} top1 {d['top1']:.3f}", flush=True)
                 out.write_text(json.dumps(res, indent=1))
-    report()
+    report(args.shape)
 
 
 def summary(runs):
@@ -239,8 +244,8 @@ def summary(runs):
     return out
 
 
-def report():
-    res = json.loads((RESULTS / "hard_testbed.json").read_text())
+def report(shape: str = "t5-small"):
+    res = json.loads((RESULTS / f"{stem(shape)}.json").read_text())
     s = summary(res["runs"])
     st = res["settings"]
     lines = [
@@ -261,19 +266,21 @@ def report():
                     f"| {G} | {m} | {r['kl']:.4f} ± {r['kl_sd']:.4f} | {r['top1']:.3f} ± {r['top1_sd']:.3f} | "
                     f"{r['ratio']:.2f} ± {r['ratio_sd']:.2f} | {r['seeds']} |"
                 )
-    write_table(lines, "hard_testbed_table.md")
+    write_table(lines, f"{stem(shape)}_table.md")
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for m in METHODS:
         gs = [G for G in GS if (G, m) in s]
+        if not gs:
+            continue
         axes[0].errorbar(gs, [s[(G, m)]["kl"] for G in gs], [s[(G, m)]["kl_sd"] for G in gs], marker="o", label=m)
         axes[1].errorbar(gs, [s[(G, m)]["top1"] for G in gs], [s[(G, m)]["top1_sd"] for G in gs], marker="o", label=m)
-    axes[0].set(xlabel="K/V heads G (H = 8)", ylabel="KL(MHA || converted) per token, held-out", xticks=GS)
-    axes[1].set(xlabel="K/V heads G (H = 8)", ylabel="top-1 agreement with MHA", xticks=GS)
+    axes[0].set(xlabel="K/V heads G", ylabel="KL(MHA || converted) per token, held-out", xticks=GS)
+    axes[1].set(xlabel="K/V heads G", ylabel="top-1 agreement with MHA", xticks=GS)
     axes[0].legend()
     fig.suptitle(f"hard testbed: random-weight {st['shape']}, calib {st['calib']} -> eval {st['held_out']}")
     fig.tight_layout()
-    fig.savefig(RESULTS / "hard_testbed.png", dpi=110)
+    fig.savefig(RESULTS / f"{stem(shape)}.png", dpi=110)
 
 
 if __name__ == "__main__":
@@ -282,7 +289,8 @@ if __name__ == "__main__":
     p.add_argument("--shape", default="t5-small")
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--eval-samples", type=int, default=48)
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     p.add_argument("--report", action="store_true")
     p.add_argument("--ranks", action="store_true", help="effective ranks of the attention inputs (seed 0)")
     a = p.parse_args()
-    ranks() if a.ranks else report() if a.report else run(a)
+    ranks() if a.ranks else report(a.shape) if a.report else run(a)
