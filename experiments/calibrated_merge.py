@@ -218,7 +218,7 @@ def ranks(res, run, results):
 )
 @results_options(RESULTS, "seeds")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
-@click.option("--ranks", "ranks_only", is_flag=True, help="Only measure the effective ranks of the attention inputs.")
+@click.option("--ranks", "ranks_only", is_flag=True, help="Only measure ranks, K/V capacity and KL of mean/svd-q.")
 def main(run_dir, P, seeds, only, results_path, merge_from, report_only, ranks_only):
     from calibrated_merge_report import write_report
 

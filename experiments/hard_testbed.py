@@ -291,6 +291,6 @@ if __name__ == "__main__":
     p.add_argument("--eval-samples", type=int, default=48)
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     p.add_argument("--report", action="store_true")
-    p.add_argument("--ranks", action="store_true", help="effective ranks of the attention inputs (seed 0)")
+    p.add_argument("--ranks", action="store_true", help="effective ranks and K/V capacity (seed 0)")
     a = p.parse_args()
     ranks() if a.ranks else report(a.shape) if a.report else run(a)

@@ -7,8 +7,8 @@ document -> summary pairs, and measure KL(MHA || student) on held-out xsum again
 The budget is in steps, so runs may share the CPU; minutes come from the step cost measured alone at each shape
 (refine_cost.py, "uptrain"), which also scales them to t5-base and t5-large.
 
-    python experiments/recovery.py run --start svd-q --gs 1,2,4 --seeds 0,1,2 --steps 60
-    python experiments/recovery.py run --start mean --gs 1,2,4 --seeds 0,1,2 --steps 40
+    python experiments/recovery.py run --start svd-q --gs 1,2,4 --seeds 0,1,2 --steps 40
+    python experiments/recovery.py run --start mean --gs 1,2,4 --seeds 0,1,2 --steps 30
     python experiments/recovery.py report
 """
 

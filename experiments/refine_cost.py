@@ -18,21 +18,27 @@ from pathlib import Path
 from hard_testbed import CONFIGS, DATA, PREFIX, RESULTS, TOKENIZER
 
 
-def measure(shape: str, steps: int = 3) -> dict:
-    import numpy as np
-
+def random_teacher(shape: str):
+    """The bundled tokenizer and a float32 random-weight model of a real T5 shape."""
     from mlx_mqa import load_model
     from mlx_mqa.checkpoint.load import load_tokenizer
     from mlx_mqa.checkpoint.random_init import save_random_checkpoint
-    from mlx_mqa.conversion import convert_model
-    from mlx_mqa.conversion.calibration import read_pairs, tokenize_pairs
-    from mlx_mqa.conversion.refine import refine, refine_batches
 
     cfg = json.loads((CONFIGS / f"{shape}.json").read_text())
     tok = load_tokenizer(TOKENIZER)
     with tempfile.TemporaryDirectory() as d:
         save_random_checkpoint(cfg, Path(d) / "m", tokenizer=tok)
-        teacher = load_model(Path(d) / "m", dtype="float32")
+        return tok, load_model(Path(d) / "m", dtype="float32")
+
+
+def measure(shape: str, steps: int = 3) -> dict:
+    import numpy as np
+
+    from mlx_mqa.conversion import convert_model
+    from mlx_mqa.conversion.calibration import read_pairs, tokenize_pairs
+    from mlx_mqa.conversion.refine import refine, refine_batches
+
+    tok, teacher = random_teacher(shape)
     ex = tokenize_pairs(tok, read_pairs(str(DATA / "cnn_dailymail" / "sample.jsonl"), 8), 256, 64, PREFIX)
     batches = refine_batches(ex, 8)
     out = {"shape": shape, "batch": "8 x (256 -> 64 tokens)", "steps": steps}
@@ -55,21 +61,14 @@ def measure_uptrain(shape: str) -> dict:
     """One step of recovery.py's distillation: every parameter of a G = 1 student, Adafactor, MHA teacher."""
     import numpy as np
 
-    from mlx_mqa import load_model
     from mlx_mqa.bench.results import environment
-    from mlx_mqa.checkpoint.load import load_tokenizer
-    from mlx_mqa.checkpoint.random_init import save_random_checkpoint
     from mlx_mqa.conversion import convert_model
     from mlx_mqa.conversion.calibration import read_pairs
     from mlx_mqa.train.config import TrainConfig
     from mlx_mqa.train.data import SupervisedData, encode_pairs
     from mlx_mqa.train.trainer import Trainer
 
-    cfg = json.loads((CONFIGS / f"{shape}.json").read_text())
-    tok = load_tokenizer(TOKENIZER)
-    with tempfile.TemporaryDirectory() as d:
-        save_random_checkpoint(cfg, Path(d) / "m", tokenizer=tok)
-        teacher = load_model(Path(d) / "m", dtype="float32")
+    tok, teacher = random_teacher(shape)
     student = convert_model(teacher, 1, "mean")
     pairs = read_pairs(str(DATA / "cnn_dailymail" / "sample.jsonl"), 64)
     data = SupervisedData(encode_pairs(tok, pairs, 256, 64, PREFIX), tok, 8, seed=0)
@@ -107,10 +106,7 @@ if __name__ == "__main__":
             print(r.stderr[-2000:])
             continue
         got = json.loads(r.stdout.strip().splitlines()[-1])
-        if uptrain:
-            res.setdefault(shape, {"shape": shape})["uptrain"] = got
-        else:
-            res[shape] = {**got, **({"uptrain": res[shape]["uptrain"]} if "uptrain" in res.get(shape, {}) else {})}
+        res[shape] = {**res.get(shape, {"shape": shape}), **({"uptrain": got} if uptrain else got)}
         out.write_text(json.dumps(res, indent=1))
         print(shape, res[shape], flush=True)
     small = res.get("t5-small")
