@@ -147,7 +147,8 @@ def built(res, name: str) -> bool:
     return conv is not None and Path(conv["path"]).exists()
 
 
-def conversions(res, run, mha, tok, train, held, results):
+def conversions(res, run, mha, tok, train, held, results, only=None):
+    """Every conversion, or only those named (a focused rerun on another checkpoint need not build them all)."""
     cal_batches, held_batches = calibration(tok, train, held)
     t0 = time.time()
     stats = collect(mha, stat_batches(cal_batches))
@@ -163,10 +164,10 @@ def conversions(res, run, mha, tok, train, held, results):
     for G in GROUPS:
         for method in METHODS:
             name = f"g{G}-{method}"
-            if not built(res, name):
+            if (only is None or name in only) and not built(res, name):
                 convert_one(res, run, mha, name, G, method, "contiguous", stats, held_stats, held_batches, tok)
                 save_results(results, res)
-        if G == 1:
+        if G == 1 or only is not None:
             continue
         best = min(METHODS[1:], key=lambda m: res["conversions"][f"g{G}-{m}"]["alpha0_loss"])
         name = f"g{G}-{best}-similar"
@@ -214,7 +215,9 @@ def ranks(res, run, results):
 @click.option("--pretrain-steps", "P", type=int, default=800, show_default=True)
 @click.option("--seeds", default="1,2,3", show_default=True, help="Uptraining data seeds.")
 @click.option(
-    "--only", default=None, help="Comma list of conversions to uptrain (default: all, most informative first)."
+    "--only",
+    default=None,
+    help="Comma list of conversions to build and uptrain (default: all, most informative first).",
 )
 @results_options(RESULTS, "seeds")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
@@ -234,13 +237,14 @@ def main(run_dir, P, seeds, only, results_path, merge_from, report_only, ranks_o
             source = run_pretrain(run, {}, tok, train, held, P)
         mha = load_model(source)
         res["pretrained"] = str(source)
-        conversions(res, run, mha, tok, train, held, results)
-        names = only.split(",") if only else sorted(res["conversions"], key=priority)
+        names = only.split(",") if only else None
+        conversions(res, run, mha, tok, train, held, results, names)
+        names = names or sorted(res["conversions"], key=priority)
         for seed in (int(s) for s in seeds.split(",")):
             for name in names:
                 uptrain(res, run, tok, train, held, name, P, seed)
                 save_results(results, res)
-    write_report(res, EXP)
+    write_report(res, results)
 
 
 if __name__ == "__main__":

@@ -141,17 +141,18 @@ def save_figure(fig, path):
     plt.close(fig)
 
 
-def write_report(res, exp_dir: Path):
+def write_report(res, results: Path):
+    """Table, CSV and plot beside the results JSON, named after it."""
     if not res.get("conversions"):
         return
     rows = analyse(res)
-    out = Path(exp_dir) / "results"
+    stem = Path(results).with_suffix("")
     text = (
         f"MHA held-out loss: {res['mha_loss']:.4f}\n\n" + table(rows) + "\n\nDoes the calibration error track the"
         " loss?\n\n" + proxy_table(rows) + "\n"
     )
-    (out / "calibrated_merge_table.md").write_text(text)
-    with open(out / "calibrated_merge.csv", "w", newline="") as f:
+    Path(f"{stem}_table.md").write_text(text)
+    with open(f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -187,5 +188,5 @@ def write_report(res, exp_dir: Path):
                         r["heldout_error"],
                     ]
                 )
-    plot(rows, res["mha_loss"], out / "calibrated_merge.png")
+    plot(rows, res["mha_loss"], Path(f"{stem}.png"))
     print(text)

@@ -82,15 +82,22 @@ def distill(res, run, tok, train, held, teacher, student, path, w, seed, P):
 @click.option("--pretrain-steps", "P", type=int, default=800, show_default=True)
 @click.option("--seeds", default="1,2", show_default=True, help="Uptraining data seeds.")
 @click.option("--only", default=None, help="Comma list of students (default: all; mean pooling first).")
+@click.option(
+    "--conversions",
+    "merge_path",
+    default=str(MERGE_RESULTS),
+    show_default=True,
+    help="calibrated_merge.py's results: the students and their w = 0 (span corruption) runs.",
+)
 @results_options(RESULTS, "students")
 @click.option("--report", "report_only", is_flag=True, help="Only write the table and plot.")
-def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
+def main(run_dir, P, seeds, only, merge_path, results_path, merge_from, report_only):
     from distill_uptrain_report import write_report
 
     results = Path(results_path)
     res = load_merged(results, merge_from)
-    merge = load_results(MERGE_RESULTS)
-    missing = [s for s in STUDENTS if s not in merge.get("conversions", {})]
+    merge = load_results(Path(merge_path))
+    missing = [s for s in (only.split(",") if only else STUDENTS) if s not in merge.get("conversions", {})]
     if missing:
         raise click.ClickException(f"run experiments/calibrated_merge.py first (no conversion {', '.join(missing)})")
     if not report_only and not merge_from:
@@ -103,7 +110,7 @@ def main(run_dir, P, seeds, only, results_path, merge_from, report_only):
                     path = merge["conversions"][student]["path"]
                     distill(res, run, tok, train, held, teacher, student, path, w, seed, P)
                     save_results(results, res)
-    write_report(res, merge, EXP)
+    write_report(res, merge, results)
 
 
 if __name__ == "__main__":

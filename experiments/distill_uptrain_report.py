@@ -93,21 +93,20 @@ def plot(rows, mha, path):
     save_figure(fig, path)
 
 
-def write_report(res, merge, exp_dir: Path):
+def write_report(res, merge, results: Path):
+    """Table, CSV and plot beside the results JSON, named after it."""
     if not res.get("runs"):
         return
     rows = analyse(res, merge)
-    out = Path(exp_dir) / "results"
-    (out / "distill_uptrain_table.md").write_text(
-        f"MHA teacher held-out loss: {merge['mha_loss']:.4f}\n\n{table(rows)}\n"
-    )
-    with open(out / "distill_uptrain.csv", "w", newline="") as f:
+    stem = Path(results).with_suffix("")
+    Path(f"{stem}_table.md").write_text(f"MHA teacher held-out loss: {merge['mha_loss']:.4f}\n\n{table(rows)}\n")
+    with open(f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", "kv_heads", "kd_weight", "alpha", "loss_mean", "loss_min", "loss_max", "seeds"])
         for r in rows:
             for a, (m, lo, hi) in sorted(r["curve"].items()):
                 w.writerow([r["student"], r["G"], r["kd_weight"], a, f"{m:.5f}", f"{lo:.5f}", f"{hi:.5f}", r["seeds"]])
     try:
-        plot(rows, merge["mha_loss"], out / "distill_uptrain.png")
+        plot(rows, merge["mha_loss"], Path(f"{stem}.png"))
     except ImportError:
         print("matplotlib is not installed: no plot")

@@ -58,6 +58,7 @@ class Testbed:
         eval_samples: int = 48,
         lengths=(256, 64),
         batch_size: int = 8,
+        calib_lengths=None,
         stats: bool = True,
         shared_std: float = 1.0,
         overrides=None,
@@ -76,11 +77,15 @@ class Testbed:
             calib_samples=calib_samples,
             eval_samples=eval_samples,
             lengths=list(lengths),
+            calib_lengths=list(calib_lengths or lengths),
             batch_size=batch_size,
             shared_std=shared_std,
             overrides=overrides or {},
         )
-        self.calib_examples = tokenize_pairs(self.tok, read_pairs(self.calib_file, calib_samples), *lengths, PREFIX)
+        calib_lengths = calib_lengths or lengths
+        self.calib_examples = tokenize_pairs(
+            self.tok, read_pairs(self.calib_file, calib_samples), *calib_lengths, PREFIX
+        )
         self.calib_batches = refine_batches(self.calib_examples, batch_size)
         # held-out: the last records of the other dataset
         pairs = read_pairs(str(DATA / held_out / "sample.jsonl"))[-eval_samples:]
@@ -89,7 +94,9 @@ class Testbed:
         mx.eval(self.eval_enc)
         self.stats = None
         if stats:
-            self.stats = calibrate(self.teacher, self.tok, self.calib_file, calib_samples, *lengths, batch_size, PREFIX)
+            self.stats = calibrate(
+                self.teacher, self.tok, self.calib_file, calib_samples, *calib_lengths, batch_size, PREFIX
+            )
 
     def convert(self, G: int, method: str):
         return convert_model(self.teacher, G, method, stats=self.stats if method != "mean" else None)

@@ -9,6 +9,8 @@ teacher measured on held-out xsum at every evaluation point.
     python experiments/refine_testbed.py params   # attention / attention+norms / all at G = 1, 2, 4, seed 0
     python experiments/refine_testbed.py target --params attention --seeds 1,2
     python experiments/refine_testbed.py calib --calib-samples 200   # more calibration text (merge and refine)
+    python experiments/refine_testbed.py calib --calib-samples 128 --calib-lengths 512x128 --steps 100
+                                                  # convert's default calibration size
     python experiments/refine_testbed.py report
 """
 
@@ -34,6 +36,7 @@ def one(tb, res, kind, G, params, lr, steps, method="svd-q"):
     key = dict(kind=kind, seed=tb.settings["seed"], G=G, params=params, lr=lr, steps=steps, method=method)
     if kind == "calib":
         key["calib_samples"] = len(tb.calib_examples)
+        key["calib_lengths"] = tb.settings["calib_lengths"]
     if any(all(r.get(k) == v for k, v in key.items()) for r in res["runs"]):
         return
     student = tb.convert(G, method)
@@ -78,6 +81,12 @@ def main():
     p.add_argument("--modes", type=lambda s: s.split(","), default=["attention", "attention+norms", "all"])
     p.add_argument("--gs", type=lambda s: [int(x) for x in s.split(",")], default=list(GS))
     p.add_argument("--calib-samples", type=int, default=64, help="calib: cnn_dailymail records to merge and refine on")
+    p.add_argument(
+        "--calib-lengths",
+        type=lambda s: [int(x) for x in s.split("x")],
+        default=[256, 64],
+        help="calib: INPUTxTARGET tokens of the calibration records (held-out stays 256x64)",
+    )
     a = p.parse_args()
     if a.what == "report":
         return report()
@@ -89,7 +98,7 @@ def main():
     elif a.what != "lr":
         a.lr = float(a.lr)
     for seed in a.seeds:
-        tb = Testbed(seed, calib_samples=a.calib_samples)
+        tb = Testbed(seed, calib_samples=a.calib_samples, calib_lengths=a.calib_lengths)
         if a.what == "calib":
             for G in a.gs:
                 one(tb, res, "calib", G, a.params, a.lr, a.steps)
@@ -152,14 +161,16 @@ def report():
             "",
             "### more calibration text (svd-q merged and refined on N cnn_dailymail records; ratio = after / before)",
             "",
-            "| G | records | calib target tokens | calib KL before -> after | held-out KL svd-q -> refined | "
-            "ratio | s |",
-            "|---|---:|---:|---|---|---:|---:|",
+            "| G | records | lengths | calib target tokens | steps | calib KL before -> after | "
+            "held-out KL svd-q -> refined | ratio | s |",
+            "|---|---:|---|---:|---:|---|---|---:|---:|",
         ]
-        for r in sorted(calib, key=lambda r: (r["G"], r["calib_samples"])):
+        for r in sorted(calib, key=lambda r: (r["G"], r["calib_samples"], r["steps"])):
             c = r["record"]
+            n_in, n_out = r["calib_lengths"]
             lines.append(
-                f"| {r['G']} | {r['calib_samples']} | {c['target_tokens']:,} | {c['kl_before']:.4f} -> "
+                f"| {r['G']} | {r['calib_samples']} | {n_in}x{n_out} | {c['target_tokens']:,} | {r['steps']} | "
+                f"{c['kl_before']:.4f} -> "
                 f"{c['kl_after']:.4f} | {r['held_out_before']:.4f} -> {r['held_out_after']:.4f} | "
                 f"{r['held_out_after'] / r['held_out_before']:.2f} | {r['seconds']:.0f} |"
             )
