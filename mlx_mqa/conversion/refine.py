@@ -145,6 +145,40 @@ def _update_fn(student: Model, teacher: Model, lr: float, steps: int) -> Callabl
     return update
 
 
+def _batch_order(n: int, steps: int, seed: int):
+    """A batch index per step: every batch once per pass, in a fresh order each pass."""
+    rng = np.random.default_rng(seed)
+    order: List[int] = []
+    for _ in range(steps):
+        if not order:
+            order = list(rng.permutation(n))
+        yield order.pop()
+
+
+def _frozen_encoders(teacher: Model, batches: Sequence[dict], shared_encoder: bool, params: str):
+    """The encoder outputs, computed once for both models, when they are constants (a shared, frozen encoder)."""
+    if not shared_encoder or params == "all":
+        return None
+    encoders = [teacher.encode(b["input_ids"], b["attention_mask"]) for b in batches]
+    mx.eval(encoders)
+    return encoders
+
+
+def _tick(progress, loss: float) -> None:
+    if progress:
+        progress.update(1)
+        if hasattr(progress, "set_postfix"):
+            progress.set_postfix(kl=f"{loss:.4f}")
+
+
+def _restore(student: Model, teacher: Model, best: dict) -> None:
+    """The kept weights into `student`; both models trainable again, as they came."""
+    student.update(tree_unflatten(list(best.items())))
+    student.unfreeze()
+    teacher.unfreeze()
+    mx.eval(student.parameters())
+
+
 def refine(
     student: Model,
     teacher: Model,
@@ -170,11 +204,7 @@ def refine(
     teacher.freeze()
     select_trainable(student, params)
     trainable = student.trainable_parameters()
-    # The encoder outputs are constants when the encoder does not train: computed once for both models.
-    encoders = None
-    if shared_encoder and params != "all":
-        encoders = [teacher.encode(b["input_ids"], b["attention_mask"]) for b in batches]
-        mx.eval(encoders)
+    encoders = _frozen_encoders(teacher, batches, shared_encoder, params)
     eval_every = eval_every or max(steps // 4, 1)
 
     history = []
@@ -191,24 +221,14 @@ def refine(
     best = dict(tree_flatten(trainable))  # MLX arrays are immutable: the optimizer replaces, never overwrites
 
     update = _update_fn(student, teacher, lr, steps)
-    rng = np.random.default_rng(seed)
-    order: List[int] = []
     progress = bar(steps, "refine") if bar and steps else None
     losses, step_seconds = [], []
     try:
-        for step in range(1, steps + 1):
-            if not order:
-                order = list(rng.permutation(len(batches)))
+        for step, i in enumerate(_batch_order(len(batches), steps, seed), start=1):
             t0 = time.perf_counter()
-            i = order.pop()
-            b = batches[i]
-            enc = None if encoders is None else encoders[i]
-            losses.append(update(b, enc))
+            losses.append(update(batches[i], None if encoders is None else encoders[i]))
             step_seconds.append(time.perf_counter() - t0)
-            if progress:
-                progress.update(1)
-                if hasattr(progress, "set_postfix"):
-                    progress.set_postfix(kl=f"{losses[-1]:.4f}")
+            _tick(progress, losses[-1])
             if step % eval_every == 0 or step == steps:
                 kl = evaluate(step)["kl"]
                 if kl < best_kl:
@@ -217,10 +237,7 @@ def refine(
     finally:
         if progress:
             progress.close()
-    student.update(tree_unflatten(list(best.items())))
-    student.unfreeze()
-    teacher.unfreeze()
-    mx.eval(student.parameters())
+    _restore(student, teacher, best)
     return {
         "steps": steps,
         "params": params,
