@@ -238,9 +238,13 @@ def _calibrated_stats(model, tok_src, cal: Calibration, say, bar) -> Statistics:
 def _refine(
     teacher, student_config, tok_src, cal: Calibration, produce32, plan, steps, params, lr, groups_in, say, bar
 ):
-    """The merged model distilled toward `teacher` on the calibration text: (its weights, the record)."""
+    """The merged model distilled toward `teacher` on the calibration text: (its weights' producer, the record).
+    No teacher: G = H, so nothing was merged and the model is left as it is."""
     from .calibration import read_pairs, tokenize_pairs
 
+    if teacher is None:
+        say("--refine skipped: G = H, the model is unchanged")
+        return produce32, {"steps": steps, "skipped": "G = H: no heads were grouped"}
     student = Model(ModelArgs.from_dict(student_config))
     student.load_weights([(k, produce32(k)) for k in plan])
     examples = tokenize_pairs(
@@ -262,7 +266,17 @@ def _refine(
     say(f"refine: calibration KL {record['kl_before']:.4f} -> {record['kl_after']:.4f} ({record['kept']})")
     weights = dict(tree_flatten(student.parameters()))
     del student
-    return weights, record
+    return weights.__getitem__, record
+
+
+def _merged_weights(tensors, args, stats, kv_heads: int, pool: str, grouping: str, say):
+    """The calibrated merge of the decoder attention projections (none without statistics) and its record."""
+    if stats is None:
+        return {}, {}
+    merged, record = calibrated_weights(tensors, args, stats, kv_heads, pool, grouping)
+    for note in record.get("regularized", []):
+        say(f"singular system regularised (relative ridge): {note}")
+    return merged, record
 
 
 def _plan(config: dict, tensors, dtype: str) -> Dict[str, TensorPlan]:
@@ -352,11 +366,7 @@ def convert(
         teacher = None  # freed before the merged weights are built
         mx.clear_cache()
     say(f"grouping K/V heads: {args.num_heads} -> {kv_heads} ({pool}, {grouping}, {groups_in})")
-    merged, record = {}, {}
-    if stats is not None:  # the merged decoder attention projections; every other tensor is streamed
-        merged, record = calibrated_weights(tensors, args, stats, kv_heads, pool, grouping)
-    for note in record.get("regularized", []):
-        say(f"singular system regularised (relative ridge): {note}")
+    merged, record = _merged_weights(tensors, args, stats, kv_heads, pool, grouping, say)  # the rest is streamed
     info = calibration_record(stats, cal.source, cal.samples, cal.max_input, cal.max_target) if stats else None
     config = grouped_config(config, kv_heads, pool, groups_in, grouping, dtype, seed, hf_path, record, info)
     config["conversion"]["tokenizer"] = None if tok_src is None else str(tok_src)
@@ -369,16 +379,12 @@ def convert(
         w = merged[name] if name in merged else pool_tensor(name, tensors[name], args, kv_heads, pool, groups_in, rng)
         return mx.array(w)
 
-    if refining:
-        refined, config["conversion"]["refine"] = _refine(
+    if refine_steps > 0:
+        produce32, config["conversion"]["refine"] = _refine(
             teacher, config, tok_src, cal, produce32, plan, refine_steps, refine_params, refine_lr, groups_in, say, bar
         )
         teacher = None
         mx.clear_cache()
-        produce32 = refined.__getitem__  # noqa: F811
-    elif refine_steps > 0:
-        config["conversion"]["refine"] = {"steps": refine_steps, "skipped": "G = H: no heads were grouped"}
-        say("--refine skipped: G = H, the model is unchanged")
 
     def produce(name: str) -> mx.array:
         a = produce32(name).astype(plan[name].dtype)
