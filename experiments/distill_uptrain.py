@@ -97,10 +97,12 @@ def main(run_dir, P, seeds, only, merge_path, results_path, merge_from, report_o
     results = Path(results_path)
     res = load_merged(results, merge_from)
     merge = load_results(Path(merge_path))
-    missing = [s for s in (only.split(",") if only else STUDENTS) if s not in merge.get("conversions", {})]
-    if missing:
-        raise click.ClickException(f"run experiments/calibrated_merge.py first (no conversion {', '.join(missing)})")
     if not report_only and not merge_from:
+        missing = [s for s in (only.split(",") if only else STUDENTS) if s not in merge.get("conversions", {})]
+        if missing:
+            raise click.ClickException(
+                f"run experiments/calibrated_merge.py first (no conversion {', '.join(missing)})"
+            )
         run = Path(run_dir)
         tok, train, held = prepare(run, {})
         teacher = load_model(run / "pretrained-mha")

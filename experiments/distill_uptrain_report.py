@@ -51,14 +51,16 @@ def analyse(res, merge):
 
 def table(rows):
     head = "| student | KD weight w | " + " | ".join(f"a={a}" for a in ALPHAS)
-    lines = [head + " | steps to mean pooling's span a=0.05 loss | seeds |"]
-    lines.append("|" + "---|" * (len(ALPHAS) + 4))
+    lines = [head + " | a=0.1 min-max over seeds | steps to mean pooling's span a=0.05 loss | seeds |"]
+    lines.append("|" + "---|" * (len(ALPHAS) + 5))
     for r in rows:
         cells = [fmt(r["curve"][a][0]) if a in r["curve"] else "-" for a in ALPHAS]
+        last = r["curve"].get(ALPHAS[-1])
+        spread = f"{fmt(last[1])}-{fmt(last[2])}" if last else "-"
         lines.append(
             f"| {r['student']} | {r['kd_weight']:g} | "
             + " | ".join(cells)
-            + f" | {fmt(r['steps_to_mean_span_a005'], 0)} | {r['seeds']} |"
+            + f" | {spread} | {fmt(r['steps_to_mean_span_a005'], 0)} | {r['seeds']} |"
         )
     return "\n".join(lines)
 
