@@ -11,6 +11,7 @@ Resumable: rerun the same command. Results: experiments/results/distill_uptrain.
     .venv/bin/python experiments/calibrated_merge.py --seeds 1    # first (conversions and w = 0 runs)
     .venv/bin/python experiments/distill_uptrain.py               # about 1 h on 2 cores
     .venv/bin/python experiments/distill_uptrain.py --report
+    sh experiments/run_kd_3seeds.sh    # MQA only, 3 seeds, one checkpoint: results/mqa_kd_3seeds/
 """
 
 from __future__ import annotations
