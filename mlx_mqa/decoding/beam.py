@@ -62,8 +62,7 @@ def beam_search(
     check_num_beams(num_beams)
     check_beam_options(early_stopping, sampler, options)
     processors = list(logits_processors or [])
-    if no_repeat_ngram_size:
-        processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
+    processors += [no_repeat_ngram_processor(no_repeat_ngram_size)] if no_repeat_ngram_size else []
     args = model.args
     eos = args.eos_token_id if eos_token_id is None else eos_token_id
     pad = args.pad_token_id if pad_token_id is None else pad_token_id
@@ -71,13 +70,9 @@ def beam_search(
     prompt_len, max_length = 1, 1 + max_new_tokens
 
     state = DecodeState(model, input_ids, attention_mask, max_new_tokens, compiled, beams=nb)
-    running = np.full((B, nb, max_length), pad, dtype=np.int64)
-    running[:, :, 0] = args.decoder_start_token_id
-    finished_seqs = running.copy()
-    running_scores = np.zeros((B, nb), np.float32)
-    running_scores[:, 1:] = NEG
-    beam_scores = np.full((B, nb), NEG, np.float32)
-    is_finished = np.zeros((B, nb), bool)
+    running, running_scores, finished_seqs, beam_scores, is_finished = _initial_beams(
+        B, nb, max_length, pad, args.decoder_start_token_id
+    )
     heuristic_open = np.ones((B, 1), bool)
     top_mask = np.arange(K) < nb
     cur_len = 1
@@ -121,6 +116,15 @@ def beam_search(
     if return_scores:
         return out, beam_scores[:, 0].tolist()
     return out
+
+
+def _initial_beams(B: int, nb: int, max_length: int, pad: int, start: int):
+    """Running beams (only the first live: the others would duplicate it) and empty finished hypotheses."""
+    running = np.full((B, nb, max_length), pad, dtype=np.int64)
+    running[:, :, 0] = start
+    running_scores = np.zeros((B, nb), np.float32)
+    running_scores[:, 1:] = NEG
+    return running, running_scores, running.copy(), np.full((B, nb), NEG, np.float32), np.zeros((B, nb), bool)
 
 
 def _candidates(state, running, running_scores, cur_len: int, K: int, processors):
