@@ -64,6 +64,7 @@ class Testbed:
         overrides=None,
     ):
         cfg = {**json.loads((CONFIGS / f"{shape}.json").read_text()), **(overrides or {})}
+        calib_lengths = calib_lengths or lengths
         self.tok = load_tokenizer(TOKENIZER)
         with tempfile.TemporaryDirectory() as d:
             save_random_checkpoint(cfg, Path(d) / "m", seed=seed, tokenizer=self.tok, shared_std=shared_std)
@@ -77,12 +78,11 @@ class Testbed:
             calib_samples=calib_samples,
             eval_samples=eval_samples,
             lengths=list(lengths),
-            calib_lengths=list(calib_lengths or lengths),
+            calib_lengths=list(calib_lengths),
             batch_size=batch_size,
             shared_std=shared_std,
             overrides=overrides or {},
         )
-        calib_lengths = calib_lengths or lengths
         self.calib_examples = tokenize_pairs(
             self.tok, read_pairs(self.calib_file, calib_samples), *calib_lengths, PREFIX
         )
